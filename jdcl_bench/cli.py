@@ -1,0 +1,172 @@
+"""The ``jdcl-bench`` command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, parse_set
+from .protocol import ProtocolError
+from .registry import METHODS, RegistryError
+
+USER_ERRORS = (ConfigError, ProtocolError, RegistryError)
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="jdcl-bench")
+def main() -> None:
+    """Continual learning with generative replay: run protocols, build leaderboards."""
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["protocols", "methods"]))
+def list_cmd(what: str) -> None:
+    """List registered protocols or methods, with where each comes from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    if what == "protocols":
+        from .protocol import list_protocols
+
+        for col in ("name", "dataset", "tasks", "labels", "description", "from"):
+            table.add_column(col)
+        for p in list_protocols():
+            labels = {"full": lambda: "all", "per_class": lambda: f"{p.per_class}/class",
+                      "fraction": lambda: f"{p.fraction:.0%} per class",
+                      "index_file": lambda: f"{p.per_class}/class (index file)"}.get(p.label_regime, lambda: "?")()
+            table.add_row(p.name, p.dataset, str(p.num_tasks), labels, p.description, p.source)
+    else:
+        for col in ("name", "description", "capabilities", "from"):
+            table.add_column(col)
+        for e in METHODS.entries():
+            try:
+                cls = e.load()
+                caps = [c for c, on in (("unlabelled", cls.uses_unlabelled), ("generator", cls.has_generator),
+                                        ("buffer", cls.stores_buffer)) if on]
+                table.add_row(e.name, cls.description, ", ".join(caps) or "-", e.source)
+            except RegistryError as exc:
+                table.add_row(e.name, f"[red]failed to load: {e.error}[/red]", "-", e.source)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@main.command()
+@click.option("--protocol", required=True, help="Protocol name (see `list protocols`) or path to a .toml file.")
+@click.option("--method", required=True, help="Method name (see `list methods`).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--preset", default=None, help="Method preset: paper (default), fast, smoke, ...")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
+@click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
+@click.option("--out", default="results", show_default=True, type=click.Path(), help="Results folder.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--time-limit", default=None, type=float, help="Stop cleanly (checkpointed) after this many seconds.")
+@click.option("--checkpoint-every", default=600.0, show_default=True, type=float,
+              help="Seconds between checkpoints inside a task.")
+def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every) -> None:
+    """Run one experiment; resumes if the run directory already holds a checkpoint."""
+    from .data.datasets import DatasetError
+    from .progress import Reporter
+    from .records import RunLocked, read_json
+    from .runner import NonFiniteLoss, RunConfig, run as run_experiment
+
+    cfg = RunConfig(protocol=protocol, method=method, seed=seed, preset=preset, data_dir=data_dir, out=out,
+                    device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download)
+    try:
+        cfg.overrides = parse_set(sets)
+        run_dir = run_experiment(cfg, Reporter())
+    except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss) as exc:
+        _fail(exc)
+    metrics_path = Path(run_dir) / "metrics.json"
+    if not metrics_path.exists():
+        click.echo(f"stopped before the first task finished; run the same command again to resume ({run_dir})")
+        return
+    m = read_json(metrics_path)
+    state = "complete" if m["complete"] else f"stopped after task {m['tasks_done']}/{m['num_tasks']} (run again to resume)"
+    click.echo(f"\n{m['method_label']} on {protocol} (seed {seed}): {state}\n"
+               f"  final accuracy {m['final_acc']:.2f}%   average incremental {m['avg_inc_acc']:.2f}%   "
+               f"forgetting {m['forgetting']:.2f} pp\n  run directory: {run_dir}")
+
+
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path())
+@click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "latex", "csv"]))
+@click.option("--metric", "metrics", multiple=True, default=("final_acc",), show_default=True,
+              help="final_acc, avg_acc, avg_inc_acc, forgetting, gpu_minutes, wall_minutes (repeatable).")
+@click.option("--protocol", "protocols", multiple=True, help="Only these protocols (repeatable; in this order).")
+@click.option("--output", "-o", default=None, type=click.Path(), help="Write to a file instead of stdout.")
+def table(results, fmt, metrics, protocols, output) -> None:
+    """Leaderboard: methods x protocols, mean ± std over seeds, best in bold."""
+    from . import leaderboard as lb
+    from .records import atomic_write_bytes
+
+    try:
+        df = lb.load_records(results)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    for w in df.attrs.get("warnings", []):
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if df.empty:
+        _fail(RegistryError(f"no complete run records under {results}; run `jdcl-bench run ...` first"))
+    try:
+        tab = lb.leaderboard(df, metric=list(metrics), protocols=list(protocols) or None)
+    except ValueError as exc:
+        _fail(exc)
+    for w in tab.attrs.get("warnings", []):
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if df.attrs.get("incomplete"):
+        click.secho(f"note: {len(df.attrs['incomplete'])} run(s) still in progress are not in the table", err=True)
+    render = {"markdown": lb.render_markdown, "latex": lb.render_latex, "csv": lb.render_csv}[fmt]
+    text = render(tab, metric=list(metrics))
+    if output:
+        atomic_write_bytes(Path(output), text.encode())
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def show(run_dir) -> None:
+    """A run's config, per-task accuracy matrix, timings and artefacts."""
+    from rich.console import Console
+
+    from .leaderboard import render_show
+
+    try:
+        out = render_show(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    Console().print(out)
+
+
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path())
+@click.option("--out-dir", default=None, type=click.Path(), help="Where to write PNGs (default: the results folder).")
+@click.option("--protocol", "protocols", multiple=True, help="Only these protocols (default: all with records).")
+def plot(results, out_dir, protocols) -> None:
+    """Accuracy over seen classes after each task, one line per method, one PNG per protocol."""
+    from .leaderboard import load_records
+    from .plotting import plot_seen_accuracy
+
+    try:
+        df = load_records(results)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    if df.empty:
+        _fail(RegistryError(f"no complete run records under {results}"))
+    out_dir = Path(out_dir or results)
+    for p in protocols or sorted(df["protocol"].unique()):
+        path = out_dir / f"seen_accuracy_{p}.png"
+        plot_seen_accuracy(df, p, path)
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

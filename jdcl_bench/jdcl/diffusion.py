@@ -1,0 +1,201 @@
+"""Gaussian diffusion as JDCL uses it: DDPM training, deterministic DDIM sampling, EMA weights.
+
+Conventions follow the official code (LDM at e544c57): T = 1000 steps, betas linear from 1e-3 to
+2e-2 (LDM calls this "sqrt_linear"), epsilon prediction, plain MSE loss, and LDM's DDIM sampler
+(uniform timesteps 1, 5, ..., 997 for 250 steps, x0-prediction not clipped).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EpsFn = Callable[..., torch.Tensor]  # eps_fn(x_t, t, **model_kwargs) -> eps; an nn.Module works
+
+
+def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
+    """LDM's "uniform" DDIM discretisation: every c-th step, shifted by one.
+
+    For T=1000, steps=250 this is 1, 5, 9, ..., 997. Like LDM, when T % steps != 0 this can return
+    a few more than `steps` timesteps (range() does not stop at `steps` entries).
+    """
+    c = T // steps
+    if c < 2:  # c == 1 would ask for timestep T, which does not exist (LDM fails with an IndexError)
+        raise ValueError(f"uniform DDIM needs steps <= T // 2, got steps={steps} for T={T}")
+    return torch.arange(0, T, c, dtype=torch.long) + 1
+
+
+class GaussianDiffusion(nn.Module):
+    """The noise schedule, q(x_t | x_0), the training loss and the DDIM sampler.
+
+    A module only so that `.to(device)` moves the schedule; the buffers are not persistent because
+    they are a pure function of the constructor arguments.
+    """
+
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-3, beta_end: float = 2e-2):
+        super().__init__()
+        self.num_timesteps = timesteps
+        # float64 for the cumulative product (1000 factors), float32 for use
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.alphas_cumprod_f64 = alphas_cumprod  # plain CPU tensor: the DDIM schedule is built from it
+        for name, value in {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+        }.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    @staticmethod
+    def _at(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """a[t] shaped (B, 1, 1, ...) to broadcast against x."""
+        return a[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+    # --- forward process and training
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Invert q_sample given the noise: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        return self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+    def sample_t_and_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw t ~ U{0..T-1} (one per sample) and eps ~ N(0, I); returns (x_t, t, noise).
+
+        Exposed separately from `loss` so that distillation can feed the same x_t / t to student
+        and teachers.
+        """
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return self.q_sample(x0, t, noise), t, noise
+
+    def loss(self, model: EpsFn, x0: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Simple DDPM loss: MSE(eps_hat(x_t, t), eps) averaged over all elements (fp32)."""
+        x_t, t, noise = self.sample_t_and_noise(x0, generator)
+        return F.mse_loss(model(x_t, t).float(), noise.float())
+
+    # --- sampling
+
+    def ddim_schedule(self, steps: int, eta: float = 0.0) -> list[tuple[int, float, float, float]]:
+        """Per-step (t, abar_t, abar_prev, sigma), from the noisiest step down, as python floats.
+
+        Exactly LDM's `make_ddim_sampling_parameters`: abar_prev of the first DDIM timestep is
+        abar[0] (not 1), so the last update lands on the t=0 noise level, not on the clean x0.
+        """
+        ts = ddim_timesteps(self.num_timesteps, steps)
+        ac = self.alphas_cumprod_f64
+        a = ac[ts]
+        a_prev = torch.cat([ac[:1], ac[ts[:-1]]])
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+        rows = list(zip(ts.tolist(), a.tolist(), a_prev.tolist(), sigma.tolist()))
+        return rows[::-1]
+
+    @torch.no_grad()
+    def ddim_sample(self, model: EpsFn, shape: tuple[int, ...], *, steps: int = 250, eta: float = 0.0,
+                    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32, noise: torch.Tensor | None = None,
+                    model_kwargs: dict | None = None, return_pred_x0: bool = False) -> torch.Tensor:
+        """DDIM sampling (LDM's sampler). eta=0 is deterministic; x0-prediction is not clipped.
+
+        `model` is anything called as model(x_t, t, **model_kwargs) -> eps: a module, or a wrapper
+        that swaps in EMA weights, autocasts or runs a compiled graph. The whole `shape` batch is
+        sampled at once; the caller splits large requests. The update itself runs in `dtype`
+        (fp32 by default) whatever precision the model computes in.
+
+        Like LDM, the returned sample is the last x_prev, i.e. it sits at the abar[0] = 0.999 noise
+        level (a residual of std ~0.03 in [-1, 1] units). `return_pred_x0=True` instead returns the
+        last step's x0-prediction, the fully denoised image.
+        """
+        model_kwargs = model_kwargs or {}
+        device = device if device is not None else self.betas.device
+        if noise is None:
+            noise = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+        x = noise.to(device=device, dtype=dtype)
+        pred_x0 = x
+        for step, a_t, a_prev, sigma in self.ddim_schedule(steps, eta):
+            t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
+            eps = model(x, t, **model_kwargs).to(dtype)
+            pred_x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+            # deterministic part: re-noise the x0 estimate to level a_prev along the predicted eps
+            x = a_prev ** 0.5 * pred_x0 + (1 - a_prev - sigma ** 2) ** 0.5 * eps
+            if sigma > 0:  # python float: static control flow
+                x = x + sigma * torch.randn(x.shape, device=device, dtype=dtype, generator=generator)
+        return pred_x0 if return_pred_x0 else x
+
+
+# -----------------------------------------------------------------------------
+# exponential moving average of weights
+
+
+class EMA:
+    """EMA of a module's weights, kept as a full fp32 copy of the module (`ema.module`).
+
+    Same arithmetic as LDM's LitEma: each update first increments the counter n, then uses
+    decay_n = min(decay, (1 + n) / (10 + n)) if warm-up is on, and moves
+    shadow <- shadow + (1 - decay_n) * (param - shadow). Floating-point buffers are averaged the
+    same way; integer buffers are copied. Keeping a whole module (rather than a dict of tensors)
+    means evaluation and sampling just use `ema.module`, with one fused foreach op per update.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        # pass the plain module, not a torch.compile wrapper: it is deep-copied
+        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        ema_f, src_f, ema_i, src_i = [], [], [], []
+        ema_t = list(self.module.parameters()) + list(self.module.buffers())
+        src_t = list(model.parameters()) + list(model.buffers())
+        assert len(ema_t) == len(src_t), "EMA module and model have different structures"
+        for e, s in zip(ema_t, src_t):
+            (ema_f if e.is_floating_point() else ema_i).append(e)
+            (src_f if e.is_floating_point() else src_i).append(s.detach())
+        return ema_f, src_f, ema_i, src_i
+
+    def current_decay(self) -> float:
+        """The decay the *next* update will use."""
+        n = self.num_updates + 1
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        self.num_updates += 1
+        ema_f, src_f, ema_i, src_i = self._pairs(model)
+        src_f = [s if s.dtype == e.dtype else s.to(e.dtype) for e, s in zip(ema_f, src_f)]
+        torch._foreach_lerp_(ema_f, src_f, 1.0 - decay)
+        for e, s in zip(ema_i, src_i):
+            e.copy_(s)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite the model's weights with the EMA weights."""
+        ema_f, src_f, ema_i, src_i = self._pairs(model)
+        for e, s in zip(ema_f + ema_i, src_f + src_i):
+            s.copy_(e)
+
+    def to(self, *args, **kwargs) -> "EMA":
+        self.module.to(*args, **kwargs)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
+                "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.warmup = state["warmup"]
+        self.num_updates = state["num_updates"]
+        self.module.load_state_dict(state["module"])

@@ -1,0 +1,422 @@
+"""JDCL: one UNet that is both a diffusion model and a classifier, trained in two stages per task.
+
+Per task k (see ../shared/specs/jdcl-recipe.md, and docs/jdcl.md for every decision):
+
+1. local stage: a fresh joint model L_k learns task k's real data
+   (diffusion loss + 0.001 CE on a strong view at t=0; FixMatch inside the model when labels are scarce);
+2. replay: G_{k-1} samples images for the old classes and L_k for the new ones (unconditional DDIM,
+   labelled by the sampling model's own classifier, class-balanced by rejection);
+3. global stage: the student (initialised from G_{k-1}) trains on the replay set only, distilling
+   ε-predictions and class posteriors from G_{k-1} (old-class samples) and L_k (new-class samples).
+   The result is G_k. For task 1, L_1 becomes G_1.
+
+The method trains in a step loop that calls ``ctx.tick()``, so a run can stop and resume inside any
+stage; ``phase`` records where it is (local -> replay -> global -> done).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data import augment as A
+from ..methods.base import Method, ProtocolInfo, TaskData
+from .diffusion import EMA, GaussianDiffusion
+from .losses import kd_classifier, kd_diffusion
+from .unet import JointUNet, UNetConfig, count_parameters
+
+
+@dataclass
+class JDCLConfig:
+    unet: str = "paper"                # paper | fast | smoke (UNetConfig presets)
+    model_channels: int = 0            # > 0 overrides the preset's base width
+    batch_size: int = 256
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    local_steps: int = 50_000          # CIFAR-10 (CIFAR-100: 100k)
+    global_steps: int = 30_000         # CIFAR-10 (CIFAR-100: 70k)
+    ema_decay: float = 0.9999          # with LDM warm-up min(decay, (1+n)/(10+n))
+    cls_weight: float = 0.001          # local stage: CE scale
+    local_crop_scale: float = 0.85     # RandomResizedCrop scale floor of the diffusion view
+    global_crop_scale: float = 0.64    # CIFAR-10 global stages (0.85 for CIFAR-100)
+    # global stage
+    l_simple_weight: float = 0.01
+    kd_diff_weight: float = 1.0
+    global_ce_weight: float = 1e-5
+    kd_cls_weight: float = 0.001
+    kd_weighting: str = "main"         # main: 2 x batch mean; paper_branch: mean_old + mean_new
+    cls_start_fraction: float = 1 / 3  # CE and class-KD switch on after this fraction of global steps (10k of 30k)
+    teacher_weights: str = "raw"       # raw (official) | ema
+    # replay
+    replay_per_class: int = 1000       # CIFAR-10 (CIFAR-100: 400)
+    ddim_steps: int = 250
+    gen_batch: int = 2000
+    max_sampled_factor: float = 2.0    # stop sampling after this x quota images, then duplicate
+    # semi-supervised local stage (FixMatch in the joint model)
+    ssl_labelled_batch: int = 32
+    ssl_mu: int = 7
+    ssl_threshold: float = 0.95
+    ssl_ema_decay: float = 0.999       # FixMatchEma: no warm-up
+    # speed
+    amp: bool = True                   # bf16 autocast on CUDA
+    compile: bool = False              # torch.compile the UNet (CUDA only)
+    grid_per_class: int = 8
+
+
+PRESETS = {
+    # Cheap but faithful in structure: a ~4.6M-parameter UNet, ~6 % of the official steps,
+    # DDIM-50 replay, 1000 replay images per class (as the paper), one GPU command per task.
+    "fast": {"unet": "fast", "local_steps": 3000, "global_steps": 2000, "ddim_steps": 50,
+             "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 32},
+    "smoke": {"unet": "smoke", "batch_size": 16, "local_steps": 6, "global_steps": 6, "ddim_steps": 3,
+              "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2},
+}
+
+
+class JDCL(Method):
+    name = "jdcl"
+    description = "JDCL (ICCV 2025): joint diffusion + classifier UNet, local/global stages with generative replay"
+    Config = JDCLConfig
+    presets = PRESETS
+    uses_unlabelled = True
+    has_generator = True
+    supports_resume_in_task = True
+
+    # ---- setup ------------------------------------------------------------------------
+    def setup(self, info: ProtocolInfo) -> None:
+        super().setup(info)
+        c, (ch, h, _) = self.cfg, info.image_shape
+        base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
+                "fast": lambda: UNetConfig.fast(info.num_classes, h, ch),
+                "smoke": lambda: UNetConfig.smoke(info.num_classes, h, ch)}[c.unet]()
+        if c.model_channels > 0:
+            base = base.replace(model_channels=c.model_channels)
+        self.unet_cfg = base
+        with torch.device("meta"):  # count parameters without allocating them
+            self.num_params = count_parameters(JointUNet(base))
+        self.diffusion = GaussianDiffusion().to(self.device)
+        self.amp = c.amp and self.device.type == "cuda"
+        self.semi = info.semi_supervised
+        self.G: dict | None = None  # {"raw": state_dict, "ema": EMA state} of the global model
+        self.phase = "idle"
+        self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
+                         "replay_accepted": 0, "ddim_steps": c.ddim_steps}
+
+    def new_model(self) -> JointUNet:
+        m = JointUNet(self.unet_cfg).to(self.device)
+        if self.device.type == "cuda":
+            m = m.to(memory_format=torch.channels_last)
+        return m
+
+    def model_from(self, state: dict, ema: bool) -> JointUNet:
+        m = self.new_model()
+        m.load_state_dict(state["ema"]["module"] if ema else state["raw"])
+        return m
+
+    def _device_rng(self) -> torch.Generator:
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.ctx.rng))
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _fn(self, model):
+        """Compiled forward where asked for and available (a clean fallback to eager otherwise)."""
+        if self.cfg.compile and self.device.type == "cuda":
+            try:
+                return torch.compile(model)
+            except Exception as exc:  # pragma: no cover - depends on the toolchain
+                self.ctx.info(f"torch.compile unavailable ({exc}); running eager")
+        return model
+
+    # ---- hooks --------------------------------------------------------------------------
+    def begin_task(self, task: TaskData) -> None:
+        c = self.cfg
+        self.phase, self.step = "local", 0
+        self.dev_rng = self._device_rng()
+        self.net = self.new_model()  # CIFAR recipe: every local model starts from scratch
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                     fused=self.device.type == "cuda")
+        self.ema = EMA(self.net, c.ssl_ema_decay if self.semi else c.ema_decay, warmup=not self.semi)
+        self.replay = None
+
+    def train_task(self, task: TaskData) -> None:
+        if self.phase == "local":
+            self._train_local(task)
+            self.L = {"raw": self.net.state_dict(), "ema": self.ema.state_dict()}
+            self.phase = "replay" if task.index > 0 else "done"
+            if task.index == 0:
+                self.G = self.L
+        if self.phase == "replay":
+            self.replay = self._make_replay(task)
+            self._begin_global()
+            self.phase = "global"
+        if self.phase == "global":
+            self._train_global(task)
+            self.G = {"raw": self.net.state_dict(), "ema": self.ema.state_dict()}
+            self.phase = "done"
+
+    def end_task(self, task: TaskData) -> None:
+        self._save_sample_grid(task)
+        # free everything but the global model: it is all the next task needs
+        self.net = self.opt = self.ema = self.replay = self.L = None
+        self.teachers = None
+        self.phase = "idle"
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        model = getattr(self, "_eval_model", None)
+        if model is None or self._eval_model_of is not self.G:
+            model = self.model_from(self.G, ema=True).eval()
+            self._eval_model, self._eval_model_of = model, self.G
+        with self.autocast():
+            return model.classify(A.to_unit(x) * 2 - 1).float()
+
+    # ---- local stage -------------------------------------------------------------------
+    def _train_local(self, task: TaskData) -> None:
+        c = self.cfg
+        fwd = self._fn(self.net)
+        self.net.train()
+        with self.ctx.progress("local stage", c.local_steps - self.step) as advance:
+            while self.step < c.local_steps:
+                loss, parts = (self._ssl_loss if self.semi else self._sup_loss)(fwd, task)
+                self._optimise(loss)
+                self.step += 1
+                self.counters["local_steps"] += 1
+                self._report(advance, loss, parts)
+                self.ctx.tick()
+
+    def _sup_loss(self, fwd, task: TaskData):
+        c = self.cfg
+        idx = torch.randint(len(task.x), (c.batch_size,), generator=self.ctx.rng).to(self.device)
+        x = A.to_unit(task.x[idx])
+        x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
+        x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
+        x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
+        with self.autocast():
+            eps, logits = fwd.forward_joint(x_t, t, x_cls)
+        l_diff = F.mse_loss(eps.float(), noise)
+        l_ce = F.cross_entropy(logits.float(), task.y[idx])
+        self.counters["images_seen"] += c.batch_size
+        return l_diff + c.cls_weight * l_ce, {"diff": l_diff, "ce": l_ce}
+
+    def _ssl_loss(self, fwd, task: TaskData):
+        """FixMatch inside the joint model: diffusion on the unlabelled stream only."""
+        c = self.cfg
+        bl, bu = c.ssl_labelled_batch, c.ssl_labelled_batch * c.ssl_mu
+        li = torch.randint(len(task.x), (bl,), generator=self.ctx.rng).to(self.device)
+        ui = torch.randint(len(task.unlabelled_x), (bu,), generator=self.ctx.rng).to(self.device)
+        xl, xu = A.to_unit(task.x[li]), A.to_unit(task.unlabelled_x[ui])
+        u_diff = A.random_resized_crop(A.hflip(xu, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
+        x_cls = torch.cat([A.weak_view(xl, self.ctx.rng), A.weak_view(xu, self.ctx.rng),
+                           A.strong_view(xu, self.ctx.rng)]) * 2 - 1
+        x_t, t, noise = self.diffusion.sample_t_and_noise(u_diff, self.dev_rng)
+        with self.autocast():
+            eps, logits = fwd.forward_joint(x_t, t, x_cls)
+        logits = logits.float()
+        l_diff = F.mse_loss(eps.float(), noise)
+        lab, weak, strong = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
+        l_sup = F.cross_entropy(lab, task.y[li])
+        probs = weak.detach().softmax(1)
+        conf, pseudo = probs.max(1)
+        mask = (conf >= c.ssl_threshold).float()
+        l_unsup = (F.cross_entropy(strong, pseudo, reduction="none") * mask).mean()
+        self.counters["images_seen"] += bl + bu
+        return l_diff + c.cls_weight * (l_sup + l_unsup), {"diff": l_diff, "ce": l_sup, "mask": mask.mean()}
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.ema.update(self.net)
+
+    def _report(self, advance, loss, parts) -> None:
+        if self.step % 100 == 0:  # reading a loss syncs the GPU: not every step
+            self.ctx.check_loss(loss)
+            advance(1, loss=float(loss), **{k: float(v) for k, v in parts.items()})
+        else:
+            advance(1)
+
+    # ---- replay ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample_labelled(self, state: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n unconditional DDIM samples (EMA weights, eval mode) and their own classifier's labels."""
+        model = self.model_from(state, ema=True).eval()
+        fn = self._fn(model)
+        shape = (n, *self.info.image_shape)
+        noise = torch.randn(shape, device=self.device, generator=self.dev_rng)
+        with self.autocast():
+            x = self.diffusion.ddim_sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device)
+            x = x.clamp(-1, 1)
+            y = model.classify(x).float().argmax(1)
+        self.counters["replay_sampled"] += n
+        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
+
+    def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str):
+        """Class-balanced replay for ``classes`` from one generator, by rejection then duplication."""
+        c, quota = self.cfg, self.cfg.replay_per_class
+        kept = {k: [] for k in classes}
+        have = {k: 0 for k in classes}
+        sampled, cap = 0, int(c.max_sampled_factor * quota * len(classes))
+        with self.ctx.progress(f"replay ({desc})", quota * len(classes)) as advance:
+            while sampled < cap and min(have.values()) < quota:
+                x, y = self._sample_labelled(state, c.gen_batch)
+                sampled += len(x)
+                before = sum(have.values())
+                for k in classes:
+                    take = x[y == k][: quota - have[k]]
+                    if len(take):
+                        kept[k].append(take)
+                        have[k] += len(take)
+                advance(sum(have.values()) - before)
+        counts = {}
+        xs, ys = [], []
+        for k in classes:
+            got = torch.cat(kept[k]) if kept[k] else torch.empty((0, *self.info.image_shape), dtype=torch.uint8,
+                                                                  device=self.device)
+            accepted = len(got)
+            if 0 < accepted < quota:  # official fallback: flipped/cropped duplicates of accepted samples
+                idx = torch.randint(accepted, (quota - accepted,), generator=self.ctx.rng).to(self.device)
+                dup = A.random_resized_crop(A.hflip(A.to_unit(got[idx]), self.ctx.rng), self.ctx.rng,
+                                            scale=(crop_scale, 1.0))
+                got = torch.cat([got, (dup * 255).round().to(torch.uint8)])
+            counts[int(k)] = {"accepted": int(accepted), "duplicated": int(len(got) - accepted)}
+            xs.append(got)
+            ys.append(torch.full((len(got),), int(k), device=self.device, dtype=torch.long))
+        self.counters["replay_accepted"] += sum(v["accepted"] for v in counts.values())
+        return torch.cat(xs), torch.cat(ys), counts, sampled
+
+    def _make_replay(self, task: TaskData) -> dict:
+        old = [k for k in task.seen_classes if k not in task.classes]
+        xo, yo, co, so = self._fill(self.G, old, 0.90, "old classes from G")
+        xn, yn, cn, sn = self._fill(self.L, task.classes, 0.85, "new classes from L")
+        counts = {"task": task.index + 1, "per_class": {**co, **cn}, "sampled_old": so, "sampled_new": sn,
+                  "ddim_steps": self.cfg.ddim_steps, "quota_per_class": self.cfg.replay_per_class}
+        missing = [k for k, v in counts["per_class"].items() if v["accepted"] == 0]
+        if missing:
+            self.ctx.info(f"warning: the generators produced no sample of classes {missing}; they get no replay")
+        path = self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json")
+        path.write_text(json.dumps(counts, indent=2))
+        x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
+        self._save_grid(x, y, f"replay_task{task.index + 1}.png")
+        return {"x": x, "y": y, "old": torch.tensor(old, device=self.device, dtype=torch.long)}
+
+    def _save_grid(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+        """One row per class (in class order), ``grid_per_class`` images each."""
+        from torchvision.utils import save_image
+
+        rows, n = [], self.cfg.grid_per_class
+        for k in sorted(set(y.tolist())):
+            imgs = x[y == k][:n]
+            pad = torch.zeros((n - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
+            rows.append(torch.cat([imgs, pad]))
+        if rows:
+            save_image(torch.cat(rows).float().cpu() / 255, self.ctx.artefact_path(name), nrow=n, padding=1)
+
+    def _save_sample_grid(self, task: TaskData) -> None:
+        """After each task: what the global model generates, grouped by its own labels."""
+        gen_state = self.dev_rng.get_state()
+        n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
+        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch))
+        self.counters["replay_sampled"] -= len(x)  # a diagnostic, not part of the method's budget
+        self.dev_rng.set_state(gen_state)  # diagnostics must not change the training randomness
+        self._save_grid(x, y, f"samples_task{task.index + 1}.png")
+
+    # ---- global stage -----------------------------------------------------------------------
+    def _begin_global(self) -> None:
+        c = self.cfg
+        self.step = 0
+        ema_t = c.teacher_weights == "ema"
+        self.teachers = {"old": self.model_from(self.G, ema_t).eval().requires_grad_(False),
+                         "new": self.model_from(self.L, ema_t).eval().requires_grad_(False)}
+        # the student starts from G_{k-1}'s raw weights and continues its EMA (count included)
+        self.net = self.model_from(self.G, ema=False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                     fused=self.device.type == "cuda")
+        self.ema = EMA(self.net, c.ema_decay)
+        self.ema.load_state_dict(self.G["ema"])
+
+    def _train_global(self, task: TaskData) -> None:
+        c = self.cfg
+        fwd = self._fn(self.net)
+        teachers = {k: self._fn(m) for k, m in self.teachers.items()}
+        rx, ry = self.replay["x"], self.replay["y"]
+        cls_start = int(c.cls_start_fraction * c.global_steps)
+        self.net.train()
+        with self.ctx.progress("global stage", c.global_steps - self.step) as advance:
+            while self.step < c.global_steps:
+                idx = torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng).to(self.device)
+                x, y = A.to_unit(rx[idx]), ry[idx]
+                x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng), self.ctx.rng,
+                                               scale=(c.global_crop_scale, 1.0)) * 2 - 1
+                x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
+                x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
+                is_old = torch.isin(y, self.replay["old"])
+                with torch.no_grad(), self.autocast():
+                    # each teacher sees the whole batch; the mask picks its samples (fixed shapes)
+                    eps_o, log_o = teachers["old"].forward_joint(x_t, t, x_cls)
+                    eps_n, log_n = teachers["new"].forward_joint(x_t, t, x_cls)
+                sel = is_old.view(-1, 1, 1, 1)
+                eps_T = torch.where(sel, eps_o, eps_n)
+                logits_T = torch.where(is_old.view(-1, 1), log_o, log_n)
+                with self.autocast():
+                    eps, logits = fwd.forward_joint(x_t, t, x_cls)
+                eps, logits = eps.float(), logits.float()
+                l_simple = F.mse_loss(eps, noise)
+                kd_diff = kd_diffusion(eps, eps_T, is_old, c.kd_weighting)
+                loss = c.l_simple_weight * l_simple + c.kd_diff_weight * kd_diff
+                parts = {"diff": l_simple, "kd": kd_diff}
+                if self.step >= cls_start:
+                    kd_cls = kd_classifier(logits, logits_T, is_old, c.kd_weighting)
+                    ce = F.cross_entropy(logits, y)
+                    loss = loss + c.global_ce_weight * ce + c.kd_cls_weight * c.kd_diff_weight * kd_cls
+                    parts["kd_cls"] = kd_cls
+                self._optimise(loss)
+                self.step += 1
+                self.counters["global_steps"] += 1
+                self.counters["images_seen"] += c.batch_size
+                self._report(advance, loss, parts)
+                self.ctx.tick()
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = {"phase": self.phase, "G": self.G, "counters": dict(self.counters)}
+        if self.phase in ("local", "replay", "global", "done"):
+            s.update(step=self.step, net=self.net.state_dict(), opt=self.opt.state_dict(),
+                     ema=self.ema.state_dict(), dev_rng=self.dev_rng.get_state(),
+                     L=getattr(self, "L", None) if self.phase != "local" else None)
+        if self.phase == "global":
+            s["replay"] = {k: v.cpu() for k, v in self.replay.items()}
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        self.phase, self.G, self.counters = s["phase"], s["G"], dict(s["counters"])
+        if self.phase in ("local", "replay", "global", "done"):
+            c = self.cfg
+            if self.phase == "global":
+                self.L = s["L"]
+                self.replay = {k: v.to(self.device) for k, v in s["replay"].items()}
+                self._begin_global()
+            else:
+                self.L = s["L"]
+                self.net = self.new_model()
+                self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                             fused=self.device.type == "cuda")
+                self.ema = EMA(self.net, c.ssl_ema_decay if self.semi else c.ema_decay, warmup=not self.semi)
+            self.net.load_state_dict(s["net"])
+            self.opt.load_state_dict(s["opt"])
+            self.ema.load_state_dict(s["ema"])
+            self.step = s["step"]
+            self.dev_rng = torch.Generator(self.device)
+            self.dev_rng.set_state(s["dev_rng"])
+
+    # ---- reporting -------------------------------------------------------------------------
+    def budget(self) -> dict:
+        c = self.cfg
+        return {**self.counters, "batch_size": c.batch_size, "unet": c.unet,
+                "unet_params": self.num_params,
+                "paper_local_steps": 50_000, "paper_global_steps": 30_000, "paper_ddim_steps": 250}

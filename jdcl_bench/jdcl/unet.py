@@ -1,0 +1,305 @@
+"""The JDCL joint model: an LDM-style diffusion UNet with a classifier on its encoder.
+
+The UNet follows the layout of LDM's `openaimodel.UNetModel` (improved-diffusion lineage) as
+JDCL configures it for CIFAR (legacy=True, use_scale_shift_norm=True, conv resampling, no class
+conditioning, epsilon prediction), so the paper config has the same 52,542,979 parameters.
+The classifier reads the encoder only: every input-block output plus the middle-block output is
+global-average-pooled and concatenated (3712 features for the paper config), then an MLP head.
+
+Written for speed rather than as a port: attention goes through
+`F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU), there is no gradient
+checkpointing, and forward passes have no data-dependent Python control flow, so the model runs
+under `torch.compile`, `torch.autocast(dtype=torch.bfloat16)` and with channels_last inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class UNetConfig:
+    image_size: int = 32
+    in_channels: int = 3
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 3
+    # downsample factors (1 = input resolution) at which self-attention is used, as in LDM:
+    # (2, 4) on a 32x32 input means attention at 16x16 and 8x8
+    attention_resolutions: tuple[int, ...] = (2, 4)
+    num_heads: int = 4
+    num_head_channels: int = -1  # > 0 overrides num_heads with channels // num_head_channels
+    dropout: float = 0.1
+    num_classes: int = 10
+    head_hidden: int = 1024
+    head_dropout: float = 0.1
+
+    @classmethod
+    def paper(cls, num_classes: int = 10) -> "UNetConfig":
+        """The official JDCL CIFAR model (52.5M UNet params)."""
+        return cls(num_classes=num_classes)
+
+    @classmethod
+    def fast(cls, num_classes: int = 10, image_size: int = 32, in_channels: int = 3) -> "UNetConfig":
+        """A few-M-param model for quick but meaningful runs (attention at 8x8 for 32x32 inputs)."""
+        return cls(image_size=image_size, in_channels=in_channels, model_channels=64,
+                   channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(4,),
+                   num_classes=num_classes, head_hidden=512)
+
+    @classmethod
+    def smoke(cls, num_classes: int = 10, image_size: int = 32, in_channels: int = 3) -> "UNetConfig":
+        """A tiny model for unit tests on CPU; attention only at the lowest resolution."""
+        return cls(image_size=image_size, in_channels=in_channels, model_channels=16,
+                   channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                   num_classes=num_classes, head_hidden=32)
+
+    def replace(self, **changes) -> "UNetConfig":
+        return replace(self, **changes)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled encoder features the classifier reads."""
+        mc, mult = self.model_channels, self.channel_mult
+        dim = mc  # conv_in
+        for level, m in enumerate(mult):
+            dim += self.num_res_blocks * mc * m  # ResBlock(+attn) outputs
+            if level != len(mult) - 1:
+                dim += mc * m  # Downsample output
+        return dim + mc * mult[-1]  # middle block
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    # 32 groups as in LDM whenever the width allows it; tiny test models get the largest group
+    # count dividing their width, so every width works without special-casing configs
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    # residual branches start as the identity, which keeps deep UNets stable early in training
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def timestep_embedding(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal embedding, [cos | sin] order as in LDM / improved-diffusion."""
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, then FiLM by the timestep (scale-shift on the second norm), then
+    SiLU-dropout-zero-conv; the skip is a 1x1 conv when the width changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.out_norm = norm(out_ch)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+                                        zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_layers(self.out_norm(h) * (1 + scale) + shift)
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Full self-attention over the H*W positions of a feature map (residual, zero-init proj)."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        assert channels % num_heads == 0, (channels, num_heads)
+        self.num_heads = num_heads
+        self.norm = norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        nh = self.num_heads
+        # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors. With channels_last inputs all of
+        # this is a view (head_dim stays the unit-stride axis, which is what the fused kernels want)
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class EmbSequential(nn.ModuleList):
+    """A chain of blocks that all take (x, emb); blocks that ignore emb just accept it, which
+    keeps the forward free of isinstance() dispatch."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+# -----------------------------------------------------------------------------
+# the joint model
+
+
+class JointUNet(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+
+        def heads(ch: int) -> int:
+            return cfg.num_heads if cfg.num_head_channels <= 0 else ch // cfg.num_head_channels
+
+        def block(in_ch: int, out_ch: int, ds: int) -> EmbSequential:
+            layers = [ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)]
+            if ds in cfg.attention_resolutions:
+                layers.append(AttentionBlock(out_ch, heads(out_ch)))
+            return EmbSequential(layers)
+
+        # timestep embedding: fixed sinusoid (frequencies cached; not part of the state dict)
+        half = mc // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        # encoder: conv_in, then per level num_res_blocks blocks and a Downsample (except the last)
+        self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+        self.input_blocks = nn.ModuleList()
+        skip_chans, ch, ds = [mc], mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.input_blocks.append(block(ch, mc * mult, ds))
+                ch = mc * mult
+                skip_chans.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(EmbSequential([Downsample(ch)]))
+                skip_chans.append(ch)
+                ds *= 2
+
+        self.middle_block = EmbSequential([
+            ResBlock(ch, ch, emb_dim, cfg.dropout),
+            AttentionBlock(ch, heads(ch)),
+            ResBlock(ch, ch, emb_dim, cfg.dropout),
+        ])
+
+        # decoder: num_res_blocks + 1 blocks per level, each eating one skip (legacy LDM layout);
+        # the last block of every level but the top one ends with an Upsample
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                b = block(ch + skip_chans.pop(), mc * mult, ds)
+                ch = mc * mult
+                if level and i == cfg.num_res_blocks:
+                    b.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(b)
+        assert not skip_chans
+
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, cfg.in_channels, 3, padding=1)))
+
+        # classifier head on the pooled encoder features (no timestep input, no BatchNorm)
+        self.feature_dim = cfg.feature_dim
+        self.head = nn.Sequential(
+            nn.Linear(self.feature_dim, cfg.head_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(cfg.head_dropout),
+            nn.Linear(cfg.head_hidden, cfg.num_classes),
+        )
+
+    # --- internals
+
+    def _emb(self, t: torch.Tensor) -> torch.Tensor:
+        return self.time_embed(timestep_embedding(t, self.freqs))
+
+    def _encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder + middle block. Returns the middle output and every input-block output
+        (conv_in first), which are both the decoder skips and the classifier's feature maps."""
+        h = self.conv_in(x)
+        hs = [h]
+        for b in self.input_blocks:
+            h = b(h, emb)
+            hs.append(h)
+        return self.middle_block(h, emb), hs
+
+    def _decode(self, h: torch.Tensor, hs: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+        for b, skip in zip(self.output_blocks, reversed(hs)):
+            h = b(torch.cat([h, skip], dim=1), emb)
+        return self.out(h)
+
+    @staticmethod
+    def _pool(h: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
+        # global average pool of each map (JDCL pools with kernel min(H, 10000), i.e. globally)
+        return torch.cat([m.mean(dim=(2, 3)) for m in hs] + [h.mean(dim=(2, 3))], dim=1)
+
+    # --- public API
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predict the noise eps in x (= x_t) at integer timesteps t of shape (B,)."""
+        emb = self._emb(t)
+        h, hs = self._encode(x, emb)
+        return self._decode(h, hs, emb)
+
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder features, (B, feature_dim). Runs the encoder half only."""
+        h, hs = self._encode(x, self._emb(t))
+        return self._pool(h, hs)
+
+    def classify(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits; t defaults to 0, i.e. x is a clean image (JDCL's setting)."""
+        if t is None:
+            t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.head(self.features(x, t))
+
+    def forward_joint(self, x_t: torch.Tensor, t: torch.Tensor,
+                      x_cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps on x_t at t, logits on x_cls at t=0) in one call.
+
+        Both inputs go through the encoder as one batch (per-sample ops only, so this equals two
+        separate passes), then only the x_t half is decoded: fewer, larger kernels than two passes.
+        """
+        n = x_t.shape[0]
+        t_all = torch.cat([t, t.new_zeros(x_cls.shape[0])])
+        emb = self._emb(t_all)
+        h, hs = self._encode(torch.cat([x_t, x_cls]), emb)
+        logits = self.head(self._pool(h[n:], [m[n:] for m in hs]))
+        eps = self._decode(h[:n], [m[:n] for m in hs], emb[:n])
+        return eps, logits

@@ -1,0 +1,105 @@
+"""A plain supervised classifier trainer (SGD + cosine, weak augmentation) for simple methods.
+
+``finetune`` and ``joint`` use it directly; baselines reuse it for their classifiers. Training is a
+fixed number of steps, each drawing a random batch with ``ctx.rng`` and calling ``ctx.tick()``, so
+a run can stop and resume inside a task.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import cifar_resnet
+
+
+@dataclass
+class ClassifierConfig:
+    width: int = 64
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    epochs: float = 50.0          # per task, counted over the task's training set
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    amp: bool = True              # bf16 autocast on CUDA
+
+
+class ClassifierTrainer:
+    def __init__(self, cfg: ClassifierConfig, num_classes: int, in_chans: int, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.model = cifar_resnet(num_classes, in_chans, cfg.width, cfg.layers).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step = 0
+        self.total_steps = 0
+        self.images_seen = 0
+        self.opt = None
+
+    def start(self, n: int) -> None:
+        """New optimiser and schedule for a task of ``n`` training images."""
+        c = self.cfg
+        self.total_steps = max(1, math.ceil(c.epochs * n / c.batch_size))
+        self.step = 0
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
+                                   weight_decay=c.weight_decay, nesterov=True)
+
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
+
+    def train(self, x: torch.Tensor, y: torch.Tensor, ctx, description: str = "classifier") -> None:
+        """Continue training on uint8 images ``x`` with labels ``y`` until the step budget is spent."""
+        from ..data.augment import to_unit, weak_view
+
+        self.model.train()
+        with ctx.progress(description, self.total_steps - self.step) as advance:
+            while self.step < self.total_steps:
+                idx = torch.randint(len(x), (min(self.cfg.batch_size, len(x)),), generator=ctx.rng).to(x.device)
+                xb = to_unit(x[idx])
+                if self.cfg.augment:
+                    xb = weak_view(xb, ctx.rng)
+                loss = self.loss(xb * 2 - 1, y[idx])
+                for g in self.opt.param_groups:
+                    g["lr"] = self.lr_at(self.step)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.step += 1
+                self.images_seen += len(idx)
+                if self.step % 50 == 0 or self.step == self.total_steps:
+                    ctx.check_loss(loss)  # a sync every 50 steps, not every step
+                    advance(1, loss=float(loss))
+                else:
+                    advance(1)
+                ctx.tick()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        amp = self.cfg.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = self.model(x)
+        return F.cross_entropy(logits.float(), y)
+
+    @torch.no_grad()
+    def predict(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        from ..models import normalise
+
+        self.model.eval()
+        amp = self.cfg.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            return self.model(normalise(x_uint8)).float()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
+                "step": self.step, "total_steps": self.total_steps, "images_seen": self.images_seen}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.step, self.total_steps, self.images_seen = s["step"], s["total_steps"], s["images_seen"]
+        if s["opt"] is not None:
+            self.start(1)
+            self.total_steps = s["total_steps"]
+            self.opt.load_state_dict(s["opt"])

@@ -1,0 +1,42 @@
+"""Continual-learning metrics, computed from per-task test accuracies.
+
+Notation: after training task i (0-based, T tasks), ``acc[i][j]`` is top-1 accuracy (%) on the
+test images of task j's classes, predicting over *all* classes of the protocol (class-incremental:
+no task id at test time).
+
+- final_acc: top-1 accuracy on the whole test set after the last task (unseen classes: none left).
+- seen_acc[i]: top-1 accuracy on the test images of all classes seen up to task i.
+- avg_acc: mean over tasks j of acc[T-1][j] (equals final_acc when tasks have equal test sizes).
+- avg_inc_acc: mean over i of seen_acc[i] (Rebuffi et al.'s average incremental accuracy).
+- forgetting: mean over j < T-1 of max_{i<T-1} acc[i][j] - acc[T-1][j] (Chaudhry et al. 2018),
+  in percentage points; 0 for a single task.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def per_task_accuracy(pred: np.ndarray, y: np.ndarray, task_classes: list[list[int]]) -> list[float]:
+    out = []
+    for classes in task_classes:
+        mask = np.isin(y, classes)
+        out.append(float(100.0 * (pred[mask] == y[mask]).mean()) if mask.any() else float("nan"))
+    return out
+
+
+def seen_accuracy(pred: np.ndarray, y: np.ndarray, seen: list[int]) -> float:
+    mask = np.isin(y, seen)
+    return float(100.0 * (pred[mask] == y[mask]).mean())
+
+
+def summarise(acc_matrix: list[list[float]], seen_acc: list[float], final_acc: float) -> dict:
+    a = np.asarray(acc_matrix, dtype=float)
+    t = len(a)
+    last = a[-1, :t]
+    forgetting = float(np.mean([a[:t - 1, j].max() - a[t - 1, j] for j in range(t - 1)])) if t > 1 else 0.0
+    return {
+        "final_acc": float(final_acc),
+        "avg_acc": float(last.mean()),
+        "avg_inc_acc": float(np.mean(seen_acc)),
+        "forgetting": forgetting,
+    }

@@ -1,0 +1,212 @@
+"""Protocols: declarative TOML files describing a continual-learning benchmark.
+
+A protocol file says which dataset, how its classes are grouped into tasks, which training
+labels the learner may see, and which metrics to report. Built-in protocols live in the
+repository's ``protocols/`` folder (installed as ``jdcl_bench.protocols``); a user's own file
+is accepted by path; other packages add theirs through the ``jdcl_bench.protocols``
+entry-point group (the entry point loads to a path of a TOML file or of a folder of them).
+
+Schema (every table but [dataset] and [tasks] is optional)::
+
+    description = "one line"
+    [dataset]   name = "cifar10"            # cifar10 | cifar100 | imagenet100 | digits | synthetic
+                image_size = 32             # optional resize
+                classes = ["airplane", ...] # optional class names (image-folder layouts)
+                [dataset.synthetic] ...     # parameters of the synthetic generator
+    [tasks]     num_tasks = 5               # equal consecutive split of class_order, or
+                classes = [[0, 1], [2, 3]]  # explicit class lists
+                class_order = [...]         # optional; natural order when absent
+    [labels]    regime = "full" | "per_class" | "fraction" | "index_file"
+                per_class = 40 | fraction = 0.1 | index_file = "subsets/..."
+    [eval]      metrics = ["final_acc", ...]
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from importlib.metadata import entry_points
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .registry import RegistryError
+
+KNOWN_DATASETS = ("cifar10", "cifar100", "imagenet100", "digits", "synthetic")
+KNOWN_METRICS = ("final_acc", "avg_acc", "avg_inc_acc", "forgetting", "seen_acc")
+REGIMES = ("full", "per_class", "fraction", "index_file")
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass
+class Protocol:
+    name: str
+    description: str
+    dataset: str
+    image_size: int | None = None
+    class_names: list[str] | None = None
+    synthetic: dict | None = None
+    num_tasks: int | None = None
+    task_classes: list[list[int]] | None = None
+    class_order: list[int] | None = None
+    label_regime: str = "full"
+    per_class: int | None = None
+    fraction: float | None = None
+    index_file: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["final_acc", "avg_acc", "avg_inc_acc", "forgetting"])
+    source: str = ""  # where the file came from (path or "jdcl-bench")
+    path: str = ""
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.label_regime != "full"
+
+    def tasks(self, num_classes: int) -> list[list[int]]:
+        """Class ids of each task, once the dataset's class count is known."""
+        if self.task_classes is not None:
+            flat = [c for t in self.task_classes for c in t]
+            if max(flat) >= num_classes:
+                raise ProtocolError(f"protocol {self.name!r}: [tasks].classes uses class {max(flat)} "
+                                    f"but dataset {self.dataset!r} has {num_classes} classes")
+            return [list(t) for t in self.task_classes]
+        order = self.class_order or list(range(num_classes))
+        if sorted(order) != list(range(num_classes)):
+            raise ProtocolError(f"protocol {self.name!r}: [tasks].class_order must be a permutation of "
+                                f"0..{num_classes - 1} for dataset {self.dataset!r}")
+        if num_classes % self.num_tasks:
+            raise ProtocolError(f"protocol {self.name!r}: {num_classes} classes do not split into "
+                                f"{self.num_tasks} equal tasks; give [tasks].classes explicitly")
+        k = num_classes // self.num_tasks
+        return [order[i * k:(i + 1) * k] for i in range(self.num_tasks)]
+
+    def resolve_index_file(self) -> Path:
+        p = Path(self.index_file)
+        if p.is_absolute():
+            return p
+        base = Path(self.path).parent if self.path else Path(str(resources.files("jdcl_bench.protocols")))
+        return base / p
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ProtocolError(f"{where}: {msg}")
+
+
+def parse_protocol(data: dict, name: str, where: str) -> Protocol:
+    """Validate a parsed TOML document; every error names the field and the problem."""
+    known_top = {"description", "dataset", "tasks", "labels", "eval", "name"}
+    unknown = set(data) - known_top
+    _require(not unknown, where, f"unknown top-level field(s) {sorted(unknown)}; allowed: {sorted(known_top)}")
+    ds = data.get("dataset")
+    _require(isinstance(ds, dict), where, "missing table [dataset] (with at least name = \"cifar10\" or similar)")
+    _require(isinstance(ds.get("name"), str), where, "[dataset].name must be a string")
+    _require(ds["name"] in KNOWN_DATASETS, where,
+             f"[dataset].name = {ds['name']!r} is not a known dataset; known: {', '.join(KNOWN_DATASETS)}")
+    image_size = ds.get("image_size")
+    _require(image_size is None or (isinstance(image_size, int) and image_size > 0), where,
+             "[dataset].image_size must be a positive integer")
+    classes = ds.get("classes")
+    _require(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)), where,
+             "[dataset].classes must be a list of class-name strings")
+
+    tasks = data.get("tasks")
+    _require(isinstance(tasks, dict), where, "missing table [tasks] (num_tasks = N, or classes = [[...], ...])")
+    num_tasks, task_classes = tasks.get("num_tasks"), tasks.get("classes")
+    _require((num_tasks is None) != (task_classes is None), where,
+             "[tasks] needs exactly one of num_tasks or classes")
+    if num_tasks is not None:
+        _require(isinstance(num_tasks, int) and num_tasks >= 1, where, "[tasks].num_tasks must be an integer >= 1")
+    if task_classes is not None:
+        ok = isinstance(task_classes, list) and task_classes and all(
+            isinstance(t, list) and t and all(isinstance(c, int) and c >= 0 for c in t) for t in task_classes)
+        _require(ok, where, "[tasks].classes must be a non-empty list of non-empty lists of class ids")
+        flat = [c for t in task_classes for c in t]
+        _require(len(flat) == len(set(flat)), where, "[tasks].classes lists a class in more than one task")
+    order = tasks.get("class_order")
+    _require(order is None or (isinstance(order, list) and all(isinstance(c, int) for c in order)), where,
+             "[tasks].class_order must be a list of class ids")
+
+    labels = data.get("labels", {"regime": "full"})
+    regime = labels.get("regime", "full")
+    _require(regime in REGIMES, where, f"[labels].regime = {regime!r}; must be one of {', '.join(REGIMES)}")
+    per_class, fraction, index_file = labels.get("per_class"), labels.get("fraction"), labels.get("index_file")
+    if regime == "per_class" or (regime == "index_file" and per_class is not None):
+        _require(isinstance(per_class, int) and per_class >= 1, where, "[labels].per_class must be an integer >= 1")
+    if regime == "fraction":
+        _require(isinstance(fraction, (int, float)) and 0 < fraction <= 1, where,
+                 "[labels].fraction must be a number in (0, 1]")
+    if regime == "index_file":
+        _require(isinstance(index_file, str), where, "[labels].index_file must be a path string")
+
+    metrics = data.get("eval", {}).get("metrics", ["final_acc", "avg_acc", "avg_inc_acc", "forgetting"])
+    bad = [m for m in metrics if m not in KNOWN_METRICS]
+    _require(not bad, where, f"[eval].metrics has unknown metric(s) {bad}; known: {', '.join(KNOWN_METRICS)}")
+
+    return Protocol(
+        name=data.get("name", name), description=data.get("description", ""), dataset=ds["name"],
+        image_size=image_size, class_names=classes, synthetic=ds.get("synthetic"),
+        num_tasks=num_tasks if num_tasks is not None else len(task_classes), task_classes=task_classes,
+        class_order=order, label_regime=regime, per_class=per_class,
+        fraction=float(fraction) if fraction is not None else None, index_file=index_file, metrics=list(metrics),
+    )
+
+
+def load_protocol_file(path: str | Path, source: str = "local") -> Protocol:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProtocolError(f"protocol file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{path}: not valid TOML: {exc}") from None
+    proto = parse_protocol(data, path.stem, str(path))
+    proto.source, proto.path = source, str(path)
+    return proto
+
+
+def _protocol_files() -> dict[str, tuple[Path, str]]:
+    """name -> (file, source) for built-in and plugin protocols."""
+    found: dict[str, tuple[Path, str]] = {}
+    builtin = Path(str(resources.files("jdcl_bench.protocols")))
+    for f in sorted(builtin.glob("*.toml")):
+        found[f.stem] = (f, "jdcl-bench")
+    for ep in entry_points(group="jdcl_bench.protocols"):
+        try:
+            target = Path(ep.load()() if callable(ep.load()) else ep.load())
+        except Exception:  # a broken plugin must not hide the built-ins
+            continue
+        source = ep.dist.name if ep.dist is not None else "plugin"
+        for f in ([target] if target.is_file() else sorted(target.glob("*.toml"))):
+            found.setdefault(f.stem, (f, source))
+    return found
+
+
+def list_protocols() -> list[Protocol]:
+    out = []
+    for name, (f, source) in sorted(_protocol_files().items()):
+        try:
+            out.append(load_protocol_file(f, source))
+        except ProtocolError as exc:
+            out.append(Protocol(name=name, description=f"BROKEN: {exc}", dataset="?", num_tasks=0, source=source))
+    return out
+
+
+def get_protocol(name_or_path: str) -> Protocol:
+    """A registered protocol by name, or a user's TOML file by path."""
+    if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
+        return load_protocol_file(name_or_path, "local")
+    files = _protocol_files()
+    if name_or_path not in files:
+        raise RegistryError(f"unknown protocol {name_or_path!r}; known protocols: {', '.join(sorted(files))} "
+                            "(or pass a path to a .toml protocol file)")
+    f, source = files[name_or_path]
+    return load_protocol_file(f, source)

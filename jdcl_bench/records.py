@@ -1,0 +1,123 @@
+"""Run records on disk: atomic writes, a per-run lock, and the manifest.
+
+A run directory holds ``config.json`` (resolved config), ``manifest.json`` (code version,
+packages, hardware, dataset identity, timings, budget), ``metrics.json`` (accuracy matrix and
+final metrics; ``complete`` is false until the last task is evaluated) and ``checkpoint.pt``.
+Every file is written to a temporary name and renamed into place, so a crash leaves the previous
+version readable; runs only ever write inside their own directory, and a lock file stops two
+processes from driving the same run, so many runs can share one results folder safely.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Exclusive lock on a run directory (released automatically if the process dies)."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunLocked(f"another process is already running in {run_dir}; wait for it or use another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> dict:
+    from . import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    info = {"package_version": __version__, "commit": None, "dirty": None}
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            info["commit"] = head.stdout.strip()
+            # results/ is where runs land; writing a record must not make the code "dirty"
+            status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+            info["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu_name"] = torch.cuda.get_device_name()
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+    return info

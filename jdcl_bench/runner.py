@@ -1,0 +1,279 @@
+"""The task loop: data per task, method hooks, evaluation, checkpoints, resume.
+
+A run is identified by (protocol, method, preset, config overrides, seed) and lives in
+``<out>/runs/<protocol>/<method>/<preset>[+<overrides hash>]/seed<N>``. After every task the
+runner writes ``checkpoint.pt`` atomically; a method that sets ``supports_resume_in_task`` also
+gets checkpoints inside a task (every ``checkpoint_every_s`` seconds and when ``time_limit_s``
+runs out, after which the run stops cleanly). Starting the same run again resumes from the last
+checkpoint. Global torch generators (dropout, init) and ``ctx.rng`` are re-seeded from
+(seed, task) at every task start and saved inside a task, so a resumed run computes exactly
+what an uninterrupted one does on CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import records
+from .config import to_dict
+from .metrics import per_task_accuracy, seen_accuracy, summarise
+from .methods.base import Method, ProtocolInfo, TaskData, derive_seed
+from .progress import Reporter
+from .protocol import Protocol, get_protocol
+from .registry import METHODS
+from .splits import labelled_indices
+
+
+class StopRun(Exception):
+    """Raised inside a task when the time limit is reached; the run was checkpointed."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    protocol: str
+    method: str
+    seed: int = 0
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    out: str = "results"
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    time_limit_s: float | None = None
+    checkpoint_every_s: float = 600.0
+    download: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_globals(seed: int) -> None:
+    """Seed torch's global generators (dropout and init use them); the seed comes from the run."""
+    torch.manual_seed(seed)
+
+
+class RunContext:
+    """What a method may use from the runner: device, generator, progress, artefacts, ticks."""
+
+    def __init__(self, runner: "Runner", device: torch.device, seed: int, run_dir: Path, reporter: Reporter):
+        self._runner = runner
+        self.device = device
+        self.seed = seed
+        self.run_dir = run_dir
+        self.reporter = reporter
+        self.rng = torch.Generator().manual_seed(seed)
+        self.task_index = 0
+
+    def tick(self) -> None:
+        """Call once per training step: checkpoints inside the task and enforces the time limit."""
+        self._runner.tick()
+
+    def check_loss(self, loss: torch.Tensor | float, what: str = "loss") -> None:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
+                                f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")
+
+    def artefact_path(self, name: str) -> Path:
+        p = self.run_dir / "artefacts" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def progress(self, description: str, total: int):
+        return self.reporter.task(f"task {self.task_index + 1}: {description}", total)
+
+    def info(self, msg: str) -> None:
+        self.reporter.info(msg)
+
+
+def run_dir_for(cfg: RunConfig, preset: str) -> Path:
+    tag = preset
+    if cfg.overrides:
+        digest = hashlib.sha256(json.dumps(cfg.overrides, sort_keys=True).encode()).hexdigest()[:8]
+        tag = f"{preset}+{digest}"
+    return Path(cfg.out) / "runs" / cfg.protocol.replace("/", "_").removesuffix(".toml") / cfg.method / tag / f"seed{cfg.seed}"
+
+
+def build_tasks(protocol: Protocol, ds, device: torch.device) -> tuple[list[TaskData], dict, list[list[int]]]:
+    from .data.augment import images_to_tensor
+
+    num_classes = len(ds.classes)
+    task_classes = protocol.tasks(num_classes)
+    lab_idx, split_info = labelled_indices(protocol, ds.train_y)
+    is_lab = np.zeros(len(ds.train_y), bool)
+    is_lab[lab_idx] = True
+    x_all = images_to_tensor(ds.train_x)
+    tasks, seen = [], []
+    for k, classes in enumerate(task_classes):
+        seen = seen + list(classes)
+        in_task = np.isin(ds.train_y, classes)
+        lab = np.flatnonzero(in_task & is_lab)
+        unl = np.flatnonzero(in_task) if protocol.semi_supervised else np.array([], dtype=np.int64)
+        tasks.append(TaskData(
+            index=k, classes=list(classes), seen_classes=list(seen),
+            x=x_all[torch.from_numpy(lab)].to(device), y=torch.from_numpy(ds.train_y[lab]).long().to(device),
+            unlabelled_x=x_all[torch.from_numpy(unl)].to(device)))
+    split_info["labelled_total"] = int(is_lab.sum())
+    return tasks, split_info, task_classes
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, dataset=None):
+        self.cfg = cfg
+        self.reporter = reporter or Reporter()
+        self._dataset = dataset  # tests and the conformance kit may inject a dataset
+
+    # ---- time keeping and in-task checkpoints -------------------------------------------
+    def tick(self) -> None:
+        if not self.method.supports_resume_in_task:
+            return
+        now = time.time()
+        over = self.cfg.time_limit_s is not None and now - self.t_start >= self.cfg.time_limit_s
+        if over or now - self.last_save >= self.cfg.checkpoint_every_s:
+            self.save_checkpoint(phase="in_task")
+            if over:
+                raise StopRun()
+
+    def _elapsed(self) -> float:
+        return self.prev_wall + (time.time() - self.t_start)
+
+    def save_checkpoint(self, phase: str) -> None:
+        state = {
+            "phase": phase, "task": self.task_index, "method": self.method.state_dict(),
+            "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+            "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
+        }
+        records.atomic_torch_save(state, self.run_dir / "checkpoint.pt")
+        self.last_save = time.time()
+
+    # ---- the run ----------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        protocol = get_protocol(cfg.protocol)
+        method_cls: type[Method] = METHODS.get(cfg.method)
+        mcfg = method_cls.config_for(cfg.preset, cfg.overrides)
+        preset = cfg.preset or method_cls.default_preset
+        self.device = resolve_device(cfg.device)
+        self.run_dir = run_dir_for(cfg, preset)
+
+        with records.run_lock(self.run_dir):
+            config_doc = {"protocol": protocol.name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
+                          "overrides": cfg.overrides, "method_config": to_dict(mcfg),
+                          "run": {k: v for k, v in asdict(cfg).items() if k not in ("overrides",)},
+                          "protocol_spec": protocol.to_dict()}
+            ckpt_path = self.run_dir / "checkpoint.pt"
+            metrics_path = self.run_dir / "metrics.json"
+            if metrics_path.exists() and records.read_json(metrics_path).get("complete"):
+                self.reporter.info(f"run already complete: {self.run_dir}")
+                return self.run_dir
+            if ckpt_path.exists():
+                old = records.read_json(self.run_dir / "config.json")
+                for key in ("protocol", "method", "preset", "seed", "method_config"):
+                    if old.get(key) != json.loads(json.dumps(config_doc[key])):
+                        raise RuntimeError(f"{self.run_dir} holds a checkpoint of a different run ({key} differs); "
+                                           "use another --out or delete the directory")
+            else:
+                records.write_json(self.run_dir / "config.json", config_doc)
+
+            t_load = time.time()
+            ds = self._dataset
+            if ds is None:
+                from .data.datasets import load_dataset
+
+                ds = load_dataset(protocol.dataset, data_dir=cfg.data_dir, image_size=protocol.image_size,
+                                  class_names=protocol.class_names, download=cfg.download, synthetic=protocol.synthetic)
+            tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
+            self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
+                               f"{split_info['labelled_total']} labelled training images "
+                               f"({ds.identity.get('variant', '')}) loaded in {time.time() - t_load:.1f}s")
+            test_x = __import__("jdcl_bench.data.augment", fromlist=["x"]).images_to_tensor(ds.test_x)
+            test_y = np.asarray(ds.test_y)
+
+            self.ctx = RunContext(self, self.device, cfg.seed, self.run_dir, self.reporter)
+            info = ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
+                                protocol.semi_supervised)
+            self.method = method_cls(mcfg, self.ctx)
+            seed_globals(derive_seed(cfg.seed, "setup"))
+            self.method.setup(info)
+
+            self.acc_rows, self.seen_acc, self.prev_wall, start, in_task = [], [], 0.0, 0, False
+            if ckpt_path.exists():
+                state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                self.method.load_state_dict(state["method"])
+                self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
+                in_task = state["phase"] == "in_task"
+                start = state["task"] if in_task else state["task"] + 1
+                if in_task:
+                    self.ctx.rng.set_state(state["rng"]["ctx"])
+                    torch.set_rng_state(state["rng"]["torch"])
+                    if state["rng"]["cuda"] is not None and self.device.type == "cuda":
+                        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+                self.reporter.info(f"resuming {self.run_dir} at task {start + 1}" + (" (inside the task)" if in_task else ""))
+
+            self.t_start = self.last_save = time.time()
+            manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
+                        "hardware": records.hardware(str(self.device)),
+                        "dataset": {**ds.identity, "labels": split_info}, "started_at": records.now()}
+            for k in range(start, len(tasks)):
+                task = tasks[k]
+                self.task_index = self.ctx.task_index = k
+                if not (in_task and k == start):
+                    if k > start and cfg.time_limit_s is not None and time.time() - self.t_start >= cfg.time_limit_s:
+                        self.reporter.info(f"time limit reached; stopped before task {k + 1}, run again to resume")
+                        return self.run_dir
+                    self.ctx.rng.manual_seed(derive_seed(cfg.seed, "task", k))
+                    seed_globals(derive_seed(cfg.seed, "torch", k))
+                    self.method.begin_task(task)
+                try:
+                    self.method.train_task(task)
+                except StopRun:
+                    self.reporter.info(f"time limit reached inside task {k + 1}; checkpointed, run again to resume")
+                    return self.run_dir
+                self.method.end_task(task)
+                pred = self.evaluate(test_x)
+                self.acc_rows.append(per_task_accuracy(pred, test_y, task_classes))
+                self.seen_acc.append(seen_accuracy(pred, test_y, task.seen_classes))
+                final = float(100.0 * (pred == test_y).mean())
+                self.save_checkpoint(phase="task_done")
+                done = k == len(tasks) - 1
+                metrics = {"complete": done, "tasks_done": k + 1, "num_tasks": len(tasks),
+                           "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
+                           **summarise(self.acc_rows, self.seen_acc, final), "method_label": self.method.label()}
+                wall = self._elapsed()
+                manifest.update({"wall_time_s": wall, "gpu_seconds": wall if self.device.type == "cuda" else 0.0,
+                                 "budget": {"preset": preset, "reduced": preset != "paper",
+                                            **self.method.budget()},
+                                 "finished_at": records.now() if done else None})
+                records.write_json(self.run_dir / "manifest.json", manifest)
+                records.write_json(metrics_path, metrics)
+                self.reporter.info(f"task {k + 1}/{len(tasks)}: seen-class accuracy {self.seen_acc[-1]:.2f}%, "
+                                   f"all-class accuracy {final:.2f}%")
+        return self.run_dir
+
+    @torch.no_grad()
+    def evaluate(self, test_x: torch.Tensor) -> np.ndarray:
+        preds = []
+        for i in range(0, len(test_x), self.cfg.eval_batch_size):
+            xb = test_x[i:i + self.cfg.eval_batch_size].to(self.device, non_blocking=True)
+            preds.append(self.method.predict(xb).argmax(1).cpu())
+        return torch.cat(preds).numpy()
+
+
+def run(cfg: RunConfig, reporter: Reporter | None = None, dataset=None) -> Path:
+    return Runner(cfg, reporter, dataset).run()

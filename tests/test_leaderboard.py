@@ -1,0 +1,344 @@
+"""Leaderboard, show and plot, on fake run directories with known numbers (CPU, fast)."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jdcl_bench.leaderboard import (Cell, leaderboard, load_records, render_csv, render_latex,
+                                    render_markdown, render_show, render_show_text)
+
+P10, P100 = "cifar10-t5", "cifar100_t10"  # the underscore exercises LaTeX escaping
+TRICKY = "Fine_tune #1 & 50%"              # every LaTeX special a label is likely to carry
+
+# (label, method, protocol) -> per-seed (final_acc, forgetting, gpu_seconds)
+RUNS = {
+    ("JDCL", "jdcl", P10): [(83.1, 5.0, 600.0), (84.0, 4.0, 660.0), (82.5, 6.5, 630.0)],
+    ("NNCSL (M=500)", "nncsl", P10): [(80.0, 3.0, 900.0), (81.5, 2.5, 960.0)],
+    (TRICKY, "finetune", P10): [(20.0, 70.0, 120.0)],
+    ("JDCL", "jdcl", P100): [(60.0, 10.0, 1200.0), (62.0, 9.0, 1260.0)],
+    ("NNCSL (M=500)", "nncsl", P100): [(55.0, 8.0, 1500.0)],
+    (TRICKY, "finetune", P100): [(10.0, 80.0, 300.0), (11.0, 79.0, 310.0), (12.5, 78.5, 320.0)],
+}
+
+
+def write_run(root, protocol, method, label, seed, final_acc, forgetting=5.0, gpu_seconds=60.0, *,
+              complete=True, canonical=True, preset="full", reduced=False, num_tasks=5,
+              subdir=None, finished_at="2024-01-01T00:00:00+00:00"):
+    """A run directory laid out as jdcl_bench.records writes it."""
+    run = root / (subdir or f"{protocol}/{method}-{label.replace(' ', '')}/{preset}/seed{seed}")
+    run.mkdir(parents=True)
+    classes = [[2 * t, 2 * t + 1] for t in range(num_tasks)]
+    # Lower-triangular matrix (tasks not trained yet score 0) ending near final_acc.
+    matrix = [[(final_acc + 2 * (i - j)) if j <= i else 0.0 for j in range(num_tasks)] for i in range(num_tasks)]
+    seen = [final_acc + 3 * (num_tasks - 1 - i) for i in range(num_tasks)]
+    config = {"protocol": protocol, "method": method, "preset": preset, "seed": seed,
+              "method_config": {"lr": 0.001, "replay": {"buffer": 500, "ratio": 0.5}}, "run": {}}
+    manifest = {
+        "code_version": {"commit": "abc123", "dirty": False, "package_version": "0.1.0"},
+        "packages": {"torch": "2.3.0"},
+        "hardware": {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "cpu": "x86_64"},
+        "dataset": {"name": "cifar10", "variant": "canonical" if canonical else "imagefolder-jpeg",
+                    "canonical": canonical, "content_hash": "deadbeef",
+                    "note": None if canonical else "CIFAR-10 re-encoded as JPEG (lossy); not canonical"},
+        "wall_time_s": gpu_seconds * 1.1, "gpu_seconds": gpu_seconds,
+        "budget": {"preset": preset, "reduced": reduced, "steps": 1000, "images_seen": 64000},
+        "started_at": "2024-01-01T00:00:00+00:00", "finished_at": finished_at,
+    }
+    metrics = {"complete": complete, "tasks_done": num_tasks if complete else 2, "num_tasks": num_tasks,
+               "task_classes": classes, "acc_matrix": matrix, "seen_acc": seen, "final_acc": final_acc,
+               "avg_acc": float(np.mean(matrix[-1])), "avg_inc_acc": float(np.mean(seen)),
+               "forgetting": forgetting, "method_label": label}
+    for name, obj in (("config.json", config), ("manifest.json", manifest), ("metrics.json", metrics)):
+        (run / name).write_text(json.dumps(obj))
+    return run
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results"
+    for (label, method, protocol), seeds in RUNS.items():
+        for seed, (acc, fgt, gpu) in enumerate(seeds):
+            write_run(root, protocol, method, label, seed, acc, fgt, gpu)
+    # Noise that must not reach the tables.
+    write_run(root, P10, "jdcl", "JDCL", 7, 99.9, 0.0, complete=False)
+    bad = root / "broken" / "run"
+    bad.mkdir(parents=True)
+    (bad / "metrics.json").write_text('{"complete": true, "final_acc": ')
+    return root
+
+
+def expected(protocol, label, column):
+    seeds = next(v for (lab, _, p), v in RUNS.items() if p == protocol and lab == label)
+    values = np.array([s[column] for s in seeds])
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else np.nan), len(values)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def test_load_records_skips_incomplete_and_malformed(results):
+    df = load_records(results)
+    assert len(df) == sum(len(v) for v in RUNS.values())
+    assert 99.9 not in set(df["final_acc"])
+    warnings = "\n".join(df.attrs["warnings"])
+    assert "malformed metrics.json" in warnings and "broken" in warnings
+    assert "1 run(s) in progress" in warnings
+    assert len(df.attrs["incomplete"]) == 1
+    assert df.loc[df["method_label"] == "JDCL", "gpu_minutes"].max() == pytest.approx(1260 / 60)
+    assert isinstance(df["seen_acc"].iloc[0], list)
+    assert set(df["gpu_name"]) == {"NVIDIA H100 80GB HBM3"}
+
+
+def test_missing_manifest_and_duplicate_seed(tmp_path):
+    root = tmp_path / "r"
+    write_run(root, P10, "jdcl", "JDCL", 0, 70.0, subdir="old", finished_at="2024-01-01T00:00:00+00:00")
+    write_run(root, P10, "jdcl", "JDCL", 0, 75.0, subdir="new", finished_at="2024-02-01T00:00:00+00:00")
+    run = write_run(root, P10, "jdcl", "JDCL", 1, 80.0, subdir="nomanifest")
+    (run / "manifest.json").unlink()
+    df = load_records(root)
+    # The rerun of seed 0 replaces the older one, so seed 0 is not counted twice.
+    assert list(df["final_acc"]) == [75.0]
+    warnings = "\n".join(df.attrs["warnings"])
+    assert "missing manifest.json" in warnings and "duplicate run" in warnings
+
+
+def test_empty_results_folder(tmp_path):
+    df = load_records(tmp_path)
+    assert df.empty and df.attrs["warnings"] == []
+    table = leaderboard(df)
+    assert table.empty
+    with pytest.raises(FileNotFoundError):
+        load_records(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------- aggregation
+
+
+def test_leaderboard_mean_std_n(results):
+    table = leaderboard(load_records(results), "final_acc")
+    assert list(table.columns) == sorted([P10, P100])  # sorted by default
+    assert sorted(table.index) == sorted({k[0] for k in RUNS})
+    for (label, _, protocol) in RUNS:
+        cell = table.at[label, protocol]
+        mean, std, n = expected(protocol, label, 0)
+        assert isinstance(cell, Cell) and cell.n == n
+        assert cell.mean == pytest.approx(mean)
+        if n == 1:
+            assert np.isnan(cell.std)
+        else:
+            assert cell.std == pytest.approx(std)
+
+
+def test_protocol_order_and_best(results):
+    df = load_records(results)
+    table = leaderboard(df, "final_acc", protocols=[P10, P100])
+    assert list(table.columns) == [P10, P100]
+    assert table.at["JDCL", P10].best and not table.at["NNCSL (M=500)", P10].best
+    fgt = leaderboard(df, "forgetting", protocols=[P10])
+    assert fgt.at["NNCSL (M=500)", P10].best  # lowest forgetting wins
+    assert not fgt.at["JDCL", P10].best
+    gpu = leaderboard(df, "gpu_minutes", protocols=[P10])
+    assert gpu.at[TRICKY, P10].best  # cheapest wins
+
+
+# ------------------------------------------------------------------------------- Markdown
+
+
+def md_row(text, label):
+    return next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_markdown(results):
+    df = load_records(results)
+    text = render_markdown(leaderboard(df, "final_acc", protocols=[P10, P100]))
+    mean, std, _ = expected(P10, "JDCL", 0)
+    assert f"**{mean:.1f} ± {std:.1f}** (n=3)" in md_row(text, "JDCL")
+    assert "20.0 (n=1)" in md_row(text, TRICKY)  # one seed: value, no invented std
+    assert "**" not in md_row(text, "NNCSL (M=500)").split("|")[2]
+    assert "Final top-1 accuracy" in text and "ddof=1" in text
+    assert "†" not in text and "‡" not in text
+
+    fgt = render_markdown(leaderboard(df, "forgetting", protocols=[P10]))
+    assert "**2.8 ± 0.4** (n=2)" in md_row(fgt, "NNCSL (M=500)")
+    assert "**" not in md_row(fgt, "JDCL")
+    assert "lower is better" in fgt
+
+
+def test_markdown_multi_metric(results):
+    table = leaderboard(load_records(results), ["final_acc", "forgetting", "gpu_minutes"], protocols=[P10])
+    assert isinstance(table.columns, pd.MultiIndex) and len(table.columns) == 3
+    text = render_markdown(table)
+    header = text.splitlines()[0]
+    assert f"{P10} / Final acc. (%)" in header and f"{P10} / Forgetting (pp)" in header
+    assert header.count("|") == 5
+
+
+# ------------------------------------------------------------------------------- CSV
+
+
+def test_csv_round_trip(results):
+    df = load_records(results)
+    table = leaderboard(df, ["final_acc", "forgetting"])
+    back = pd.read_csv(io.StringIO(render_csv(table)))
+    assert list(back.columns) == ["method", "protocol", "metric", "mean", "std", "n"]
+    assert len(back) == 2 * len(RUNS)
+    for (label, _, protocol) in RUNS:
+        for column, metric in ((0, "final_acc"), (1, "forgetting")):
+            row = back[(back["method"] == label) & (back["protocol"] == protocol) & (back["metric"] == metric)]
+            mean, std, n = expected(protocol, label, column)
+            assert row["mean"].item() == pytest.approx(mean, abs=1e-12)
+            assert row["n"].item() == n
+            if n == 1:
+                assert np.isnan(row["std"].item())
+            else:
+                assert row["std"].item() == pytest.approx(std, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------- LaTeX
+
+
+def tabular_rows(latex):
+    body = latex[latex.index("\\toprule"):latex.index("\\bottomrule")]
+    return [line for line in body.splitlines() if line.rstrip().endswith("\\\\")]
+
+
+def ampersands(line):
+    return len(re.findall(r"(?<!\\)&", line))
+
+
+def assert_balanced(latex):
+    depth = 0
+    for ch in latex.replace("\\{", "").replace("\\}", ""):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+
+
+def test_latex_compiles(results, tmp_path):
+    """Single-metric, multi-metric and footnoted tables in one booktabs document."""
+    if shutil.which("pdflatex") is None:
+        # Only this step needs a TeX install; the other LaTeX tests check the structure everywhere.
+        pytest.skip("pdflatex not on PATH")
+    write_run(results, P100, "gfr", "GFR", 0, 40.0, canonical=False)
+    write_run(results, P100, "dgr", "DGR", 0, 30.0, preset="fast", reduced=True)
+    df = load_records(results)
+    tables = [render_latex(leaderboard(df, "final_acc"), label="tab:a"),
+              render_latex(leaderboard(df, ["final_acc", "forgetting", "gpu_minutes"], protocols=[P10, P100])),
+              render_latex(leaderboard(df, "wall_minutes", protocols=[P100, "no_runs_yet"]))]
+    doc = tmp_path / "tables.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + "\n".join(tables) + "\n\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "tables.pdf").stat().st_size > 0
+
+
+def test_latex_single_metric(results):
+    table = leaderboard(load_records(results), "final_acc", protocols=[P10, P100])
+    latex = render_latex(table, label="tab:final")
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert latex.count(rule) == 1
+    assert "cifar100\\_t10" in latex and "cifar100_t10" not in latex
+    assert "Fine\\_tune \\#1 \\& 50\\%" in latex
+    jdcl = next(line for line in latex.splitlines() if line.startswith("JDCL &"))
+    mean, std, _ = expected(P10, "JDCL", 0)
+    assert "\\textbf{\\boldmath $" in jdcl.split("&")[1]
+    assert f"{mean:.1f} \\pm {std:.1f}" in jdcl and "{\\scriptsize (n=3)}" in jdcl
+    assert "\\textbf" not in next(line for line in latex.splitlines() if line.startswith("NNCSL"))
+    assert "\\caption{" in latex and "ddof=1" in latex and "\\label{tab:final}" in latex
+    assert "\\dagger" not in latex and "\\ddagger" not in latex
+    rows = tabular_rows(latex)
+    assert len(rows) == 1 + len(table.index)
+    assert {ampersands(r) for r in rows} == {len(table.columns)}
+    assert_balanced(latex)
+
+
+def test_latex_multi_metric(results):
+    df = load_records(results)
+    table = leaderboard(df, ["final_acc", "forgetting", "gpu_minutes"], protocols=[P10, P100])
+    latex = render_latex(table)
+    assert "\\multicolumn{3}{c}{cifar10-t5}" in latex and "\\multicolumn{3}{c}{cifar100\\_t10}" in latex
+    assert "\\cmidrule(lr){2-4} \\cmidrule(lr){5-7}" in latex
+    rows = tabular_rows(latex)
+    # first header row spans 3 columns per protocol; the rest have one & per column
+    assert ampersands(rows[0]) == 2
+    assert {ampersands(r) for r in rows[1:]} == {6}
+    nncsl = next(line for line in latex.splitlines() if line.startswith("NNCSL"))
+    assert "\\textbf" in nncsl.split("&")[2]  # lowest forgetting on cifar10-t5
+    assert "Forgetting (pp)" in latex and "Final acc. (\\%)" in latex
+    assert_balanced(latex)
+
+
+def test_noncanonical_and_reduced_marks(results):
+    write_run(results, P100, "gfr", "GFR", 0, 40.0, canonical=False)
+    write_run(results, P100, "gfr", "GFR", 1, 42.0, canonical=False)
+    write_run(results, P100, "dgr", "DGR", 0, 30.0, preset="fast", reduced=True)
+    df = load_records(results)
+
+    # Only tables that contain a non-canonical run carry the dagger and its note.
+    clean = leaderboard(df, "final_acc", protocols=[P10])
+    assert "†" not in render_markdown(clean) and "\\dagger" not in render_latex(clean)
+
+    table = leaderboard(df, "final_acc", protocols=[P100])
+    text = render_markdown(table)
+    assert "†" in md_row(text, "GFR") and "†" not in md_row(text, "JDCL")
+    assert "‡" in md_row(text, "DGR") and "‡" not in md_row(text, "GFR")
+    assert "CIFAR-10 re-encoded as JPEG (lossy); not canonical" in text
+    assert "preset fast" in text
+
+    latex = render_latex(table)
+    gfr = next(line for line in latex.splitlines() if line.startswith("GFR &"))
+    assert "$^{\\dagger}$" in gfr
+    caption = latex[latex.index("\\caption{"):latex.index("\\begin{tabular}")]
+    assert "$^{\\dagger}$ Non-canonical dataset: CIFAR-10 re-encoded as JPEG" in caption
+    assert "$^{\\ddagger}$ Reduced compute budget (preset fast)" in caption
+    assert_balanced(latex)
+
+
+def test_unknown_metric(results):
+    with pytest.raises(ValueError, match="unknown metric"):
+        leaderboard(load_records(results), "top5")
+
+
+# ------------------------------------------------------------------------------- show and plot
+
+
+def test_show_renders_matrix_and_artefacts(results):
+    run = next((results / P10).glob("jdcl-*/full/seed0"))
+    (run / "confusion.png").write_bytes(b"\x89PNG fake")
+    (run / "replay_counts_task2.json").write_text("{}")
+    text = render_show_text(run)
+    for fragment in ("cifar10-t5", "jdcl", "seed", "83.1", "89.1", "91.1", "Accuracy (%)",
+                     "method_config.replay.buffer", "500", "NVIDIA H100", "abc123", "cifar10",
+                     "confusion.png", "replay_counts_task2.json", str(run)):
+        assert fragment in text, fragment
+    # matrix rows: the diagonal after task 1 and the final row both appear
+    assert re.search(r"\b1\s+83\.1\s+0\.0", text)
+    assert re.search(r"\b5\s+91\.1\s+89\.1\s+87\.1\s+85\.1\s+83\.1", text)
+    assert render_show(run) is not None
+
+
+def test_show_rejects_non_run_dir(results):
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        render_show(results)
+    with pytest.raises(ValueError, match="malformed"):
+        render_show(results / "broken" / "run")
+
+
+def test_plot_seen_accuracy(results, tmp_path):
+    from jdcl_bench.plotting import plot_seen_accuracy
+
+    write_run(results, P10, "gfr", "GFR", 0, 40.0, canonical=False, preset="fast", reduced=True)
+    out = plot_seen_accuracy(load_records(results), P10, tmp_path / "figs" / "seen.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    with pytest.raises(ValueError):
+        plot_seen_accuracy(load_records(results), "no-such-protocol", tmp_path / "x.png")

@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jdcl_bench.methods.base import Method
+from jdcl_bench.progress import Reporter
+from jdcl_bench.registry import METHODS
+from jdcl_bench.runner import NonFiniteLoss, RunConfig, run
+
+QUIET = Reporter(quiet=True)
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "jdcl_bench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_finetune_run_writes_a_complete_record(tmp_path):
+    d = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    assert d == tmp_path / "runs/synthetic-t2/finetune/smoke/seed0"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["complete"] and m["tasks_done"] == 2 and np.asarray(m["acc_matrix"]).shape == (2, 2)
+    assert m["task_classes"] == [[0, 1], [2, 3]]
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["dataset"]["name"] == "synthetic" and "content_hash" in man["dataset"]
+    assert man["budget"]["preset"] == "smoke" and man["budget"]["reduced"] is True
+    assert man["hardware"]["device"] == "cpu" and man["packages"]["torch"]
+    assert "commit" in man["code_version"] and man["wall_time_s"] > 0
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["method_config"]["classifier"]["width"] == 8 and cfg["seed"] == 0
+    # a second invocation sees the complete run and does nothing
+    assert run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET) == d
+
+
+def test_overrides_get_their_own_run_dir_and_config_mismatch_is_refused(tmp_path):
+    base = dict(protocol="synthetic-t2", method="finetune", preset="smoke", out=str(tmp_path), device="cpu")
+    d1 = run(RunConfig(**base, overrides={"classifier.epochs": "1"}), QUIET)
+    assert d1.parent.name.startswith("smoke+") and json.loads((d1 / "config.json").read_text())[
+        "method_config"]["classifier"]["epochs"] == 1.0
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    args = ["run", "--protocol", "digits-t5", "--method", "finetune", "--preset", "smoke", "--device", "cpu",
+            "--set", "classifier.epochs=6"]
+    ref = cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.wait(300) == 0, ref.stdout.read()
+    ref_metrics = json.loads(next((tmp_path / "ref").rglob("metrics.json")).read_text())
+
+    out = tmp_path / "killed"
+    p = cli(*args, "--out", str(out), "--checkpoint-every", "0")
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and p.poll() is None:
+        ms = list(out.rglob("metrics.json"))
+        if ms:
+            done = json.loads(ms[0].read_text())["tasks_done"]
+            if 1 <= done < 5:
+                time.sleep(0.3)  # land inside the next task
+                p.send_signal(signal.SIGKILL)
+                killed_at = done
+                break
+        time.sleep(0.05)
+    p.wait(60)
+    assert killed_at is not None, "the run finished before it could be killed"
+    partial = json.loads(next(out.rglob("metrics.json")).read_text())
+    assert not partial["complete"]
+    again = cli(*args, "--out", str(out))
+    log = again.stdout.read()
+    assert again.wait(300) == 0, log
+    assert "resuming" in log
+    got = json.loads(next(out.rglob("metrics.json")).read_text())
+    for k in ("acc_matrix", "seen_acc", "final_acc", "avg_inc_acc", "forgetting"):
+        assert got[k] == ref_metrics[k], k
+
+
+@dataclass
+class _Cfg:
+    nan_at_task: int = 1
+
+
+class _NaNMethod(Method):
+    name = "nan-test"
+    Config = _Cfg
+    presets = {"smoke": {}}
+
+    def train_task(self, task):
+        if task.index == self.cfg.nan_at_task:
+            self.ctx.check_loss(torch.tensor(float("nan")))
+
+    def predict(self, x):
+        return torch.zeros(len(x), self.info.num_classes)
+
+
+def test_nan_loss_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    METHODS.register("nan-test", _NaNMethod)
+    try:
+        with pytest.raises(NonFiniteLoss, match="became nan in task 2"):
+            run(RunConfig("synthetic-t2", "nan-test", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    finally:
+        METHODS.unregister("nan-test")
+    d = tmp_path / "runs/synthetic-t2/nan-test/smoke/seed0"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["tasks_done"] == 1 and not m["complete"]
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["task"] == 0
+
+
+def test_parallel_runs_share_a_results_folder(tmp_path):
+    procs = [cli("run", "--protocol", "synthetic-t2", "--method", m, "--preset", "smoke", "--seed", str(s),
+                 "--device", "cpu", "--out", str(tmp_path)) for m in ("finetune", "joint") for s in (0, 1)]
+    for p in procs:
+        assert p.wait(300) == 0, p.stdout.read()
+    records = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("metrics.json"))
+    assert len(records) == 4
+    for r in tmp_path.rglob("metrics.json"):
+        assert json.loads(r.read_text())["complete"]
+
+
+def test_same_run_twice_at_once_is_refused(tmp_path):
+    from jdcl_bench.records import RunLocked, run_lock
+
+    d = tmp_path / "runs/synthetic-t2/finetune/smoke/seed0"
+    with run_lock(d):
+        with pytest.raises(RunLocked, match="another process"):
+            run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path):
+    a = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), seed=0, device="cpu"), QUIET)
+    b = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path / "x"), seed=0, device="cpu"), QUIET)
+    c = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), seed=1, device="cpu"), QUIET)
+    ma, mb, mc = (json.loads((d / "metrics.json").read_text()) for d in (a, b, c))
+    assert ma["acc_matrix"] == mb["acc_matrix"]
+    assert (torch.load(a / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"] !=
+            torch.load(c / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"]).any()

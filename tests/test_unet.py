@@ -1,0 +1,118 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
+
+
+def unet_params(model: JointUNet) -> int:
+    return count_parameters(model) - count_parameters(model.head)
+
+
+def test_paper_config_matches_official_counts():
+    # built on the meta device: shapes only, no memory, no init cost
+    with torch.device("meta"):
+        model = JointUNet(UNetConfig.paper(10))
+        model100 = JointUNet(UNetConfig.paper(100))
+    assert unet_params(model) == 52_542_979
+    assert count_parameters(model.head) == 3_812_362
+    assert count_parameters(model100.head) == 3_904_612
+    assert model.feature_dim == UNetConfig.paper(10).feature_dim == 3712
+    # encoder half (time MLP + conv_in + input blocks + middle), as counted on the official model
+    enc = sum(count_parameters(m) for m in (model.time_embed, model.conv_in, model.input_blocks, model.middle_block))
+    assert enc == 20_406_912
+
+
+def test_paper_config_feature_maps():
+    with torch.device("meta"):
+        model = JointUNet(UNetConfig.paper(10))
+        x = torch.empty(2, 3, 32, 32)
+        h, hs = model._encode(x, model._emb(torch.zeros(2, dtype=torch.long)))
+        feats = model.features(x, torch.zeros(2, dtype=torch.long))
+    maps = hs + [h]
+    assert len(maps) == 17  # conv_in, 12 ResBlocks, 3 Downsamples, middle
+    assert [m.shape[1] for m in maps] == [128] * 5 + [256] * 12
+    assert [m.shape[-1] for m in maps] == [32] * 4 + [16] * 4 + [8] * 4 + [4] * 5
+    assert feats.shape == (2, 3712)
+
+
+def test_attention_placement_paper():
+    model_cfg = UNetConfig.paper(10)
+    with torch.device("meta"):
+        model = JointUNet(model_cfg)
+    names = [n for n, m in model.named_modules() if type(m).__name__ == "AttentionBlock"]
+    # 3 per attended encoder level (16x16, 8x8), 1 in the middle, 4 per attended decoder level
+    assert sum(n.startswith("input_blocks") for n in names) == 6
+    assert sum(n.startswith("middle_block") for n in names) == 1
+    assert sum(n.startswith("output_blocks") for n in names) == 8
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_smoke_shapes(in_channels, size):
+    torch.manual_seed(0)
+    cfg = UNetConfig.smoke(num_classes=5, image_size=size, in_channels=in_channels)
+    model = JointUNet(cfg)
+    x = torch.randn(8, in_channels, size, size)
+    t = torch.randint(0, 1000, (8,))
+    assert model(x, t).shape == x.shape
+    assert model.features(x, t).shape == (8, model.feature_dim)
+    assert model.classify(x).shape == (8, 5)
+    eps, logits = model.forward_joint(x, t, x[:4])
+    assert eps.shape == x.shape and logits.shape == (4, 5)
+
+
+def test_forward_joint_equals_separate_passes():
+    torch.manual_seed(0)
+    model = JointUNet(UNetConfig.smoke(10, image_size=16)).eval()  # eval: no dropout noise
+    _perturb_zero_init(model)
+    x_t, x_cls = torch.randn(6, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    t = torch.randint(0, 1000, (6,))
+    eps, logits = model.forward_joint(x_t, t, x_cls)
+    torch.testing.assert_close(eps, model(x_t, t), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, model.classify(x_cls), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_matches():
+    torch.manual_seed(0)
+    model = JointUNet(UNetConfig.smoke(10, image_size=16)).eval()
+    _perturb_zero_init(model)
+    x = torch.randn(4, 3, 16, 16)
+    t = torch.randint(0, 1000, (4,))
+    ref = model(x, t)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.contiguous(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def _perturb_zero_init(model):
+    # zero-initialised output convs would make the decoder's gradients (and outputs) vanish at
+    # init; give every all-zero weight small random values so the whole graph is exercised
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():
+                p.normal_(0, 0.05)
+
+
+def test_joint_loss_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = JointUNet(UNetConfig.smoke(10, image_size=16))
+    _perturb_zero_init(model)
+    x = torch.randn(4, 3, 16, 16)
+    t = torch.randint(0, 1000, (4,))
+    noise = torch.randn_like(x)
+    eps, logits = model.forward_joint(x, t, x)
+    loss = F.mse_loss(eps, noise) + F.cross_entropy(logits, torch.randint(0, 10, (4,)))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    # the decoder is trained by the diffusion term alone, the head by CE alone
+    assert model.output_blocks[0][0].in_layers[2].weight.grad.abs().sum() > 0
+    assert model.input_blocks[0][0].in_layers[2].weight.grad.abs().sum() > 0
+
+
+def test_zero_init_makes_unet_output_zero():
+    # the output conv is zero-initialised, so a fresh model predicts eps = 0 everywhere
+    model = JointUNet(UNetConfig.smoke(10, image_size=8))
+    x = torch.randn(2, 3, 8, 8)
+    assert model(x, torch.tensor([0, 999])).abs().max() == 0
