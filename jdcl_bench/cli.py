@@ -123,7 +123,7 @@ def table(results, fmt, metrics, protocols, output) -> None:
     if df.attrs.get("incomplete"):
         click.secho(f"note: {len(df.attrs['incomplete'])} run(s) still in progress are not in the table", err=True)
     render = {"markdown": lb.render_markdown, "latex": lb.render_latex, "csv": lb.render_csv}[fmt]
-    text = render(tab, metric=list(metrics))
+    text = render(tab)
     if output:
         atomic_write_bytes(Path(output), text.encode())
         click.echo(f"wrote {output}")

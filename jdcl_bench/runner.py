@@ -84,7 +84,7 @@ class RunContext:
         self._runner.tick()
 
     def check_loss(self, loss: torch.Tensor | float, what: str = "loss") -> None:
-        value = float(loss)
+        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if not math.isfinite(value):
             raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
                                 f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")

@@ -92,6 +92,7 @@ def check_method(method: str, preset: str = "smoke", overrides: dict | None = No
     semi = cls.uses_unlabelled if semi is None else semi
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(workdir or tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
     quiet = Reporter(quiet=True)
     try:
         proto_path, ds = _protocol_with_index_file(root, semi)

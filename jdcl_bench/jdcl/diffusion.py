@@ -20,13 +20,14 @@ EpsFn = Callable[..., torch.Tensor]  # eps_fn(x_t, t, **model_kwargs) -> eps; an
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     """LDM's "uniform" DDIM discretisation: every c-th step, shifted by one.
 
-    For T=1000, steps=250 this is 1, 5, 9, ..., 997. Like LDM, when T % steps != 0 this can return
-    a few more than `steps` timesteps (range() does not stop at `steps` entries).
+    For T=1000, steps=250 this is 1, 5, 9, ..., 997. When T % steps != 0, LDM's range() yields more
+    than `steps` entries and the last one can be T itself (an IndexError there); we keep the first
+    `steps`, which is identical whenever steps divides T.
     """
     c = T // steps
     if c < 2:  # c == 1 would ask for timestep T, which does not exist (LDM fails with an IndexError)
         raise ValueError(f"uniform DDIM needs steps <= T // 2, got steps={steps} for T={T}")
-    return torch.arange(0, T, c, dtype=torch.long) + 1
+    return (torch.arange(0, T, c, dtype=torch.long) + 1)[:steps]
 
 
 class GaussianDiffusion(nn.Module):

@@ -72,7 +72,7 @@ class ClassifierTrainer:
                 self.images_seen += len(idx)
                 if self.step % 50 == 0 or self.step == self.total_steps:
                     ctx.check_loss(loss)  # a sync every 50 steps, not every step
-                    advance(1, loss=float(loss))
+                    advance(1, loss=float(loss.detach()))
                 else:
                     advance(1)
                 ctx.tick()
@@ -98,8 +98,7 @@ class ClassifierTrainer:
 
     def load_state_dict(self, s: dict) -> None:
         self.model.load_state_dict(s["model"])
-        self.step, self.total_steps, self.images_seen = s["step"], s["total_steps"], s["images_seen"]
         if s["opt"] is not None:
-            self.start(1)
-            self.total_steps = s["total_steps"]
+            self.start(1)  # builds the optimiser; its state and the counters are restored below
             self.opt.load_state_dict(s["opt"])
+        self.step, self.total_steps, self.images_seen = s["step"], s["total_steps"], s["images_seen"]
