@@ -89,6 +89,13 @@ class RunContext:
             raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
                                 f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")
 
+    def shared_dir(self, name: str) -> Path:
+        """A folder shared by all runs writing into the same results folder (e.g. a generator cache
+        that two methods reuse). Write into it atomically (``jdcl_bench.records``)."""
+        p = Path(self._runner.cfg.out) / "shared" / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
     def artefact_path(self, name: str) -> Path:
         p = self.run_dir / "artefacts" / name
         p.parent.mkdir(parents=True, exist_ok=True)
