@@ -237,12 +237,16 @@ class Runner:
             manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
                         "hardware": records.hardware(str(self.device)),
                         "dataset": {**ds.identity, "labels": split_info}, "started_at": records.now()}
+            longest = 0.0  # longest task so far in this process: do not start one that cannot finish
             for k in range(start, len(tasks)):
                 task = tasks[k]
                 self.task_index = self.ctx.task_index = k
+                t_task = time.time()
                 if not (in_task and k == start):
-                    if k > start and cfg.time_limit_s is not None and time.time() - self.t_start >= cfg.time_limit_s:
-                        self.reporter.info(f"time limit reached; stopped before task {k + 1}, run again to resume")
+                    if k > start and cfg.time_limit_s is not None and \
+                            time.time() - self.t_start + longest >= cfg.time_limit_s:
+                        self.reporter.info(f"time limit: task {k + 1} would not finish in time; stopped before it "
+                                           "(checkpointed), run the same command again to resume")
                         return self.run_dir
                     self.ctx.rng.manual_seed(derive_seed(cfg.seed, "task", k))
                     seed_globals(derive_seed(cfg.seed, "torch", k))
@@ -269,7 +273,8 @@ class Runner:
                                  "finished_at": records.now() if done else None})
                 records.write_json(self.run_dir / "manifest.json", manifest)
                 records.write_json(metrics_path, metrics)
-                self.reporter.info(f"task {k + 1}/{len(tasks)}: seen-class accuracy {self.seen_acc[-1]:.2f}%, "
+                longest = max(longest, time.time() - t_task)
+                self.reporter.info(f"task {k + 1}/{len(tasks)} ({time.time() - t_task:.0f}s): seen-class accuracy {self.seen_acc[-1]:.2f}%, "
                                    f"all-class accuracy {final:.2f}%")
         return self.run_dir
 

@@ -628,7 +628,13 @@ class _Decoder:
         if self.workers > 0 and self.pool is None and not final:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=_pool_context())
         if self.pool is not None:
-            self.parts.append(self.pool.submit(_decode_chunk, chunk, self.image_size))
+            with warnings.catch_warnings():
+                # Python 3.12+ warns when forking a multi-threaded process (torch starts threads).
+                # The risk is a child taking a lock some other thread held at fork time; our
+                # children only decode images with PIL/numpy and take no such locks.
+                warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\)",
+                                        category=DeprecationWarning)
+                self.parts.append(self.pool.submit(_decode_chunk, chunk, self.image_size))
         else:
             self.parts.append((chunk, None))  # decoded in finish()
 

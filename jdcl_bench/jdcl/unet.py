@@ -3,6 +3,8 @@
 The UNet follows the layout of LDM's `openaimodel.UNetModel` (improved-diffusion lineage) as
 JDCL configures it for CIFAR (legacy=True, use_scale_shift_norm=True, conv resampling, no class
 conditioning, epsilon prediction), so the paper config has the same 52,542,979 parameters.
+``UNetConfig.class_cond=True`` adds an ADM-style label embedding to the timestep embedding for the
+class-conditional generators of the DGR / GUIDE baselines (``forward(x, t, y)``).
 The classifier reads the encoder only: every input-block output plus the middle-block output is
 global-average-pooled and concatenated (3712 features for the paper config), then an MLP head.
 
@@ -42,6 +44,9 @@ class UNetConfig:
     num_classes: int = 10
     head_hidden: int = 1024
     head_dropout: float = 0.1
+    # class-conditional generation (DGR / GUIDE): a learned label embedding is added to the
+    # timestep embedding, as ADM's label_emb; off for JDCL, which keeps the official param count
+    class_cond: bool = False
 
     @classmethod
     def paper(cls, num_classes: int = 10) -> "UNetConfig":
@@ -200,6 +205,7 @@ class JointUNet(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(cfg.num_classes, emb_dim) if cfg.class_cond else None
 
         # encoder: conv_in, then per level num_res_blocks blocks and a Downsample (except the last)
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
@@ -247,8 +253,13 @@ class JointUNet(nn.Module):
 
     # --- internals
 
-    def _emb(self, t: torch.Tensor) -> torch.Tensor:
-        return self.time_embed(timestep_embedding(t, self.freqs))
+    def _emb(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_embed(timestep_embedding(t, self.freqs))
+        if y is not None:
+            if self.label_emb is None:
+                raise ValueError("class labels given to a UNet built with class_cond=False")
+            emb = emb + self.label_emb(y)
+        return emb
 
     def _encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder + middle block. Returns the middle output and every input-block output
@@ -272,9 +283,12 @@ class JointUNet(nn.Module):
 
     # --- public API
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict the noise eps in x (= x_t) at integer timesteps t of shape (B,)."""
-        emb = self._emb(t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise eps in x (= x_t) at integer timesteps t of shape (B,).
+
+        ``y`` (B,) int64 class labels condition a ``class_cond`` model; None is the unconditional
+        path (the label embedding is simply not added)."""
+        emb = self._emb(t, y)
         h, hs = self._encode(x, emb)
         return self._decode(h, hs, emb)
 

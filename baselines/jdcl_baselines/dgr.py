@@ -1,0 +1,406 @@
+"""DGR with a diffusion generator ("DGR diffusion" of GUIDE's and JDCL's tables).
+
+Per task k (spec: baselines.md §3.2 and §2; docs/dgr.md for every decision):
+
+1. generator (stage 1, ``cond_diffusion.GeneratorStage``): G_k = G_{k-1} trained further on the real
+   task-k images plus its own replay of the old classes; loaded from the shared cache when DGR or
+   GUIDE already trained it for this protocol, config and seed;
+2. classifier (stage 2): one ResNet-18 trained on a batch of B/(k+1) real task-k images and
+   B*k/(k+1) images that G_{k-1} generates for uniformly drawn old classes (labels = the
+   conditioning class), regenerated every ``regen_every`` steps; CE over the seen classes.
+
+GUIDE (guide.py) is this class with classifier guidance switched on in the replay sampler.
+Both stages run in step loops calling ``ctx.tick()``, so a run can stop and resume anywhere.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from jdcl_bench.data import augment as A
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
+from jdcl_bench.models import cifar_resnet, normalise
+
+from .cond_diffusion import (ConditionalGenerator, GeneratorCache, GeneratorConfig, GeneratorStage,
+                             data_fingerprint, fixmatch_loss)
+
+
+@dataclass
+class ClassifierStageConfig:
+    width: int = 64
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    batch_size: int = 256           # real B/(k+1) + replay B*k/(k+1)
+    steps_first: int = 5000
+    steps_later: int = 2000
+    lr_first: float = 0.1           # SGD, linearly annealed to 0 over each task
+    lr_later: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True            # GUIDE's CIFAR augmentation (crop, rotation, flip, colour jitter, erasing)
+    ddim_steps: int = 50            # replay sampler
+    regen_every: int = 5            # replay batches are regenerated every this many steps
+    # semi-supervised protocols only (the suite's extension): FixMatch on the unlabelled stream
+    ssl_unlabelled_batch: int = 448
+    ssl_threshold: float = 0.95
+    ssl_weight: float = 1.0
+
+
+@dataclass
+class DGRConfig:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    classifier: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
+    amp: bool = True                # bf16 autocast on CUDA
+    cache: bool = True              # share generators through <out>/shared/generators
+    grid_per_class: int = 8
+
+
+PRESETS = {
+    # CIFAR-10/5 in about 4 minutes on one H100 (bf16): the suite's ~4.6M-parameter "fast" UNet,
+    # ~3 % of the official generator steps, DDIM-50 everywhere, ~20 % of the classifier steps.
+    "fast": {"generator.unet": "fast", "generator.batch_size": 128, "generator.steps_first": 3000,
+             "generator.steps_later": 2000, "generator.ema_decay": 0.999, "generator.ema_warmup": True,
+             "generator.replay_per_task": 2000, "generator.replay_sampler": "ddim",
+             "generator.replay_ddim_steps": 50, "generator.gen_batch": 2000,
+             "generator.labeller_steps": 500, "generator.labeller_batch": 32,
+             "classifier.steps_first": 1000, "classifier.steps_later": 400, "classifier.regen_every": 5,
+             "classifier.ssl_unlabelled_batch": 256},
+    "smoke": {"generator.unet": "smoke", "generator.batch_size": 16, "generator.steps_first": 6,
+              "generator.steps_later": 4, "generator.ema_decay": 0.9, "generator.ema_warmup": True,
+              "generator.replay_per_task": 6, "generator.replay_sampler": "ddim", "generator.replay_ddim_steps": 3,
+              "generator.gen_batch": 8, "generator.labeller_width": 8, "generator.labeller_layers": (1, 1, 1, 1),
+              "generator.labeller_steps": 3, "generator.labeller_batch": 4, "generator.labeller_mu": 2,
+              "classifier.width": 8, "classifier.layers": (1, 1, 1, 1), "classifier.batch_size": 16,
+              "classifier.steps_first": 6, "classifier.steps_later": 4, "classifier.ddim_steps": 3,
+              "classifier.regen_every": 2, "classifier.ssl_unlabelled_batch": 8, "grid_per_class": 2},
+}
+
+
+def classifier_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """GUIDE's classifier augmentation on [0, 1] images, batched: RandomCrop (zero padding H/8),
+    RandomRotation(±30°), h-flip, ColorJitter(0.1, 0.1, 0.1, 0.1), RandomErasing(p=0.5, scale
+    0.1-0.5, ratio 0.3-3.3, black). Random numbers come from the CPU generator ``gen``."""
+    b, c, h, w = x.shape
+    x = A.random_crop(x, gen, padding=max(1, h // 8), mode="constant")
+    u = torch.rand(b, 11, generator=gen, dtype=torch.float64)
+    dev = lambda v: v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    # rotation about the centre, bilinear, zeros outside
+    a = (2 * u[:, 0] - 1) * math.radians(30)
+    theta = torch.zeros(b, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = torch.where(dev(u[:, 1] < 0.5).bool(), x.flip(3), x)
+    # colour jitter, fixed order: brightness, contrast, saturation, hue
+    grey = lambda v: v if c == 1 else (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3])
+    x = (x * dev(1 + 0.1 * (2 * u[:, 2] - 1))).clamp(0, 1)
+    mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * dev(1 + 0.1 * (2 * u[:, 3] - 1)) + mean).clamp(0, 1)
+    if c == 3:
+        g = grey(x)
+        x = ((x - g) * dev(1 + 0.1 * (2 * u[:, 4] - 1)) + g).clamp(0, 1)
+        x = _hue_shift(x, dev(0.1 * (2 * u[:, 5] - 1) * 2 * math.pi)).clamp(0, 1)
+    # random erasing of one rectangle with probability 0.5
+    area = (0.1 + 0.4 * u[:, 6]) * h * w
+    ratio = torch.exp(math.log(0.3) + u[:, 7] * (math.log(3.3) - math.log(0.3)))
+    eh = (area * ratio).sqrt().round().clamp(1, h).long()
+    ew = (area / ratio).sqrt().round().clamp(1, w).long()
+    y0 = (u[:, 8] * (h - eh + 1)).long()
+    x0 = (u[:, 9] * (w - ew + 1)).long()
+    on = u[:, 10] < 0.5
+    rows = torch.arange(h)[None]
+    cols = torch.arange(w)[None]
+    in_r = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])
+    in_c = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])
+    mask = (in_r[:, :, None] & in_c[:, None, :] & on[:, None, None])[:, None].to(x.device)
+    return x.masked_fill(mask, 0.0)
+
+
+def _hue_shift(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate the chroma of RGB images in YIQ space by ``angle`` radians (B, 1, 1, 1)."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    yy = 0.299 * r + 0.587 * g + 0.114 * b
+    i = 0.596 * r - 0.274 * g - 0.322 * b
+    q = 0.211 * r - 0.523 * g + 0.312 * b
+    cos, sin = angle[:, 0].cos(), angle[:, 0].sin()
+    i, q = i * cos - q * sin, i * sin + q * cos
+    return torch.stack([yy + 0.956 * i + 0.621 * q, yy - 0.272 * i - 0.647 * q, yy - 1.106 * i + 1.703 * q], 1)
+
+
+class DGR(Method):
+    name = "dgr"
+    description = ("DGR diffusion: continually trained class-conditional diffusion model (self-replay) + "
+                   "ResNet-18 trained on real current and generated past data")
+    Config = DGRConfig
+    presets = PRESETS
+    uses_unlabelled = True      # on semi-supervised protocols (the suite's extension)
+    has_generator = True
+    supports_resume_in_task = True
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self, info: ProtocolInfo) -> None:
+        super().setup(info)
+        c = self.cfg
+        self.amp = c.amp and self.device.type == "cuda"
+        self.semi = info.semi_supervised
+        self.gen = ConditionalGenerator(c.generator, info, self.device, self.amp)
+        self.cache = None
+        if c.cache:
+            key = GeneratorCache.key_for(c.generator, self.ctx.seed, info, self.device, self.amp)
+            self.cache = GeneratorCache(self.ctx.shared_dir("generators"), info.name, key)
+        cc = c.classifier
+        self.classifier = cifar_resnet(info.num_classes, info.image_shape[0], cc.width, cc.layers).to(self.device)
+        if self.device.type == "cuda":
+            self.classifier = self.classifier.to(memory_format=torch.channels_last)
+        self.classifier_params = sum(p.numel() for p in self.classifier.parameters())
+        self.G: dict | None = None          # the latest finished generator {"raw", "ema", "meta"}
+        self.replay_G: dict | None = None   # EMA weights the classifier replays from (G_{k-1})
+        self.phase = "idle"
+        self.stage: GeneratorStage | None = None
+        self.counters = {"generator_steps": 0, "generator_steps_trained": 0, "generator_source": [],
+                         "self_replay_images": 0, "self_replay_images_generated": 0, "labeller_steps": 0,
+                         "classifier_steps": 0, "classifier_images_seen": 0, "replay_images": 0,
+                         "replay_regenerations": 0}
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def begin_task(self, task: TaskData) -> None:
+        c = self.cfg.classifier
+        # two draws, always in this order: stage 1 never depends on what stage 2 does
+        gen_seed = int(torch.randint(0, 2**62, (1,), generator=self.ctx.rng))
+        cls_seed = int(torch.randint(0, 2**62, (1,), generator=self.ctx.rng))
+        self.replay_G = self.G["ema"]["module"] if self.G is not None else None
+        self.stage = GeneratorStage(self.gen, self.ctx, task.index, task.seen_classes, task.classes,
+                                    self.G, gen_seed, self.semi)
+        self.phase = "generator"
+        self.cls_dev_rng = torch.Generator(self.device).manual_seed(cls_seed)
+        self.cls_step = 0
+        self.cls_total = c.steps_first if task.index == 0 else c.steps_later
+        self.cls_opt = self._new_optimizer()
+        self.replay: dict | None = None
+        self.replay_counts: dict[int, int] = {}
+        self._replay_model = None
+
+    def train_task(self, task: TaskData) -> None:
+        if self.phase == "generator":
+            self.G = self._generator_stage(task)
+            self.stage = None
+            self.phase = "classifier"
+        if self.phase == "classifier":
+            self._train_classifier(task)
+            self.phase = "done"
+
+    def end_task(self, task: TaskData) -> None:
+        self._save_generator_grid(task)
+        self.replay_G = self.replay = self._replay_model = self.cls_opt = None
+        self.phase = "idle"
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.classifier.eval()
+        with self.autocast():
+            return self.classifier(self._layout(normalise(x))).float()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    # ---- stage 1: the generator, trained here or loaded from the shared cache ----------------
+    def _generator_stage(self, task: TaskData) -> dict:
+        parent = self.G["meta"]["fingerprint"] if self.G is not None else ""
+        fp = data_fingerprint(task, parent)
+        G = self._from_cache(task, fp)
+        if G is not None:
+            return G
+        if self.cache is None:
+            return self._train_generator(task, fp)
+        with self.cache.claim(self.ctx):
+            G = self._from_cache(task, fp)  # another process may have trained it while we waited
+            if G is None:
+                G = self._train_generator(task, fp)
+                self.cache.save(task.index, G, fp)
+        return G
+
+    def _from_cache(self, task: TaskData, fp: str) -> dict | None:
+        G = self.cache.load(task.index, fp, self.device) if self.cache is not None else None
+        if G is not None:
+            self.ctx.info(f"generator of task {task.index + 1} loaded from {self.cache.path(task.index)}")
+            self._count_generator(G["meta"], "cache")
+        return G
+
+    def _train_generator(self, task: TaskData, fp: str) -> dict:
+        G = self.stage.run(task)
+        G["meta"]["fingerprint"] = fp
+        self._count_generator(G["meta"], "trained")
+        self.counters["generator_steps_trained"] += G["meta"]["steps"]
+        self.counters["self_replay_images_generated"] += G["meta"]["self_replay_images"]
+        return G
+
+    def _count_generator(self, meta: dict, source: str) -> None:
+        self.counters["generator_source"].append(source)
+        self.counters["generator_steps"] += meta["steps"]
+        self.counters["self_replay_images"] += meta["self_replay_images"]
+        self.counters["labeller_steps"] += meta["labeller_steps"]
+
+    # ---- stage 2: the classifier with generative replay --------------------------------------
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg.classifier
+        return torch.optim.SGD(self.classifier.parameters(), lr=c.lr_first, momentum=c.momentum,
+                               weight_decay=c.weight_decay)
+
+    def _train_classifier(self, task: TaskData) -> None:
+        c, rng, k = self.cfg.classifier, self.ctx.rng, task.index
+        seen = torch.zeros(self.info.num_classes, dtype=torch.bool, device=self.device)
+        seen[task.seen_classes] = True
+        old = [cl for cl in task.seen_classes if cl not in task.classes]
+        n_real = c.batch_size if k == 0 else max(1, round(c.batch_size / (k + 1)))
+        n_replay = c.batch_size - n_real if old else 0
+        lr0 = c.lr_first if k == 0 else c.lr_later
+        semi = self.semi and len(task.unlabelled_x) > 0
+        self.classifier.train()
+        with self.ctx.progress("classifier", self.cls_total - self.cls_step) as advance:
+            while self.cls_step < self.cls_total:
+                if n_replay and (self.replay is None or self.cls_step % c.regen_every == 0):
+                    self.replay = self._generate_replay(task, old, n_replay)
+                ri = torch.randint(len(task.x), (n_real,), generator=rng).to(self.device)
+                x, y = task.x[ri], task.y[ri]
+                if n_replay:
+                    x, y = torch.cat([x, self.replay["x"]]), torch.cat([y, self.replay["y"]])
+                x = A.to_unit(x)
+                views = [classifier_augment(x, rng) if c.augment else x]
+                if semi:
+                    ui = torch.randint(len(task.unlabelled_x), (c.ssl_unlabelled_batch,), generator=rng)
+                    xu = A.to_unit(task.unlabelled_x[ui.to(self.device)])
+                    views += [A.weak_view(xu, rng), A.strong_view(xu, rng)]
+                with self.autocast():
+                    logits = self.classifier(self._layout(torch.cat(views) * 2 - 1))
+                logits = logits.float().masked_fill(~seen, float("-inf"))  # CE over the seen classes
+                n = len(y)
+                loss = F.cross_entropy(logits[:n], y)
+                parts = {"ce": loss}
+                if semi:
+                    nu = c.ssl_unlabelled_batch
+                    l_u, mask = fixmatch_loss(logits[n:n + nu], logits[n + nu:], c.ssl_threshold)
+                    loss = loss + c.ssl_weight * l_u
+                    parts["mask"] = mask
+                for g in self.cls_opt.param_groups:
+                    g["lr"] = lr0 * (1 - self.cls_step / self.cls_total)
+                self.cls_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.cls_opt.step()
+                self.cls_step += 1
+                self.counters["classifier_steps"] += 1
+                self.counters["classifier_images_seen"] += n + (2 * c.ssl_unlabelled_batch if semi else 0)
+                if self.cls_step % 50 == 0 or self.cls_step == self.cls_total:
+                    self.ctx.check_loss(loss)
+                    advance(1, loss=float(loss), **{key: float(v) for key, v in parts.items()})
+                else:
+                    advance(1)
+                self.ctx.tick()
+        if n_replay:
+            self._save_replay_artefacts(task)
+
+    def _generate_replay(self, task: TaskData, old: list[int], n: int) -> dict:
+        """n images of uniformly drawn old classes from G_{k-1}; labels are the conditioning class."""
+        c = self.cfg.classifier
+        y = torch.tensor(old, dtype=torch.long)[torch.randint(len(old), (n,), generator=self.ctx.rng)].to(self.device)
+        if self._replay_model is None:
+            self._replay_model = self.gen.sampler_from(self.replay_G)
+        was_training = self.classifier.training
+        self.classifier.eval()  # guidance reads the classifier with its running BN statistics
+        x = self.gen.sample(self.replay_eps(self._replay_model, task), y, generator=self.cls_dev_rng,
+                            sampler="ddim", steps=c.ddim_steps)
+        self.classifier.train(was_training)
+        self.counters["replay_images"] += n
+        self.counters["replay_regenerations"] += 1
+        for cl, cnt in zip(*torch.unique(y, return_counts=True)):
+            self.replay_counts[int(cl)] = self.replay_counts.get(int(cl), 0) + int(cnt)
+        return {"x": x, "y": y}
+
+    def replay_eps(self, model, task: TaskData):
+        """The eps-function the replay sampler uses: DGR samples plainly (GUIDE guides it)."""
+        return model
+
+    # ---- artefacts ----------------------------------------------------------------------------
+    def _save_grid(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+        """One row per class (in class order), ``grid_per_class`` images each."""
+        from torchvision.utils import save_image
+
+        rows, n = [], self.cfg.grid_per_class
+        for cl in sorted(set(y.tolist())):
+            imgs = x[y == cl][:n]
+            pad = torch.zeros((n - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
+            rows.append(torch.cat([imgs, pad]))
+        if rows:
+            save_image(torch.cat(rows).float().cpu() / 255, self.ctx.artefact_path(name), nrow=n, padding=1)
+
+    def _save_replay_artefacts(self, task: TaskData) -> None:
+        """What the classifier was shown: the last replay batch and the per-class counts."""
+        k = task.index + 1
+        self._save_grid(self.replay["x"], self.replay["y"], f"classifier_replay_task{k}.png")
+        counts = {"task": k, "per_class": {str(cl): n for cl, n in sorted(self.replay_counts.items())},
+                  "regenerate_every": self.cfg.classifier.regen_every, "ddim_steps": self.cfg.classifier.ddim_steps,
+                  "guidance_scale": self.guidance_scale(),
+                  "generator_source": self.counters["generator_source"][-1]}
+        self.ctx.artefact_path(f"replay_counts_task{k}.json").write_text(json.dumps(counts, indent=2))
+
+    def _save_generator_grid(self, task: TaskData) -> None:
+        """After each task: what G_k replays, ``grid_per_class`` plain samples of every seen class.
+        Its own generator (seeded from the run seed and task) keeps training randomness untouched."""
+        n = self.cfg.grid_per_class
+        y = torch.tensor(task.seen_classes, device=self.device).repeat_interleave(n)
+        g = torch.Generator(self.device).manual_seed(derive_seed(self.ctx.seed, "grid", task.index))
+        model = self.gen.sampler_from(self.G["ema"]["module"])
+        x = self.gen.sample(model, y, generator=g, sampler="ddim", steps=self.cfg.classifier.ddim_steps)
+        self._save_grid(x, y, f"replay_task{task.index + 1}.png")
+
+    def guidance_scale(self) -> float:
+        return 0.0
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = {"phase": self.phase, "G": self.G, "classifier": self.classifier.state_dict(),
+             "counters": json.loads(json.dumps(self.counters))}
+        if self.phase in ("generator", "classifier", "done"):
+            s.update(replay_G=self.replay_G, stage=self.stage.state_dict() if self.stage is not None else None,
+                     cls_step=self.cls_step, cls_total=self.cls_total, cls_opt=self.cls_opt.state_dict(),
+                     cls_dev_rng=self.cls_dev_rng.get_state(), replay_counts=dict(self.replay_counts),
+                     replay=self.replay)
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        self.phase, self.G, self.counters = s["phase"], s["G"], json.loads(json.dumps(s["counters"]))
+        self.classifier.load_state_dict(s["classifier"])
+        if self.phase not in ("generator", "classifier", "done"):
+            return
+        self.replay_G = s["replay_G"]
+        self.stage = None
+        if s["stage"] is not None:  # stage 1 was running: G is still G_{k-1}, its parent
+            self.stage = GeneratorStage.restore(self.gen, self.ctx, self.G, self.semi, s["stage"])
+        self.cls_step, self.cls_total = s["cls_step"], s["cls_total"]
+        self.cls_opt = self._new_optimizer()
+        self.cls_opt.load_state_dict(s["cls_opt"])
+        self.cls_dev_rng = torch.Generator(self.device)
+        self.cls_dev_rng.set_state(s["cls_dev_rng"])
+        self.replay_counts = {int(k): v for k, v in s["replay_counts"].items()}
+        self.replay = {k: v.to(self.device) for k, v in s["replay"].items()} if s["replay"] is not None else None
+        self._replay_model = None
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def budget(self) -> dict:
+        g, c = self.cfg.generator, self.cfg.classifier
+        sources = self.counters["generator_source"]
+        return {**self.counters,
+                "generator_from_cache": bool(sources) and all(s == "cache" for s in sources),
+                "images_generated": self.counters["self_replay_images_generated"] + self.counters["replay_images"],
+                "ddim_steps": c.ddim_steps, "self_replay_sampler": g.replay_sampler,
+                "self_replay_sampler_steps": g.timesteps if g.replay_sampler == "ancestral" else g.replay_ddim_steps,
+                "guidance_scale": self.guidance_scale(), "generator_batch_size": g.batch_size,
+                "classifier_batch_size": c.batch_size, "unet": g.unet, "unet_params": self.gen.num_params,
+                "classifier_params": self.classifier_params,
+                "paper_generator_steps": [100_000, 50_000], "paper_classifier_steps": [5000, 2000],
+                "paper_ddim_steps": 50, "paper_self_replay": "ancestral-1000, 10000 per past task"}

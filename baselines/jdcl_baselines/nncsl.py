@@ -1,0 +1,393 @@
+"""NNCSL (Kang et al., ICCV 2023): continual semi-supervised learning with PAWS + nearest-neighbour distillation.
+
+Per training step (see docs/nncsl.md and /work/shared/specs/baselines.md §1):
+
+* a class-stratified labelled batch: ``sup_per_class`` images of every seen class, drawn from the
+  current task's labels plus the buffer of old labels, two global views each;
+* an unlabelled batch of the current task: two global views and ``multicrop`` small crops each;
+* L = L_paws + L_me-max + 0.005 L_online + 0.2 L_NND, where
+  - L_paws: soft nearest-neighbour (SNN) predictions of the unlabelled views against the labelled
+    supports of the *current* classes, matched to sharpened predictions of the other global view;
+  - L_me-max: minus the entropy of the batch-mean sharpened prediction;
+  - L_online: cross-entropy of a linear head on the backbone features (seen classes), also the
+    head that is evaluated;
+  - L_NND: the SNN over *old*-class supports must match the same SNN of the frozen model of the
+    previous task (the teacher).
+
+One LARS-wrapped SGD optimiser lives for the whole run; its warm-up + cosine schedule restarts
+every task. The buffer holds labelled images only, class-balanced, a fixed random order per class.
+On fully supervised protocols the task's labelled images also form the unlabelled (anchor) stream.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jdcl_bench.data import augment as A
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData
+from jdcl_bench.models import cifar_resnet, normalise
+
+from ._nncsl_gfr_utils import (LARSSGD, autocast, color_distort, resize, sample_indices, to_model_layout,
+                               unseen_mask, warmup_cosine)
+
+
+# ---- losses (module level, so the tests can check them on hand-computed values) ---------------
+
+def smoothed_one_hot(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """PAWS' support labels: 1 - s + s/K on the true class, s/K elsewhere."""
+    off = smoothing / num_classes
+    out = torch.full((len(targets), num_classes), off, device=targets.device)
+    return out.scatter_(1, targets.view(-1, 1), 1 - smoothing + off)
+
+
+def snn(query: torch.Tensor, supports: torch.Tensor, support_labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Soft nearest neighbours: softmax over the supports of cos(query, support) / tau, times their labels."""
+    q, s = F.normalize(query, dim=1), F.normalize(supports, dim=1)
+    return F.softmax(q @ s.T / tau, dim=1) @ support_labels
+
+
+def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
+    p = p ** (1.0 / T)
+    return p / p.sum(dim=1, keepdim=True)
+
+
+def paws_targets(swapped_probs: torch.Tensor, num_multicrop: int, T: float) -> torch.Tensor:
+    """Targets of the anchors [v1, v2, mc_1..mc_m] from the SNN predictions of [v2, v1]: sharpened;
+    each multicrop gets the mean of the two global targets; entries below 1e-4 are zeroed."""
+    t = sharpen(swapped_probs, T)
+    if num_multicrop:
+        b = len(t) // 2
+        mc = 0.5 * (t[:b] + t[b:])
+        t = torch.cat([t, mc.repeat(num_multicrop, 1)])
+    return torch.where(t < 1e-4, torch.zeros_like(t), t)
+
+
+def cross_entropy_soft(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """mean over rows of -sum target * log(probs) (PAWS' loss and NND's)."""
+    return -(target * probs.log()).sum(dim=1).mean()
+
+
+def memax(probs: torch.Tensor, T: float) -> torch.Tensor:
+    """sum p_bar log p_bar of the batch-mean sharpened prediction (minimising it maximises the entropy)."""
+    avg = sharpen(probs, T).mean(dim=0)
+    return (avg * avg.log()).sum()
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+class NNCSLNet(nn.Module):
+    """CIFAR ResNet-18 backbone, 3-layer projection head (z) and a linear classifier on the backbone feature."""
+
+    def __init__(self, num_classes: int, in_chans: int, width: int, layers: tuple[int, ...], hidden: int, out: int):
+        super().__init__()
+        self.backbone = cifar_resnet(0, in_chans, width, layers)  # num_classes=0: no timm head
+        d = self.backbone.num_features
+        self.fc = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, out))
+        self.classifier = nn.Linear(d, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.global_pool(self.backbone.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return h, self.fc(h)
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+@dataclass
+class NNCSLConfig:
+    # model
+    width: int = 64
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    # one step's data
+    sup_per_class: int = 5                 # labelled images per seen class (CIFAR-100: 3)
+    unsup_batch: int = 256
+    multicrop: int = 2
+    multicrop_px: int = 18                 # size at 32 px; scaled with the image size
+    global_scale: tuple[float, float] = (0.75, 1.0)
+    multicrop_scale: tuple[float, float] = (0.3, 0.75)
+    color_strength: float = 0.5
+    # losses
+    tau: float = 0.1
+    sharpen_T: float = 0.25
+    label_smoothing: float = 0.1
+    memax_weight: float = 1.0
+    online_weight: float = 0.005
+    nnd_weight: float = 0.2                # 0 gives the CSL ablation
+    # buffer of labelled images (part of the leaderboard label)
+    buffer_size: int = 500
+    # optimisation: the paper's 250 epochs x 19 iterations per task, counted in steps
+    steps_per_task: int = 4750
+    warmup_steps: int = 190
+    start_lr: float = 0.08
+    ref_lr: float = 0.4                    # CIFAR-100: 1.2
+    final_lr: float = 0.032
+    classifier_lr: float = 0.12
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    lars_trust: float = 0.001
+    frozen_bn_after_first_task: bool = False  # official quirk 1 (see docs); off = clean baseline
+    amp: bool = True                       # bf16 autocast on CUDA
+
+
+FAST = {"steps_per_task": 1000, "warmup_steps": 50, "unsup_batch": 256, "sup_per_class": 5}
+SMOKE = {"width": 8, "layers": (1, 1, 1, 1), "proj_hidden": 32, "proj_dim": 16, "sup_per_class": 2,
+         "unsup_batch": 16, "multicrop": 1, "steps_per_task": 4, "warmup_steps": 1, "buffer_size": 20}
+PRESETS = {
+    "paper-5120": {"buffer_size": 5120},
+    "paper-cifar100": {"sup_per_class": 3, "ref_lr": 1.2},
+    "fast": FAST,
+    "fast-5120": {**FAST, "buffer_size": 5120},
+    "smoke": SMOKE,
+}
+
+
+class NNCSL(Method):
+    name = "nncsl"
+    description = "NNCSL (ICCV 2023): PAWS-style semi-supervised learner + nearest-neighbour distillation, labelled buffer"
+    Config = NNCSLConfig
+    presets = PRESETS
+    uses_unlabelled = True
+    stores_buffer = True
+    supports_resume_in_task = True
+
+    # ---- setup ---------------------------------------------------------------------------
+    def setup(self, info: ProtocolInfo) -> None:
+        super().setup(info)
+        c = self.cfg
+        self.model = NNCSLNet(info.num_classes, info.image_shape[0], c.width, c.layers, c.proj_hidden,
+                              c.proj_dim).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.teacher: NNCSLNet | None = None
+        self.opt = self._optimiser()
+        self.step = 0
+        self.seen: list[int] = []
+        self.buf_x = torch.empty((0, *info.image_shape), dtype=torch.uint8, device=self.device)
+        self.buf_y = torch.empty((0,), dtype=torch.long, device=self.device)
+        self.counters = {"steps": 0, "labelled_images_seen": 0, "unlabelled_images_seen": 0, "views_forwarded": 0}
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.mc_px = max(2, int(info.image_shape[1] * c.multicrop_px / 32 + 0.5))
+
+    def _optimiser(self) -> LARSSGD:
+        """Weights: LARS + weight decay. Biases and norm parameters: neither (PAWS' grouping, by shape).
+        Linear classifier: lr classifier_lr (scaled by the same schedule), no decay, no LARS."""
+        c, m = self.cfg, self.model
+        body = [p for n, p in m.named_parameters() if not n.startswith("classifier.")]
+        groups = [
+            {"params": [p for p in body if p.ndim > 1], "weight_decay": c.weight_decay, "lars": True, "lr_scale": 1.0},
+            {"params": [p for p in body if p.ndim <= 1], "weight_decay": 0.0, "lars": False, "lr_scale": 1.0},
+            {"params": list(m.classifier.parameters()), "weight_decay": 0.0, "lars": False,
+             "lr_scale": c.classifier_lr / c.ref_lr},
+        ]
+        return LARSSGD(groups, lr=c.start_lr, momentum=c.momentum, trust=c.lars_trust)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def begin_task(self, task: TaskData) -> None:
+        self.step = 0  # the schedule restarts; the optimiser (and its momentum) lives on
+
+    def train_task(self, task: TaskData) -> None:
+        c = self.cfg
+        self._prepare(task)
+        self.model.train(not (c.frozen_bn_after_first_task and task.index > 0))
+        with self.ctx.progress("NNCSL", c.steps_per_task - self.step) as advance:
+            while self.step < c.steps_per_task:
+                lr = warmup_cosine(self.step, c.steps_per_task, c.warmup_steps, c.start_lr, c.ref_lr, c.final_lr)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr * g["lr_scale"]
+                loss, parts = self._loss(task)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.step += 1
+                self.counters["steps"] += 1
+                if self.step % 50 == 0 or self.step == c.steps_per_task:
+                    self.ctx.check_loss(loss)  # reading the loss syncs the GPU: not every step
+                    advance(1, loss=float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()})
+                else:
+                    advance(1)
+                self.ctx.tick()
+
+    def end_task(self, task: TaskData) -> None:
+        self.seen = list(task.seen_classes)
+        self._update_buffer(task)
+        self.teacher = self._frozen_copy()
+        self.ctx.artefact_path(f"nncsl_buffer_task{task.index + 1}.json").write_text(json.dumps(
+            {"buffer_size": self.cfg.buffer_size,
+             "per_class": {int(k): int((self.buf_y == k).sum()) for k in self.seen}}, indent=2))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear head (the paper's reported accuracy), restricted to the classes seen so far."""
+        self.model.eval()
+        with autocast(self.device, self.cfg.amp):
+            h = self.model.features(to_model_layout(normalise(x)))
+        logits = self.model.classifier(h.float())
+        return logits.masked_fill(unseen_mask(self.info.num_classes, self.seen, x.device), -1e9)
+
+    # ---- one task's data ------------------------------------------------------------------------
+    def _prepare(self, task: TaskData) -> None:
+        """Pools and label matrices of this task: a function of the task and the buffer only, so a
+        resumed run rebuilds exactly the same."""
+        c, dev = self.cfg, self.device
+        self.pool_x = torch.cat([self.buf_x, task.x])
+        self.pool_y = torch.cat([self.buf_y, task.y])
+        has = set(self.pool_y.unique().tolist())
+        old = [k for k in task.seen_classes if k not in task.classes and k in has]
+        cur = [k for k in task.classes if k in has]
+        if not cur:
+            raise RuntimeError(f"NNCSL needs at least one labelled image of the current task's classes "
+                               f"{task.classes}; the protocol gives none")
+        self.blocks = old + cur  # class order of every labelled batch: old classes first
+        pools = [torch.nonzero(self.pool_y == k).flatten().cpu() for k in self.blocks]
+        self.block_count = torch.tensor([len(p) for p in pools])
+        self.block_idx = torch.zeros(len(pools), int(self.block_count.max()), dtype=torch.long)
+        for i, p in enumerate(pools):
+            self.block_idx[i, :len(p)] = p
+        n = c.sup_per_class
+        self.n_old_rows = n * len(old)
+        rows = torch.arange(len(self.blocks)).repeat_interleave(n)  # block of every labelled row
+        self.lab_y = torch.tensor(self.blocks)[rows].to(dev)
+        # positions among the seen classes for the online head's cross-entropy
+        self.seen_t = torch.tensor(task.seen_classes, device=dev)
+        pos = {k: i for i, k in enumerate(task.seen_classes)}
+        self.lab_seen_pos = torch.tensor([pos[k] for k in self.blocks], device=dev)[rows.to(dev)]
+        # support label matrices (both views stacked), over the current and over the old classes
+        cur_rows = rows[self.n_old_rows:] - len(old)
+        self.Y_cur = smoothed_one_hot(cur_rows.to(dev), len(cur), c.label_smoothing).repeat(2, 1)
+        self.Y_old = (smoothed_one_hot(rows[:self.n_old_rows].to(dev), len(old), c.label_smoothing).repeat(2, 1)
+                      if old else None)
+        # the anchor stream: the unlabelled images, or on fully supervised protocols the labelled ones
+        self.anchor_x = task.unlabelled_x if len(task.unlabelled_x) else task.x
+
+    def _sample_labelled(self) -> torch.Tensor:
+        """``sup_per_class`` random images of every block class (with replacement), class-major."""
+        n = self.cfg.sup_per_class
+        u = torch.rand(len(self.blocks), n, generator=self.ctx.rng)
+        j = torch.minimum((u * self.block_count[:, None]).long(), (self.block_count - 1)[:, None])
+        return self.block_idx.gather(1, j).flatten().to(self.device)
+
+    def _global_view(self, x: torch.Tensor) -> torch.Tensor:
+        rng, c = self.ctx.rng, self.cfg
+        x = A.random_resized_crop(A.hflip(x, rng), rng, scale=tuple(c.global_scale))
+        return color_distort(x, rng, c.color_strength)
+
+    def _multicrop(self, x: torch.Tensor) -> torch.Tensor:
+        rng, c = self.ctx.rng, self.cfg
+        x = resize(A.random_resized_crop(A.hflip(x, rng), rng, scale=tuple(c.multicrop_scale)), self.mc_px)
+        return color_distort(x, rng, c.color_strength)
+
+    # ---- the loss -----------------------------------------------------------------------------------
+    def _loss(self, task: TaskData) -> tuple[torch.Tensor, dict]:
+        c, rng = self.cfg, self.ctx.rng
+        li = self._sample_labelled()
+        ui = sample_indices(len(self.anchor_x), c.unsup_batch, rng, self.device)
+        xl, xu = A.to_unit(self.pool_x[li]), A.to_unit(self.anchor_x[ui])
+        nl, nu = len(xl), len(xu)
+        # crops of one size go through the network together
+        big = torch.cat([self._global_view(xl), self._global_view(xl), self._global_view(xu), self._global_view(xu)])
+        small = torch.cat([self._multicrop(xu) for _ in range(c.multicrop)]) if c.multicrop else None
+        with autocast(self.device, c.amp):
+            h, z = self.model(to_model_layout(big * 2 - 1))
+            z_mc = self.model(to_model_layout(small * 2 - 1))[1] if small is not None else None
+        h, z = h.float(), z.float()
+        self.counters["labelled_images_seen"] += nl
+        self.counters["unlabelled_images_seen"] += nu
+        self.counters["views_forwarded"] += len(big) + (len(small) if small is not None else 0)
+
+        z_lab = z[:2 * nl]
+        z_u = z[2 * nl:]
+        anchors = z_u if z_mc is None else torch.cat([z_u, z_mc.float()])
+        lab_rows = lambda zz, a, b: torch.cat([zz[a:b], zz[nl + a:nl + b]])  # noqa: E731 (both views)
+
+        # PAWS: supports of the current classes only
+        S = lab_rows(z_lab, self.n_old_rows, nl)
+        probs = snn(anchors, S, self.Y_cur, c.tau)
+        with torch.no_grad():
+            swapped = torch.cat([z_u[nu:], z_u[:nu]])
+            targets = paws_targets(snn(swapped, S, self.Y_cur, c.tau), c.multicrop, c.sharpen_T)
+        l_paws = cross_entropy_soft(targets, probs)
+        l_me = memax(probs, c.sharpen_T)
+
+        # online linear head on the backbone features of both views, seen classes only
+        logits = self.model.classifier(h[:2 * nl])[:, self.seen_t]
+        l_online = F.cross_entropy(logits, self.lab_seen_pos.repeat(2))
+
+        loss = l_paws + c.memax_weight * l_me + c.online_weight * l_online
+        parts = {"paws": l_paws, "memax": l_me, "online": l_online}
+
+        # NND: SNN over the old-class supports, current model vs the previous task's model
+        if self.teacher is not None and self.Y_old is not None and c.nnd_weight > 0:
+            with torch.no_grad(), autocast(self.device, c.amp):
+                zt = self.teacher(to_model_layout(big * 2 - 1))[1].float()
+                zt_mc = self.teacher(to_model_layout(small * 2 - 1))[1].float() if small is not None else None
+            t_anchors = zt[2 * nl:] if zt_mc is None else torch.cat([zt[2 * nl:], zt_mc])
+            with torch.no_grad():
+                p_old = snn(t_anchors, lab_rows(zt, 0, self.n_old_rows), self.Y_old, c.tau)
+            p_cur = snn(anchors, lab_rows(z_lab, 0, self.n_old_rows), self.Y_old, c.tau)
+            l_nnd = cross_entropy_soft(p_old, p_cur)
+            loss = loss + c.nnd_weight * l_nnd
+            parts["nnd"] = l_nnd
+        return loss, parts
+
+    # ---- buffer and teacher -----------------------------------------------------------------------
+    def _update_buffer(self, task: TaskData) -> None:
+        """Class-balanced labelled buffer: floor(M / #seen) per class, leftover slots one extra each to
+        the first classes. Each class keeps a prefix of one fixed random order (drawn when the class
+        arrives), so shrinking only drops images, as the official first-k-in-file-order rule does."""
+        M = self.cfg.buffer_size
+        per_class = {}
+        for k in task.seen_classes:
+            if k in task.classes:
+                xs = task.x[task.y == k]
+                xs = xs[torch.randperm(len(xs), generator=self.ctx.rng).to(self.device)]
+            else:
+                xs = self.buf_x[self.buf_y == k]
+            per_class[k] = xs
+        n = len(task.seen_classes)
+        quota = [M // n + (1 if i < M - (M // n) * n else 0) for i in range(n)]
+        xs = [per_class[k][:q] for k, q in zip(task.seen_classes, quota)]
+        self.buf_x = torch.cat(xs)
+        self.buf_y = torch.cat([torch.full((len(x),), k, dtype=torch.long, device=self.device)
+                                for k, x in zip(task.seen_classes, xs)])
+
+    def _frozen_copy(self) -> NNCSLNet:
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "step": self.step, "seen": list(self.seen), "buf_x": self.buf_x.cpu(), "buf_y": self.buf_y.cpu(),
+                "counters": dict(self.counters)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.teacher = None
+        if s["teacher"] is not None:
+            self.teacher = self._frozen_copy()
+            self.teacher.load_state_dict(s["teacher"])
+        self.step, self.seen, self.counters = s["step"], list(s["seen"]), dict(s["counters"])
+        self.buf_x, self.buf_y = s["buf_x"].to(self.device), s["buf_y"].to(self.device)
+
+    # ---- reporting ---------------------------------------------------------------------------------
+    def label(self) -> str:
+        return f"NNCSL (M={self.cfg.buffer_size})"
+
+    def budget(self) -> dict:
+        c = self.cfg
+        return {**self.counters, "steps_per_task": c.steps_per_task, "unsup_batch": c.unsup_batch,
+                "sup_per_class": c.sup_per_class, "multicrop": c.multicrop, "buffer_size": c.buffer_size,
+                "buffer_images": int(len(self.buf_y)), "params": self.num_params,
+                "paper_steps_per_task": 4750}
