@@ -85,7 +85,7 @@ def code_version() -> dict:
     from . import __version__
 
     root = Path(__file__).resolve().parent.parent
-    info = {"package_version": __version__, "commit": None, "dirty": None}
+    info = {"package_version": __version__, "commit": None, "dirty": None, "source_hash": source_hash()}
     try:
         run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10)
         head = run("rev-parse", "HEAD")
@@ -97,6 +97,19 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def source_hash() -> str:
+    """sha256 over the package's own source files: identifies the code even where there is no .git
+    (a copied working tree on a GPU machine, an installed wheel)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def package_versions() -> dict:
