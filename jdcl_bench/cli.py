@@ -168,5 +168,48 @@ def plot(results, out_dir, protocols) -> None:
         click.echo(f"wrote {path}")
 
 
+# training batch, generation batch and DDIM steps of JDCL's presets
+BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (16, 16, 4)}
+
+
+@main.command()
+@click.option("--config", "configs", multiple=True, default=("paper", "fast"), show_default=True,
+              type=click.Choice(list(BENCH_DEFAULTS)), help="Joint-model configuration(s) to time.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--iters", default=10, show_default=True, type=int, help="Timed repetitions (median reported).")
+@click.option("--warmup", default=3, show_default=True, type=int)
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile path.")
+@click.option("--out", default="results/bench", show_default=True, type=click.Path())
+def bench(configs, device, iters, warmup, no_compile, out) -> None:
+    """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
+    import json
+    import time as _time
+
+    from .bench import BenchSettings, device_info, run_bench
+    from .records import atomic_write_bytes, code_version, now
+    from .runner import resolve_device
+
+    dev = resolve_device(device)
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "runs": []}
+    for name in configs:
+        batch, gen_batch, steps = BENCH_DEFAULTS[name]
+        s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
+                          warmup=warmup, compile=not no_compile)
+        record["runs"].append(run_bench(s, dev, log=click.echo))
+    path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+    peak = record.get("bf16_matmul_tflops_measured")
+    for r in record["runs"]:
+        for pname, v in r["paths"].items():
+            if "error" in v:
+                click.echo(f"{r['config']:6s} {pname:26s} {v['error']}")
+                continue
+            frac = f" ({100 * v['train_tflops'] / peak:.0f}% of the measured bf16 matmul rate)" if peak else ""
+            click.echo(f"{r['config']:6s} {pname:26s} train {v['train_images_per_s']:8.0f} img/s "
+                       f"x{v['train_speedup_vs_reference']:.2f}, {v['train_tflops']:.0f} TFLOP/s{frac}; "
+                       f"DDIM {v['ddim_images_per_s']:7.1f} img/s x{v['ddim_speedup_vs_reference']:.2f}")
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -96,6 +96,11 @@ def code_version() -> dict:
             info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
+    if info["commit"] is None and os.environ.get("JDCL_BENCH_COMMIT"):
+        # a copied working tree without .git (a GPU machine): the launcher names the commit it copied;
+        # source_hash above is what proves the code matches it
+        info["commit"] = os.environ["JDCL_BENCH_COMMIT"]
+        info["commit_from"] = "JDCL_BENCH_COMMIT"
     return info
 
 

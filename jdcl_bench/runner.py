@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,6 +238,9 @@ class Runner:
             manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
                         "hardware": records.hardware(str(self.device)),
                         "dataset": {**ds.identity, "labels": split_info}, "started_at": records.now()}
+            if os.environ.get("JDCL_BENCH_RUN_NOTE"):
+                # what the launcher knows and the run cannot see, e.g. "shared the GPU with 3 other runs"
+                manifest["note"] = os.environ["JDCL_BENCH_RUN_NOTE"]
             longest = 0.0  # longest task so far in this process: do not start one that cannot finish
             for k in range(start, len(tasks)):
                 task = tasks[k]

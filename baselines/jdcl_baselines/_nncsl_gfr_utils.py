@@ -39,17 +39,19 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
 def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the chroma plane of YIQ by ``shift`` turns (a cheap, differentiable stand-in for the
-    HSV hue shift of torchvision's ColorJitter; identical on greys)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=x.device, dtype=x.dtype)
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    """Rotate the chroma plane of YIQ by ``shift`` turns (a cheap, batched stand-in for the HSV hue
+    shift of torchvision's ColorJitter; identical on greys)."""
+    yiq = torch.einsum("ij,bjhw->bihw", _TO_YIQ.to(x.device, x.dtype), x)
     a = (2 * math.pi * shift).view(-1, 1, 1)
     cos, sin = torch.cos(a), torch.sin(a)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+    return torch.einsum("ij,bjhw->bihw", _FROM_YIQ.to(x.device, x.dtype), yiq).clamp(0, 1)
 
 
 def equalize(x: torch.Tensor) -> torch.Tensor:

@@ -204,10 +204,11 @@ class ConditionalGenerator:
                 x = ancestral_sample(self.diffusion, eps_fn, shape, noise=noise, generator=generator,
                                      model_kwargs={"y": y})
             elif sampler == "ddim":
-                # the last step's x0-prediction: the denoised image (the suite's sampler otherwise
-                # returns x at the abar[0] noise level)
+                # x0-predictions clipped at every step, as guided-diffusion's DDIM (unclipped DDIM
+                # drifts to saturated images with briefly trained models); the last step's
+                # x0-prediction is the denoised image
                 x = self.diffusion.ddim_sample(eps_fn, shape, steps=steps, noise=noise, device=self.device,
-                                               model_kwargs={"y": y}, return_pred_x0=True)
+                                               model_kwargs={"y": y}, return_pred_x0=True, clip_denoised=True)
             else:
                 raise ValueError(f"unknown sampler {sampler!r} (ancestral | ddim)")
         return to_uint8(x)
@@ -294,7 +295,7 @@ class GeneratorStage:
                 self.lab_step += 1
                 if self.lab_step % 50 == 0:
                     self.ctx.check_loss(loss)
-                    advance(1, loss=float(loss), mask=float(mask))
+                    advance(1, loss=float(loss.detach()), mask=float(mask))
                 else:
                     advance(1)
                 self.ctx.tick()
@@ -362,7 +363,7 @@ class GeneratorStage:
                 self.step += 1
                 if self.step % 100 == 0:  # a loss read syncs the GPU: not every step
                     self.ctx.check_loss(loss)
-                    advance(1, loss=float(loss))
+                    advance(1, loss=float(loss.detach()))
                 else:
                     advance(1)
                 self.ctx.tick()

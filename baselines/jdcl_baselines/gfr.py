@@ -146,8 +146,9 @@ class GFRConfig:
     artefact_samples: int = 128         # generated features per class for the after-task plot
 
 
-FAST = {"epochs": 30.0, "batch_size": 256, "lr": 2e-3, "lr_step_epochs": 25.0, "replay_batch": 256,
-        "gan_epochs": 150.0, "gan_batch": 256, "gan_lr": 2e-4, "gan_step_epochs": 60.0}
+# ~12 % of the extractor epochs and GAN epochs of the paper, larger batches: about 3 minutes for CIFAR-10/5 on one H100
+FAST = {"epochs": 25.0, "batch_size": 256, "lr": 2e-3, "lr_step_epochs": 20.0, "replay_batch": 256,
+        "gan_epochs": 60.0, "gan_batch": 256, "gan_lr": 2e-4, "gan_step_epochs": 40.0}
 SMOKE = {"width": 8, "layers": (1, 1, 1, 1), "epochs": 1.0, "batch_size": 32, "replay_batch": 16,
          "gan_epochs": 1.0, "gan_batch": 32, "n_critic": 2, "latent_dim": 16, "hidden_dim": 32,
          "artefact_samples": 16}
@@ -436,8 +437,8 @@ class GFR(Method):
                "samples_per_class": n, "note": "the generator is not retrained after the last task"}
         self.ctx.artefact_path(f"gfr_generator_task{k}.json").write_text(json.dumps(doc, indent=2))
         if gen_means:
-            self._plot(k, classes, torch.stack(gen_means).cpu(), {int(a): b.cpu() for a, b in real_means.items()},
-                       stats)
+            self._plot(k, classes, torch.stack(gen_means).float().cpu(),
+                       {int(a): b.float().cpu() for a, b in real_means.items()}, stats)
 
     def _plot(self, k, classes, gen_means, real_means, stats) -> None:
         try:
@@ -450,14 +451,15 @@ class GFR(Method):
         dims = gen_means.var(0).argsort(descending=True)[:48].sort().values
         fig, axes = plt.subplots(1, 3, figsize=(13, 0.35 * len(classes) + 2.2),
                                  gridspec_kw={"width_ratios": [3, 3, 1.4]})
-        vmax = float(gen_means[:, dims].max()) or 1.0
-        axes[0].imshow(gen_means[:, dims], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        axes[0].set_title("generated: class-mean feature")
         real = torch.full((len(classes), len(dims)), float("nan"))
         for i, cls in enumerate(classes):
             if cls in real_means:
                 real[i] = real_means[cls][dims]
-        axes[1].imshow(real, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        vmax = max(float(gen_means[:, dims].max()), float(real.nan_to_num(0).max())) or 1.0  # one colour scale
+        axes[0].imshow(gen_means[:, dims].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        axes[0].set_title("generated: class-mean feature")
+        im = axes[1].imshow(real.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        fig.colorbar(im, ax=axes[1], fraction=0.05)
         axes[1].set_title("real (current task's classes)")
         for ax in axes[:2]:
             ax.set_yticks(range(len(classes)), [str(x) for x in classes])

@@ -140,7 +140,8 @@ class NNCSLConfig:
     amp: bool = True                       # bf16 autocast on CUDA
 
 
-FAST = {"steps_per_task": 1000, "warmup_steps": 50, "unsup_batch": 256, "sup_per_class": 5}
+# ~16 % of the paper's steps, same batch composition: a CIFAR-10/5 run in about 3 minutes on one H100
+FAST = {"steps_per_task": 750, "warmup_steps": 30}
 SMOKE = {"width": 8, "layers": (1, 1, 1, 1), "proj_hidden": 32, "proj_dim": 16, "sup_per_class": 2,
          "unsup_batch": 16, "multicrop": 1, "steps_per_task": 4, "warmup_steps": 1, "buffer_size": 20}
 PRESETS = {
@@ -308,7 +309,9 @@ class NNCSL(Method):
         z_lab = z[:2 * nl]
         z_u = z[2 * nl:]
         anchors = z_u if z_mc is None else torch.cat([z_u, z_mc.float()])
-        lab_rows = lambda zz, a, b: torch.cat([zz[a:b], zz[nl + a:nl + b]])  # noqa: E731 (both views)
+
+        def lab_rows(zz, a, b):  # labelled rows a..b of both views
+            return torch.cat([zz[a:b], zz[nl + a:nl + b]])
 
         # PAWS: supports of the current classes only
         S = lab_rows(z_lab, self.n_old_rows, nl)

@@ -105,8 +105,10 @@ class GaussianDiffusion(nn.Module):
     def ddim_sample(self, model: EpsFn, shape: tuple[int, ...], *, steps: int = 250, eta: float = 0.0,
                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32, noise: torch.Tensor | None = None,
-                    model_kwargs: dict | None = None, return_pred_x0: bool = False) -> torch.Tensor:
-        """DDIM sampling (LDM's sampler). eta=0 is deterministic; x0-prediction is not clipped.
+                    model_kwargs: dict | None = None, return_pred_x0: bool = False,
+                    clip_denoised: bool = False) -> torch.Tensor:
+        """DDIM sampling (LDM's sampler). eta=0 is deterministic; x0-prediction is not clipped
+        (unless `clip_denoised`).
 
         `model` is anything called as model(x_t, t, **model_kwargs) -> eps: a module, or a wrapper
         that swaps in EMA weights, autocasts or runs a compiled graph. The whole `shape` batch is
@@ -116,6 +118,10 @@ class GaussianDiffusion(nn.Module):
         Like LDM, the returned sample is the last x_prev, i.e. it sits at the abar[0] = 0.999 noise
         level (a residual of std ~0.03 in [-1, 1] units). `return_pred_x0=True` instead returns the
         last step's x0-prediction, the fully denoised image.
+
+        `clip_denoised=True` clamps every x0-prediction to [-1, 1] and re-derives eps from it before
+        the update (guided-diffusion's DDIM with `clip_denoised=True`); it keeps samples of briefly
+        trained models from drifting out of range. Off by default (LDM's sampler does not clip).
         """
         model_kwargs = model_kwargs or {}
         device = device if device is not None else self.betas.device
@@ -127,6 +133,9 @@ class GaussianDiffusion(nn.Module):
             t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
             eps = model(x, t, **model_kwargs).to(dtype)
             pred_x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+            if clip_denoised:
+                pred_x0 = pred_x0.clamp(-1, 1)
+                eps = (x - a_t ** 0.5 * pred_x0) / (1 - a_t) ** 0.5
             # deterministic part: re-noise the x0 estimate to level a_prev along the predicted eps
             x = a_prev ** 0.5 * pred_x0 + (1 - a_prev - sigma ** 2) ** 0.5 * eps
             if sigma > 0:  # python float: static control flow

@@ -1,0 +1,235 @@
+"""Speed benchmark of the joint model: training step and DDIM replay sampling, two paths side by side.
+
+- ``reference``: the same model in plain fp32, eager, contiguous memory, unfused AdamW: the
+  arithmetic of the official implementation.
+- ``optimised``: what the methods use: bf16 autocast, channels_last, fused AdamW, scaled-dot-product
+  (flash) attention, and optionally ``torch.compile``.
+
+The training step is JDCL's local-stage step: ε-MSE on x_t plus the classifier on a second view at
+t = 0 (``forward_joint``), backward, AdamW, EMA update. Sampling is timed per DDIM step at the
+generation batch size and reported as images/s for a full ``ddim_steps`` run. Every number is the
+median of repeated, synchronised timings after warm-up, all in one process; FLOPs are counted with
+``torch.utils.flop_counter`` on the real model, and the achieved rate is set against a bf16 matrix
+multiply measured on the same device in the same process.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .jdcl.diffusion import EMA, GaussianDiffusion
+from .jdcl.unet import JointUNet, UNetConfig, count_parameters
+
+
+@dataclass
+class BenchSettings:
+    config: str = "paper"        # paper | fast | smoke
+    batch: int = 256             # training batch
+    gen_batch: int = 2000        # sampling batch
+    ddim_steps: int = 250
+    warmup: int = 3
+    iters: int = 10
+    compile: bool = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float | None:
+    """Measured bf16 matrix-multiply rate: the ceiling the model's rate is compared with."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    t = median_time(lambda: a @ b, device, 3, iters)
+    return 2 * n ** 3 / t / 1e12
+
+
+def unet_config(name: str, num_classes: int = 10) -> UNetConfig:
+    return {"paper": UNetConfig.paper, "fast": UNetConfig.fast, "smoke": UNetConfig.smoke}[name](num_classes)
+
+
+class _JointCall(torch.nn.Module):
+    """forward_joint as a module's forward, so torch.compile sees one graph."""
+
+    def __init__(self, model: JointUNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t, t, x_cls):
+        return self.model.forward_joint(x_t, t, x_cls)
+
+
+class Path:
+    """One way of running the joint model (reference or optimised) around a shared set of weights."""
+
+    def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool):
+        self.device, self.optimised = device, optimised
+        self.model = JointUNet(cfg).to(device)
+        self.model.load_state_dict(state)
+        if optimised and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
+                                     fused=optimised and device.type == "cuda")
+        self.ema = EMA(self.model, 0.9999)
+        self.joint, self.eps_model = _JointCall(self.model), self.model
+        if compile:
+            self.joint, self.eps_model = torch.compile(self.joint), torch.compile(self.model)
+        self.diffusion = GaussianDiffusion().to(device)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.optimised)
+
+    def loss(self, x_t, t, noise, x_cls, y) -> torch.Tensor:
+        with self.autocast():
+            eps, logits = self.joint(x_t, t, x_cls)
+        return F.mse_loss(eps.float(), noise) + 0.001 * F.cross_entropy(logits.float(), y)
+
+    def train_step(self, batch) -> torch.Tensor:
+        loss = self.loss(*batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.ema.update(self.model)
+        return loss
+
+    def eps(self, x, t):
+        with self.autocast():
+            return self.eps_model(x, t)
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        return self.diffusion.ddim_sample(lambda x, t: self.eps(x, t).float(), tuple(noise.shape), steps=steps,
+                                          noise=noise, device=self.device)
+
+
+def batch_for(cfg: UNetConfig, n: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+    x0 = torch.rand(shape, generator=g) * 2 - 1
+    x_cls = torch.rand(shape, generator=g) * 2 - 1
+    t = torch.randint(0, 1000, (n,), generator=g)
+    noise = torch.randn(shape, generator=g)
+    y = torch.randint(0, cfg.num_classes, (n,), generator=g)
+    diffusion = GaussianDiffusion()
+    x_t = diffusion.q_sample(x0, t, noise)
+    return tuple(v.to(device) for v in (x_t, t, noise, x_cls, y))
+
+
+def flops_per_image(cfg: UNetConfig, device: torch.device) -> dict:
+    """FLOPs of one training step (forward + backward of forward_joint) and one ε evaluation, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = JointUNet(cfg).to(device)
+    batch = batch_for(cfg, 2, device)
+    with FlopCounterMode(display=False) as fc:
+        eps, logits = model.forward_joint(batch[0], batch[1], batch[3])
+        (eps.float().pow(2).mean() + logits.float().logsumexp(1).mean()).backward()
+    train = fc.get_total_flops() / 2
+    with torch.no_grad(), FlopCounterMode(display=False) as fc2:
+        model(batch[0], batch[1])
+    return {"train_step": train, "eps_eval": fc2.get_total_flops() / 2}
+
+
+def parity(cfg: UNetConfig, state: dict, device: torch.device, n: int = 8, steps: int = 20) -> dict:
+    """Same weights, same batch: loss and DDIM samples of the optimised path against the reference."""
+    ref = Path(cfg, state, device, optimised=False, compile=False)
+    opt = Path(cfg, state, device, optimised=True, compile=False)
+    ref.model.eval(), opt.model.eval()  # no dropout: the two paths must see the same function
+    batch = batch_for(cfg, n, device, seed=1)
+    with torch.no_grad():
+        l_ref, l_opt = float(ref.loss(*batch)), float(opt.loss(*batch))
+    noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=torch.Generator().manual_seed(2)).to(device)
+    s_ref, s_opt = ref.sample(noise, steps), opt.sample(noise, steps)
+    return {"loss_reference": l_ref, "loss_optimised": l_opt, "loss_rel_diff": abs(l_ref - l_opt) / abs(l_ref),
+            "ddim_max_abs_diff": float((s_ref - s_opt).abs().max()),
+            "ddim_mean_abs_diff": float((s_ref - s_opt).abs().mean()), "ddim_steps": steps}
+
+
+def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
+    cfg = unet_config(s.config)
+    torch.manual_seed(0)
+    # a trained-looking model: zero-initialised output convs would make every path trivially equal
+    init = JointUNet(cfg)
+    with torch.no_grad():
+        for p in init.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    state = init.state_dict()
+    flops = flops_per_image(cfg, device)
+    out = {"settings": s.__dict__, "config": s.config, "unet_params": count_parameters(init) - count_parameters(init.head),
+           "flops_per_image": flops, "paths": {}}
+    out["parity"] = parity(cfg, state, device)
+    log(f"parity: {out['parity']}")
+    batch = batch_for(cfg, s.batch, device)
+    for name, optimised, comp in (("reference_fp32_eager", False, False), ("optimised_bf16", True, False),
+                                  ("optimised_bf16_compiled", True, True)):
+        if comp and (not s.compile or device.type != "cuda"):
+            continue
+        p = Path(cfg, state, device, optimised=optimised, compile=comp)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        try:
+            p.train_step(batch)  # first call: compilation for the compiled path
+        except Exception as exc:  # a toolchain without a working compiler: say so, keep the other paths
+            log(f"{name} failed: {type(exc).__name__}: {exc}")
+            out["paths"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        _sync(device)
+        first = time.perf_counter() - t0
+        t_train = median_time(lambda: p.train_step(batch), device, s.warmup, s.iters)
+        mem_train = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        p.model.eval()
+        x = torch.randn((s.gen_batch, cfg.in_channels, cfg.image_size, cfg.image_size), device=device)
+        t = torch.full((s.gen_batch,), 500, device=device, dtype=torch.long)
+        with torch.no_grad():
+            t_eps = median_time(lambda: p.eps(x, t), device, s.warmup, s.iters)
+        mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        train_ips = s.batch / t_train
+        sample_ips = s.gen_batch / (t_eps * s.ddim_steps)
+        out["paths"][name] = {
+            "train_images_per_s": train_ips, "train_step_ms": 1000 * t_train, "first_step_s": first,
+            "train_tflops": train_ips * flops["train_step"] / 1e12,
+            "ddim_images_per_s": sample_ips, "eps_eval_ms": 1000 * t_eps,
+            "ddim_tflops": s.gen_batch / t_eps * flops["eps_eval"] / 1e12,
+            "peak_memory_gib_train": mem_train, "peak_memory_gib": mem}
+        log(f"{s.config} {name}: train {train_ips:.0f} img/s ({1000 * t_train:.1f} ms/step), "
+            f"DDIM-{s.ddim_steps} {sample_ips:.1f} img/s (batch {s.gen_batch})")
+        del p
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ref = out["paths"]["reference_fp32_eager"]
+    for name, r in out["paths"].items():
+        if "error" in r:
+            continue
+        r["train_speedup_vs_reference"] = r["train_images_per_s"] / ref["train_images_per_s"]
+        r["ddim_speedup_vs_reference"] = r["ddim_images_per_s"] / ref["ddim_images_per_s"]
+    return out
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+        info["bf16_matmul_tflops_measured"] = matmul_tflops(device)
+    return info

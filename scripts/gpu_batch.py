@@ -1,0 +1,79 @@
+"""Run several jdcl-bench runs side by side on one GPU machine inside one time-limited command.
+
+Small models leave most of an H100 idle, so chains of runs share the GPU as parallel processes.
+Each run gets ``--time-limit`` = what is left of the deadline, so a run that cannot finish stops
+cleanly with its checkpoint and the same command resumes it. Every run's manifest carries a note
+saying how many runs shared the GPU: its GPU-seconds are wall-clock seconds on a shared device.
+
+    python scripts/gpu_batch.py --deadline 520 --out .gpu-runs --data-dir .data/cifar10-jpeg \
+        --chain cifar10-t5:dgr:fast,cifar10-t5:guide:fast --chain cifar10-t5:gfr:fast
+
+At the end the records (everything but checkpoints and shared generator caches) are packed into
+``$OUT/runs.tar.gz`` when ``$OUT`` is set, and a one-line status per run is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+
+def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) -> None:
+    for spec in chain:
+        protocol, method, preset, *rest = spec.split(":")
+        seed = rest[0] if rest else "0"
+        left = args.deadline - (time.time() - t0)
+        if left < 30:
+            status[spec] = "not started (deadline)"
+            continue
+        env = {**os.environ, "JDCL_BENCH_RUN_NOTE": f"ran as one of {n_parallel} parallel chains of runs sharing "
+                                                    f"one GPU (scripts/gpu_batch.py); GPU-seconds are shared wall time"}
+        log_dir = Path(args.out) / "_logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{protocol}__{method}__{preset}__seed{seed}__{int(time.time())}.log"
+        cmd = [sys.executable, "-m", "jdcl_bench.cli", "run", "--protocol", protocol, "--method", method,
+               "--preset", preset, "--seed", seed, "--out", args.out, "--data-dir", args.data_dir,
+               "--time-limit", f"{left:.0f}"]
+        with open(log, "w") as fh:
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        status[spec] = f"rc={rc} {tail[0][:160]}"
+        if rc != 0:
+            break  # a later run of the chain may depend on this one (GUIDE on DGR's generators)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chain", action="append", required=True, help="comma-separated protocol:method:preset[:seed]")
+    ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
+    ap.add_argument("--out", default=".gpu-runs")
+    ap.add_argument("--data-dir", default=".data/cifar10-jpeg")
+    args = ap.parse_args()
+    t0 = time.time()
+    chains = [c.split(",") for c in args.chain]
+    status: dict[str, str] = {}
+    threads = [threading.Thread(target=run_chain, args=(c, args, t0, len(chains), status)) for c in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for spec in [s for c in chains for s in c]:
+        print(f"{spec:40s} {status.get(spec, '?')}")
+    for m in sorted(Path(args.out).rglob("metrics.json")):
+        d = json.loads(m.read_text())
+        print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} final {d.get('final_acc', float('nan')):.2f}")
+    if os.environ.get("OUT"):
+        with tarfile.open(Path(os.environ["OUT"]) / "runs.tar.gz", "w:gz") as tf:
+            tf.add(args.out, arcname="runs",
+                   filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or "/shared" in ti.name else ti)
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import json
+
+import pandas as pd
+import pytest
+
+from jdcl_bench.compare import comparison, load_published, render_comparison
+from jdcl_bench.leaderboard import load_records
+
+
+def _record(root, method, seed, acc, label=None, preset="fast"):
+    d = root / "runs" / "cifar10-t5" / method / preset / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"protocol": "cifar10-t5", "method": method, "preset": preset, "seed": seed}))
+    (d / "manifest.json").write_text(json.dumps({
+        "code_version": {"commit": "x", "dirty": False}, "hardware": {"device": "cuda", "gpu_name": "H100"},
+        "dataset": {"name": "cifar10", "variant": "imagefolder-jpeg", "canonical": False, "note": "jpeg"},
+        "wall_time_s": 600.0, "gpu_seconds": 600.0, "budget": {"preset": preset, "reduced": True}}))
+    (d / "metrics.json").write_text(json.dumps({
+        "complete": True, "tasks_done": 5, "num_tasks": 5, "task_classes": [[0, 1]] * 5,
+        "acc_matrix": [[acc] * 5] * 5, "seen_acc": [acc] * 5, "final_acc": acc, "avg_acc": acc,
+        "avg_inc_acc": acc, "forgetting": 1.0, "method_label": label or method}))
+
+
+def test_comparison_pairs_published_and_suite_numbers(tmp_path):
+    _record(tmp_path, "jdcl", 0, 30.0)
+    _record(tmp_path, "jdcl", 1, 34.0)
+    _record(tmp_path, "nncsl", 0, 50.0, label="NNCSL (M=500)")
+    pub = tmp_path / "published.toml"
+    pub.write_text('[[result]]\nmethod = "jdcl"\nprotocol = "cifar10-t5"\nfinal_acc = 83.69\nsource = "paper"\n'
+                   'budget = "full"\n[[result]]\nmethod = "nncsl"\nlabel = "NNCSL (M=5120)"\nprotocol = "cifar10-t5"\n'
+                   'final_acc = 79.3\nsource = "paper"\n[[result]]\nmethod = "gfr"\nprotocol = "cifar10-t5"\n'
+                   'final_acc = 26.7\nsource = "paper"\n')
+    df = comparison(load_records(tmp_path), load_published(pub))
+    assert list(df["method"]) == ["jdcl"]  # NNCSL's buffer label differs, GFR has no runs
+    row = df.iloc[0]
+    assert row["suite_final_acc"] == pytest.approx(32.0) and row["suite_seeds"] == 2
+    assert row["suite_std"] == pytest.approx(pd.Series([30.0, 34.0]).std(ddof=1))
+    assert row["gap_pp"] == pytest.approx(32.0 - 83.69)
+    text = render_comparison(df)
+    assert "83.69" in text and "32.00 ± 2.83 (n=2)" in text and "preset fast" in text and "imagefolder-jpeg" in text
+
+
+def test_published_entries_must_name_their_source(tmp_path):
+    pub = tmp_path / "p.toml"
+    pub.write_text('[[result]]\nmethod = "jdcl"\nprotocol = "cifar10-t5"\nfinal_acc = 1.0\n')
+    with pytest.raises(ValueError, match="source"):
+        load_published(pub)
+
+
+def test_the_committed_published_file_parses():
+    from pathlib import Path
+
+    df = load_published(Path(__file__).parent.parent / "results" / "published.toml")
+    assert {"jdcl", "guide", "dgr", "gfr", "nncsl", "joint"} <= set(df["method"])
