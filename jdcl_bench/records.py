@@ -96,10 +96,11 @@ def code_version() -> dict:
             info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    if info["commit"] is None and os.environ.get("JDCL_BENCH_COMMIT"):
-        # a copied working tree without .git (a GPU machine): the launcher names the commit it copied;
-        # source_hash above is what proves the code matches it
-        info["commit"] = os.environ["JDCL_BENCH_COMMIT"]
+    if os.environ.get("JDCL_BENCH_COMMIT"):
+        # a copied working tree (a GPU machine) may have no .git or a stale one: the launcher names the
+        # commit it copied, and source_hash above is what proves the code matches it
+        info["git_saw"] = {"commit": info["commit"], "dirty": info["dirty"]}
+        info["commit"], info["dirty"] = os.environ["JDCL_BENCH_COMMIT"], None
         info["commit_from"] = "JDCL_BENCH_COMMIT"
     return info
 

@@ -241,6 +241,9 @@ class Runner:
             if os.environ.get("JDCL_BENCH_RUN_NOTE"):
                 # what the launcher knows and the run cannot see, e.g. "shared the GPU with 3 other runs"
                 manifest["note"] = os.environ["JDCL_BENCH_RUN_NOTE"]
+            if os.environ.get("JDCL_BENCH_GPU_SHARED_BY"):
+                # runs sharing one GPU: their GPU-seconds are wall time on a shared device (tables mark them)
+                manifest["gpu_shared_by"] = int(os.environ["JDCL_BENCH_GPU_SHARED_BY"])
             longest = 0.0  # longest task so far in this process: do not start one that cannot finish
             for k in range(start, len(tasks)):
                 task = tasks[k]

@@ -33,7 +33,8 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
             status[spec] = "not started (deadline)"
             continue
         env = {**os.environ, "JDCL_BENCH_RUN_NOTE": f"ran as one of {n_parallel} parallel chains of runs sharing "
-                                                    f"one GPU (scripts/gpu_batch.py); GPU-seconds are shared wall time"}
+                                                    f"one GPU (scripts/gpu_batch.py); GPU-seconds are shared wall time",
+               "JDCL_BENCH_GPU_SHARED_BY": str(n_parallel)}
         log_dir = Path(args.out) / "_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{protocol}__{method}__{preset}__seed{seed}__{int(time.time())}.log"
