@@ -30,7 +30,9 @@ def _suite_budget(runs: pd.DataFrame) -> str:
     presets = ", ".join(sorted(set(runs["preset"])))
     gpu = runs["gpu_minutes"].mean()
     hw = ", ".join(sorted({str(g) for g in runs.get("gpu_name", pd.Series(dtype=str)).dropna()})) or "CPU"
-    return f"preset {presets}; {gpu:.1f} GPU-min per run on {hw}"
+    shared = pd.to_numeric(runs.get("gpu_shared_by", pd.Series(dtype=float)), errors="coerce").max()
+    where = f" shared with up to {int(shared) - 1} other runs (wall time)" if shared == shared and shared > 1 else ""
+    return f"preset {presets}; {gpu:.1f} GPU-min per run on {hw}{where}"
 
 
 def comparison(records: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
@@ -46,7 +48,8 @@ def comparison(records: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
         acc = mine["final_acc"]
         data = "; ".join(sorted({str(v) for v in mine["dataset_variant"]})) if "dataset_variant" in mine else ""
         rows.append({
-            "method": label if isinstance(label, str) else p["method"], "protocol": p["protocol"],
+            "method": label if isinstance(label, str) else str(mine["method_label"].iloc[0]),
+            "protocol": p["protocol"],
             "published_final_acc": p["final_acc"], "published_budget": p.get("budget", ""),
             "suite_final_acc": acc.mean(), "suite_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
             "suite_seeds": len(acc), "suite_budget": _suite_budget(mine), "suite_data": data,

@@ -64,11 +64,11 @@ METRIC_SHORT = {
 }
 
 RECORD_COLUMNS = [
-    "protocol", "method", "method_label", "preset", "seed",
+    "protocol", "method", "method_label", "bound", "preset", "seed",
     *METRICS,
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
-    "reduced", "gpu_name", "device", "commit", "dirty", "finished_at",
+    "reduced", "gpu_shared_by", "gpu_name", "device", "commit", "dirty", "finished_at",
     "seen_acc", "acc_matrix", "run_dir",
 ]
 
@@ -90,6 +90,24 @@ class Cell:
     best: bool = False
     noncanonical: tuple[str, ...] = ()
     reduced_presets: tuple[str, ...] = ()
+    shared_gpu: bool = False  # a time metric from runs that shared one GPU with others (section mark)
+
+
+_META_CACHE: dict[str, tuple[str, str | None]] = {}
+
+
+def method_meta(method: str) -> tuple[str, str | None]:
+    """(display name, bound) of a registered method; (name, None) when it cannot be loaded, so a
+    table of old records still renders after a plugin is uninstalled."""
+    if method not in _META_CACHE:
+        try:
+            from .registry import METHODS
+
+            cls = METHODS.get(method)
+            _META_CACHE[method] = (getattr(cls, "display_name", "") or method, getattr(cls, "bound", None))
+        except Exception:  # a broken or missing plugin must not sink a table
+            _META_CACHE[method] = (method, None)
+    return _META_CACHE[method]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,11 +142,19 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     hw = _dict(manifest.get("hardware"))
     canonical = dataset.get("canonical")
     reduced = budget.get("reduced")
+    display, bound = method_meta(config["method"])
+    label = str(metrics.get("method_label") or config["method"])
+    if label == config["method"]:  # records written before methods had display names
+        label = display
+    if bound:
+        label += f" ({bound} bound)"
     return {
         "protocol": config["protocol"],
         "method": config["method"],
         # Rows of a table are labels ("NNCSL (M=500)"), so two configs of one method stay apart.
-        "method_label": str(metrics.get("method_label") or config["method"]),
+        "method_label": label,
+        "bound": bound,
+        "gpu_shared_by": manifest.get("gpu_shared_by"),
         "preset": config.get("preset") or budget.get("preset"),
         "seed": config.get("seed"),
         "final_acc": _float(metrics.get("final_acc")),
@@ -276,7 +302,9 @@ def _make_cell(runs: pd.DataFrame, metric: str) -> Cell | None:
     rows = [r for _, r in used.iterrows()]
     noncanonical = sorted({_noncanonical_note(r) for r in rows if is_flag(r["dataset_canonical"], False)})
     reduced = sorted({str(r["preset"]) for r in rows if is_flag(r["reduced"], True)})
-    return Cell(metric, float(values.mean()), std, n, False, tuple(noncanonical), tuple(reduced))
+    shared = metric in ("gpu_minutes", "wall_minutes") and any(
+        (_float(r.get("gpu_shared_by")) or 0) > 1 for r in rows)
+    return Cell(metric, float(values.mean()), std, n, False, tuple(noncanonical), tuple(reduced), shared)
 
 
 def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
@@ -297,7 +325,12 @@ def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
         protocols = sorted(df["protocol"].dropna().unique())
     protocols = list(dict.fromkeys(protocols))  # keep the caller's order, drop repeats
     data = df[df["protocol"].isin(protocols)]
-    labels = sorted(data["method_label"].dropna().unique())
+    # continual learners first (sorted), then the reference bounds, lower before upper
+    bound_of = {} if "bound" not in data else dict(zip(data["method_label"], data["bound"]))
+    order = {None: 0, "lower": 1, "upper": 2}
+    labels = sorted(data["method_label"].dropna().unique(),
+                    key=lambda lab: (order.get(bound_of.get(lab) if isinstance(bound_of.get(lab), str) else None, 0), lab))
+    is_bound = [isinstance(bound_of.get(lab), str) for lab in labels]
 
     warnings: list[str] = []
     present = set(data["protocol"])
@@ -323,7 +356,11 @@ def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
                 cells[(p, m)].append(_make_cell(runs, m) if runs is not None else None)
 
     for (p, m), column in cells.items():
-        _mark_best(column, LOWER_IS_BETTER[m])
+        contenders = [c if not b else None for c, b in zip(column, is_bound)]
+        if any(c is not None and c.shared_gpu for c in contenders):
+            continue  # times measured on a shared GPU do not rank runs
+        _mark_best(contenders, LOWER_IS_BETTER[m])
+        column[:] = [c if b else c2 for c, c2, b in zip(column, contenders, is_bound)]
 
     if len(metrics) == 1:
         table = pd.DataFrame({p: cells[(p, metrics[0])] for p in protocols}, index=labels, dtype=object)
@@ -395,6 +432,7 @@ def _caption_sentences(table: pd.DataFrame, cols: list, style: str) -> tuple[lis
     esc = _latex_escape if tex else (lambda s: s)
     pm = "$\\pm$" if tex else "±"
     dagger, ddagger = ("$^{\\dagger}$", "$^{\\ddagger}$") if tex else ("†", "‡")
+    section = "$^{\\S}$" if tex else "§"
     metrics = list(dict.fromkeys(m for _, _, m in cols))
     cells = _cells(table)
 
@@ -413,7 +451,10 @@ def _caption_sentences(table: pd.DataFrame, cols: list, style: str) -> tuple[lis
         seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}" + ("--" if tex else "–") + f"{ns[-1]}"
         caption.append(f"Seeds per cell: {seeds}.")
     if any(c.best for c in cells):
-        caption.append("Best per column in bold.")
+        bounds = [str(r) for r in table.index if str(r).endswith(" bound)")]
+        caption.append("Best per column in bold" + (
+            f", among continual learners: the reference bounds ({', '.join(esc(b) for b in bounds)}) are "
+            "listed last and never bold." if bounds else "."))
     if any(not isinstance(table.at[r, col], Cell) for r in table.index for col, _, _ in cols):
         caption.append(("--" if tex else "–") + ": no complete run.")
 
@@ -425,6 +466,9 @@ def _caption_sentences(table: pd.DataFrame, cols: list, style: str) -> tuple[lis
     if reduced:
         which = ", ".join(esc(p) for p in reduced)
         notes.append(f"{ddagger} Reduced compute budget (preset {which}), not the paper's full budget.")
+    if any(c.shared_gpu for c in cells):
+        notes.append(f"{section} Time of runs that shared one GPU with other runs in parallel: wall-clock "
+                     "minutes on a shared device, an upper bound on the run's own GPU time.")
     return caption, notes
 
 
@@ -450,7 +494,8 @@ def render_markdown(table: pd.DataFrame, metric: str | None = None, *, precision
             core += f" ± {_num(cell.std, precision)}"
         if cell.best:
             core = f"**{core}**"
-        marks = ("†" if cell.noncanonical else "") + ("‡" if cell.reduced_presets else "")
+        marks = ("†" if cell.noncanonical else "") + ("‡" if cell.reduced_presets else "") + \
+            ("§" if cell.shared_gpu else "")
         return f"{core} (n={cell.n})" + (f" {marks}" if marks else "")
 
     headers = ["Method"] + [md(f"{p} / {METRIC_SHORT[m]}" if multi else p) for _, p, m in cols]
@@ -515,7 +560,8 @@ def render_latex(table: pd.DataFrame, metric: str | None = None, *, precision: i
             return "--"
         core = f"${_num(cell.mean, precision)}"
         core += f" \\pm {_num(cell.std, precision)}$" if _has_std(cell) else "$"
-        marks = ("\\dagger" if cell.noncanonical else "") + ("\\ddagger" if cell.reduced_presets else "")
+        marks = ("\\dagger" if cell.noncanonical else "") + ("\\ddagger" if cell.reduced_presets else "") + \
+            ("\\S" if cell.shared_gpu else "")
         return core + f" {{\\scriptsize (n={cell.n})}}" + (f"$^{{{marks}}}$" if marks else "")
 
     if multi:

@@ -84,7 +84,7 @@ def test_table_and_show_after_runs(tmp_path):
         assert invoke("run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke",
                       "--seed", str(seed), "--device", "cpu", "--out", str(tmp_path)).exit_code == 0
     md = invoke("table", "--results", str(tmp_path))
-    assert md.exit_code == 0 and "finetune" in md.output and "n=2" in md.output
+    assert md.exit_code == 0 and "Fine-tune (lower bound)" in md.output and "n=2" in md.output
     tex = invoke("table", "--results", str(tmp_path), "--format", "latex")
     assert "\\toprule" in tex.output and "\\bottomrule" in tex.output and "synthetic-t2" in tex.output
     csv = invoke("table", "--results", str(tmp_path), "--format", "csv", "--metric", "final_acc",

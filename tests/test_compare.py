@@ -31,7 +31,7 @@ def test_comparison_pairs_published_and_suite_numbers(tmp_path):
                    'final_acc = 79.3\nsource = "paper"\n[[result]]\nmethod = "gfr"\nprotocol = "cifar10-t5"\n'
                    'final_acc = 26.7\nsource = "paper"\n')
     df = comparison(load_records(tmp_path), load_published(pub))
-    assert list(df["method"]) == ["jdcl"]  # NNCSL's buffer label differs, GFR has no runs
+    assert list(df["method"]) == ["JDCL"]  # the display name; NNCSL's buffer label differs, GFR has no runs
     row = df.iloc[0]
     assert row["suite_final_acc"] == pytest.approx(32.0) and row["suite_seeds"] == 2
     assert row["suite_std"] == pytest.approx(pd.Series([30.0, 34.0]).std(ddof=1))
@@ -52,3 +52,20 @@ def test_the_committed_published_file_parses():
 
     df = load_published(Path(__file__).parent.parent / "results" / "published.toml")
     assert {"jdcl", "guide", "dgr", "gfr", "nncsl", "joint"} <= set(df["method"])
+
+
+def test_compare_command_writes_the_page(tmp_path):
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    _record(tmp_path, "jdcl", 0, 30.0)
+    (tmp_path / "published.toml").write_text('[[result]]\nmethod = "jdcl"\nprotocol = "cifar10-t5"\n'
+                                             'final_acc = 83.69\nsource = "paper"\nbudget = "full"\n')
+    out = tmp_path / "PAPER_VS_SUITE.md"
+    r = CliRunner().invoke(main, ["compare", "--results", str(tmp_path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "do not edit by hand" in text and "| JDCL | cifar10-t5 | 83.69 |" in text and "-53.69" in text
+    r = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "published" in r.output

@@ -21,10 +21,10 @@ TRICKY = "Fine_tune #1 & 50%"              # every LaTeX special a label is like
 RUNS = {
     ("JDCL", "jdcl", P10): [(83.1, 5.0, 600.0), (84.0, 4.0, 660.0), (82.5, 6.5, 630.0)],
     ("NNCSL (M=500)", "nncsl", P10): [(80.0, 3.0, 900.0), (81.5, 2.5, 960.0)],
-    (TRICKY, "finetune", P10): [(20.0, 70.0, 120.0)],
+    (TRICKY, "tricky-method", P10): [(20.0, 70.0, 120.0)],
     ("JDCL", "jdcl", P100): [(60.0, 10.0, 1200.0), (62.0, 9.0, 1260.0)],
     ("NNCSL (M=500)", "nncsl", P100): [(55.0, 8.0, 1500.0)],
-    (TRICKY, "finetune", P100): [(10.0, 80.0, 300.0), (11.0, 79.0, 310.0), (12.5, 78.5, 320.0)],
+    (TRICKY, "tricky-method", P100): [(10.0, 80.0, 300.0), (11.0, 79.0, 310.0), (12.5, 78.5, 320.0)],
 }
 
 
@@ -342,3 +342,28 @@ def test_plot_seen_accuracy(results, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError):
         plot_seen_accuracy(load_records(results), "no-such-protocol", tmp_path / "x.png")
+
+
+def test_reference_bounds_are_listed_last_and_never_bold(results):
+    # joint (upper bound) beats every continual learner, yet the bold cell stays among the learners
+    write_run(results, P10, "joint", "joint", 0, 95.0, 1.0)
+    write_run(results, P10, "joint", "joint", 1, 94.0, 1.5)
+    table = leaderboard(load_records(results), "final_acc")
+    assert list(table.index)[-1] == "Joint (upper bound)"
+    assert not table.at["Joint (upper bound)", P10].best
+    assert table.at["JDCL", P10].best
+    md = render_markdown(table)
+    assert "never bold" in md and "**95" not in md and "**94.5" not in md
+
+
+def test_times_from_a_shared_gpu_are_marked_and_not_ranked(results):
+    for seed, shared in ((0, 4), (1, None)):
+        d = write_run(results, P10, "gfr", "GFR", seed, 30.0, 50.0, gpu_seconds=600.0)
+        if shared:
+            man = json.loads((d / "manifest.json").read_text())
+            man["gpu_shared_by"] = shared
+            (d / "manifest.json").write_text(json.dumps(man))
+    table = leaderboard(load_records(results), ["final_acc", "gpu_minutes"])
+    cell = table.at["GFR", (P10, "gpu_minutes")]
+    assert cell.shared_gpu and not any(c.best for c in table[(P10, "gpu_minutes")] if c is not None)
+    assert "§" in render_markdown(table)

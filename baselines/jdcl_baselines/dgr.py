@@ -133,6 +133,7 @@ def _hue_shift(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 
 class DGR(Method):
     name = "dgr"
+    display_name = "DGR (diffusion)"
     description = ("DGR diffusion: continually trained class-conditional diffusion model (self-replay) + "
                    "ResNet-18 trained on real current and generated past data")
     Config = DGRConfig

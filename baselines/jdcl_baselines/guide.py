@@ -43,6 +43,7 @@ def new_class_log_prob(logits: torch.Tensor, seen: torch.Tensor, new_pos: torch.
 
 class GUIDE(DGR):
     name = "guide"
+    display_name = "GUIDE"
     description = ("GUIDE: DGR-diffusion with classifier guidance of the replay sampler toward the "
                    "current task's classes")
     Config = GUIDEConfig

@@ -13,15 +13,6 @@ from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.testing import check_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the smoke models are tiny: one thread is faster than several (and much faster on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- the class-conditional UNet ------------------------------------------------------------------
 
 @pytest.mark.parametrize("in_channels,size", [(1, 8), (3, 8), (3, 32)])

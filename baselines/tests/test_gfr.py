@@ -11,15 +11,6 @@ from jdcl_baselines.gfr import (GFR, FeatureGenerator, ProjectionDiscriminator, 
                                 generator_loss, gradient_penalty, replay_cross_entropy)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: extra intra-op threads only add contention (and on a busy machine, a lot of it)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- losses on hand-computed values ------------------------------------------------------------
 
 def test_feature_distillation_is_the_batch_frobenius_norm():

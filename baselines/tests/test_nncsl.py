@@ -10,15 +10,6 @@ from jdcl_baselines._nncsl_gfr_utils import LARSSGD, color_distort, equalize, wa
 from jdcl_baselines.nncsl import (NNCSL, cross_entropy_soft, memax, paws_targets, sharpen, smoothed_one_hot, snn)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: extra intra-op threads only add contention (and on a busy machine, a lot of it)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- losses on hand-computed values ------------------------------------------------------------
 
 def test_smoothed_one_hot():

@@ -83,6 +83,7 @@ PRESETS = {
 
 class JDCL(Method):
     name = "jdcl"
+    display_name = "JDCL"
     description = "JDCL (ICCV 2025): joint diffusion + classifier UNet, local/global stages with generative replay"
     Config = JDCLConfig
     presets = PRESETS

@@ -55,6 +55,10 @@ class Method:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""      # how tables name it ("JDCL"); the registry name otherwise
+    # "lower" / "upper" for reference bounds (fine-tuning, joint training): tables list them apart
+    # and never mark them best, since they are not continual learners competing for the column
+    bound: ClassVar[str | None] = None
     Config: ClassVar[type] = None  # type: ignore[assignment]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str] = "paper"
@@ -97,7 +101,7 @@ class Method:
     # --- reporting -------------------------------------------------------------------
     def label(self) -> str:
         """Row label on the leaderboard; override to include defining settings (e.g. buffer size)."""
-        return self.name
+        return self.display_name or self.name
 
     def budget(self) -> dict:
         """What the run cost in the method's own units (steps, images seen, ...)."""

@@ -20,6 +20,8 @@ SMOKE = {"classifier.width": 8, "classifier.layers": (1, 1, 1, 1), "classifier.e
 
 class Finetune(Method):
     name = "finetune"
+    display_name = "Fine-tune"
+    bound = "lower"
     description = "Lower bound: fine-tune one ResNet-18 on each task in turn (labelled data only)"
     Config = FinetuneConfig
     presets = {"fast": {"classifier.epochs": 15.0, "classifier.batch_size": 256, "classifier.lr": 0.2},

@@ -13,6 +13,8 @@ from .finetune import Finetune
 
 class Joint(Finetune):
     name = "joint"
+    display_name = "Joint"
+    bound = "upper"
     description = "Upper bound: train on all labelled data seen so far at every task"
     stores_buffer = True
 

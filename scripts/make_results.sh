@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerate every table and plot under results/ from the committed run records (nothing typed by hand).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=(--protocol cifar10-t5 --protocol cifar10-semi-0.8pct --protocol cifar10-semi-5pct)
+M=(--metric final_acc --metric forgetting --metric gpu_minutes)
+jdcl-bench table --results results "${P[@]}" "${M[@]}" -o results/LEADERBOARD.md
+jdcl-bench table --results results "${P[@]}" "${M[@]}" --format latex -o results/leaderboard.tex
+jdcl-bench table --results results "${P[@]}" "${M[@]}" --format csv -o results/leaderboard.csv
+jdcl-bench compare --results results -o results/PAPER_VS_SUITE.md
+jdcl-bench plot --results results --out-dir results/plots "${P[@]}"
+# the README's copy of the final-accuracy table, between its markers
+jdcl-bench table --results results "${P[@]}" -o results/.readme_table.md
+python - <<'PY'
+import re
+from pathlib import Path
+readme, table = Path("README.md"), Path("results/.readme_table.md")
+text = readme.read_text()
+start, end = "<!-- leaderboard:start (scripts/make_results.sh writes this part) -->", "<!-- leaderboard:end -->"
+head, rest = text.split(start, 1)
+readme.write_text(head + start + "\n" + table.read_text().strip() + "\n" + end + rest.split(end, 1)[1])
+table.unlink()
+PY
