@@ -106,6 +106,64 @@ def run(protocol, method, seed, preset, sets, data_dir, download, out, device, t
 
 
 @main.command()
+@click.option("--methods", multiple=True, required=True, help="Method names, comma-separated or repeated.")
+@click.option("--protocols", multiple=True, required=True, help="Protocol names or .toml paths, comma-separated or repeated.")
+@click.option("--seeds", multiple=True, default=("0",), show_default=True,
+              help="Seeds: 0,1,2 or an inclusive range 0-4 (comma-separated or repeated).")
+@click.option("--preset", default=None, help="Method preset for every cell (default: each method's own).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every cell (repeatable).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
+@click.option("--download", is_flag=True, help="Download datasets that are missing.")
+@click.option("--out", default="results", show_default=True, type=click.Path(), help="Shared results folder.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--time-limit", default=None, type=float,
+              help="Per cell: stop cleanly (checkpointed) after this many seconds. Default with submitit: "
+                   "a little under --time-min.")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "submitit-local", "slurm"]),
+              help="local: cells one after another here; submitit-local / slurm: one submitit job per cell.")
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--account", default=None, help="Slurm account.")
+@click.option("--qos", default=None, help="Slurm QOS.")
+@click.option("--constraint", default=None, help="Slurm constraint (e.g. a GPU type).")
+@click.option("--time-min", default=600, show_default=True, type=int, help="Job time limit in minutes (submitit).")
+@click.option("--gpus-per-job", default=None, type=int, help="GPUs per job (submitit; default 1, or 0 with --device cpu).")
+@click.option("--cpus-per-job", default=None, type=int, help="CPUs per job (Slurm).")
+@click.option("--mem-gb", default=None, type=float, help="Memory per job in GB (Slurm).")
+@click.option("--max-parallel", default=None, type=int, help="Jobs running at once (submitit).")
+@click.option("--wait/--no-wait", default=None,
+              help="Wait for the submitit jobs to end (default: wait for submitit-local, not for slurm).")
+@click.option("--dry-run", is_flag=True, help="Only list the cells and what would run; writes nothing.")
+def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, device, time_limit, executor, partition,
+          account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, dry_run) -> None:
+    """Run methods x protocols x seeds, skipping cells whose run is already complete.
+
+    Cells that are not complete run (resuming from their checkpoint); a failing cell is reported
+    and the sweep goes on. The exit status is 1 if any cell failed. Running the same sweep again
+    picks up where it left off.
+    """
+    from rich.console import Console
+
+    from . import sweep as sw
+
+    try:
+        spec = sw.SweepSpec(methods=sw.split_list(methods), protocols=sw.split_list(protocols),
+                            seeds=sw.parse_seeds(seeds), preset=preset, overrides=parse_set(sets), data_dir=data_dir,
+                            out=out, device=device, time_limit_s=time_limit, download=download)
+        opts = sw.SubmititOptions(partition=partition, account=account, qos=qos, constraint=constraint,
+                                  time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                                  mem_gb=mem_gb, max_parallel=max_parallel)
+        results = sw.sweep(spec, executor=executor, opts=opts, wait=wait, dry_run=dry_run, log=click.echo)
+    except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # RuntimeError: submitit missing or refusing
+        _fail(exc)
+    title = f"sweep: {len(results)} cell(s) in {out}" + (" (dry run)" if dry_run else "")
+    Console(width=200 if not sys.stdout.isatty() else None).print(sw.summary_table(results, title=title))
+    if any(r.status == "submitted" for r in results):
+        click.echo("run the same sweep again once the jobs have ended: complete cells show as skipped")
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--results", default="results", show_default=True, type=click.Path())
 @click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "latex", "csv"]))
 @click.option("--metric", "metrics", multiple=True, default=("final_acc",), show_default=True,
