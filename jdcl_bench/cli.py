@@ -1,6 +1,7 @@
 """The ``jdcl-bench`` command line."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def run(protocol, method, seed, preset, sets, data_dir, download, out, device, t
         run_dir = run_experiment(cfg, Reporter())
     except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss) as exc:
         _fail(exc)
+    if os.environ.get("RANK", "0") != "0":
+        return  # a torchrun worker other than rank 0: rank 0 reports the run
     metrics_path = Path(run_dir) / "metrics.json"
     if not metrics_path.exists():
         click.echo(f"stopped before the first task finished; run the same command again to resume ({run_dir})")

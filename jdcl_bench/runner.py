@@ -8,9 +8,14 @@ runs out, after which the run stops cleanly). Starting the same run again resume
 checkpoint. Global torch generators (dropout, init) and ``ctx.rng`` are re-seeded from
 (seed, task) at every task start and saved inside a task, so a resumed run computes exactly
 what an uninterrupted one does on CPU.
+
+Under ``torchrun`` with more than one process (docs/distributed.md) every rank runs this same loop
+in lockstep: rank 0 alone writes files and evaluates, and every decision that depends on a clock
+or a file (stop, checkpoint, resume) is rank 0's, broadcast to the others.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as D
 from . import records
-from .config import to_dict
+from .config import ConfigError, to_dict
 from .metrics import per_task_accuracy, seen_accuracy, summarise
 from .methods.base import Method, ProtocolInfo, TaskData, derive_seed
 from .progress import Reporter
@@ -86,6 +92,8 @@ class RunContext:
 
     def check_loss(self, loss: torch.Tensor | float, what: str = "loss") -> None:
         value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        # every rank checks at the same step; the mean is NaN if any rank's loss is, so all stop together
+        value = D.all_reduce_mean(value)
         if not math.isfinite(value):
             raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
                                 f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")
@@ -98,6 +106,7 @@ class RunContext:
         return p
 
     def artefact_path(self, name: str) -> Path:
+        """Where to write an artefact; in a distributed run only rank 0 writes."""
         p = self.run_dir / "artefacts" / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
@@ -152,7 +161,9 @@ class Runner:
             return
         now = time.time()
         over = self.cfg.time_limit_s is not None and now - self.t_start >= self.cfg.time_limit_s
-        if over or now - self.last_save >= self.cfg.checkpoint_every_s:
+        due = over or now - self.last_save >= self.cfg.checkpoint_every_s
+        over, due = D.broadcast_flags(over, due)  # rank 0's clock decides for every rank
+        if due:
             self.save_checkpoint(phase="in_task")
             if over:
                 raise StopRun()
@@ -161,12 +172,23 @@ class Runner:
         return self.prev_wall + (time.time() - self.t_start)
 
     def save_checkpoint(self, phase: str) -> None:
+        """Collective in a distributed run: every rank calls it at the same point, rank 0 writes."""
+        if D.is_distributed():
+            # each rank's global generators (dropout) differ: keep all of them for an exact resume
+            per_rank = D.gather_objects({"torch": torch.get_rng_state(),
+                                         "cuda": torch.cuda.get_rng_state(self.device)
+                                         if self.device.type == "cuda" else None})
+            if not D.is_main():
+                self.last_save = time.time()
+                return
         state = {
             "phase": phase, "task": self.task_index, "method": self.method.state_dict(),
             "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
         }
+        if D.is_distributed():
+            state["rng"]["per_rank"] = per_rank
         records.atomic_torch_save(state, self.run_dir / "checkpoint.pt")
         self.last_save = time.time()
 
@@ -177,26 +199,55 @@ class Runner:
         method_cls: type[Method] = METHODS.get(cfg.method)
         mcfg = method_cls.config_for(cfg.preset, cfg.overrides)
         preset = cfg.preset or method_cls.default_preset
-        self.device = resolve_device(cfg.device)
         self.run_dir = run_dir_for(cfg, preset)
+        if D.env_world_size() == 1:
+            self.device = resolve_device(cfg.device)
+            return self._run(protocol, method_cls, mcfg, preset)
 
-        with records.run_lock(self.run_dir):
+        # launched by torchrun with several processes
+        if not method_cls.supports_distributed:
+            raise ConfigError(f"method {cfg.method!r} does not support distributed (DDP) runs yet; run it as a "
+                              "single process (without torchrun, or with --nproc_per_node 1)")
+        started_group = not D.is_initialized()
+        self.device = D.init(cfg.device)
+        if not D.is_main():
+            self.reporter = Reporter(quiet=True)  # one log: rank 0's
+        try:
+            return self._run(protocol, method_cls, mcfg, preset)
+        finally:
+            if started_group:
+                D.shutdown()
+
+    def _run(self, protocol: Protocol, method_cls: type[Method], mcfg, preset: str) -> Path:
+        cfg = self.cfg
+        # rank 0 alone holds the lock and writes files; if it fails, torchrun stops the other ranks
+        lock = records.run_lock(self.run_dir) if D.is_main() else contextlib.nullcontext()
+        with lock:
             config_doc = {"protocol": protocol.name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
                           "overrides": cfg.overrides, "method_config": to_dict(mcfg),
                           "run": {k: v for k, v in asdict(cfg).items() if k not in ("overrides",)},
                           "protocol_spec": protocol.to_dict()}
+            if D.is_distributed():
+                # the config's batch is the global one; it must split evenly over the processes
+                global_batch = method_cls.global_batch(mcfg)
+                if global_batch is not None:
+                    D.local_batch(global_batch)
+                config_doc["distributed"] = D.describe(global_batch)
             ckpt_path = self.run_dir / "checkpoint.pt"
             metrics_path = self.run_dir / "metrics.json"
-            if metrics_path.exists() and records.read_json(metrics_path).get("complete"):
+            complete = metrics_path.exists() and bool(records.read_json(metrics_path).get("complete"))
+            resume = ckpt_path.exists()
+            complete, resume = D.broadcast_flags(complete, resume)  # what rank 0 sees, on every rank
+            if complete:
                 self.reporter.info(f"run already complete: {self.run_dir}")
                 return self.run_dir
-            if ckpt_path.exists():
+            if resume and D.is_main():
                 old = records.read_json(self.run_dir / "config.json")
                 for key in ("protocol", "method", "preset", "seed", "method_config"):
                     if old.get(key) != json.loads(json.dumps(config_doc[key])):
                         raise RuntimeError(f"{self.run_dir} holds a checkpoint of a different run ({key} differs); "
                                            "use another --out or delete the directory")
-            else:
+            elif D.is_main():
                 records.write_json(self.run_dir / "config.json", config_doc)
 
             t_load = time.time()
@@ -204,8 +255,12 @@ class Runner:
             if ds is None:
                 from .data.datasets import load_dataset
 
+                if not D.is_main():
+                    D.barrier()  # rank 0 loads (and downloads) first, the others then read its files
                 ds = load_dataset(protocol.dataset, data_dir=cfg.data_dir, image_size=protocol.image_size,
                                   class_names=protocol.class_names, download=cfg.download, synthetic=protocol.synthetic)
+                if D.is_main():
+                    D.barrier()
             tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "
@@ -217,11 +272,12 @@ class Runner:
             info = ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
                                 protocol.semi_supervised)
             self.method = method_cls(mcfg, self.ctx)
-            seed_globals(derive_seed(cfg.seed, "setup"))
+            # global generators (init, dropout) get a seed per rank; rank 0's is the one-process seed
+            seed_globals(D.rank_seed(derive_seed(cfg.seed, "setup")))
             self.method.setup(info)
 
             self.acc_rows, self.seen_acc, self.prev_wall, start, in_task = [], [], 0.0, 0, False
-            if ckpt_path.exists():
+            if resume:  # every rank loads rank 0's checkpoint
                 state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
                 self.method.load_state_dict(state["method"])
                 self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
@@ -229,9 +285,15 @@ class Runner:
                 start = state["task"] if in_task else state["task"] + 1
                 if in_task:
                     self.ctx.rng.set_state(state["rng"]["ctx"])
-                    torch.set_rng_state(state["rng"]["torch"])
-                    if state["rng"]["cuda"] is not None and self.device.type == "cuda":
-                        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+                    mine = state["rng"].get("per_rank", [])
+                    if D.is_distributed() and D.rank() < len(mine):
+                        torch.set_rng_state(mine[D.rank()]["torch"])
+                        if mine[D.rank()]["cuda"] is not None and self.device.type == "cuda":
+                            torch.cuda.set_rng_state(mine[D.rank()]["cuda"], self.device)
+                    else:
+                        torch.set_rng_state(state["rng"]["torch"])
+                        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
+                            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
                 self.reporter.info(f"resuming {self.run_dir} at task {start + 1}" + (" (inside the task)" if in_task else ""))
 
             self.t_start = self.last_save = time.time()
@@ -244,19 +306,22 @@ class Runner:
             if os.environ.get("JDCL_BENCH_GPU_SHARED_BY"):
                 # runs sharing one GPU: their GPU-seconds are wall time on a shared device (tables mark them)
                 manifest["gpu_shared_by"] = int(os.environ["JDCL_BENCH_GPU_SHARED_BY"])
+            if D.is_distributed():
+                manifest["distributed"] = config_doc["distributed"]
             longest = 0.0  # longest task so far in this process: do not start one that cannot finish
             for k in range(start, len(tasks)):
                 task = tasks[k]
                 self.task_index = self.ctx.task_index = k
                 t_task = time.time()
                 if not (in_task and k == start):
-                    if k > start and cfg.time_limit_s is not None and \
-                            time.time() - self.t_start + longest >= cfg.time_limit_s:
+                    no_time = k > start and cfg.time_limit_s is not None and \
+                        time.time() - self.t_start + longest >= cfg.time_limit_s
+                    if D.broadcast_flags(no_time)[0]:
                         self.reporter.info(f"time limit: task {k + 1} would not finish in time; stopped before it "
                                            "(checkpointed), run the same command again to resume")
                         return self.run_dir
                     self.ctx.rng.manual_seed(derive_seed(cfg.seed, "task", k))
-                    seed_globals(derive_seed(cfg.seed, "torch", k))
+                    seed_globals(D.rank_seed(derive_seed(cfg.seed, "torch", k)))
                     self.method.begin_task(task)
                 try:
                     self.method.train_task(task)
@@ -264,7 +329,8 @@ class Runner:
                     self.reporter.info(f"time limit reached inside task {k + 1}; checkpointed, run again to resume")
                     return self.run_dir
                 self.method.end_task(task)
-                pred = self.evaluate(test_x)
+                # rank 0 evaluates, the others take its predictions (every rank is at this point)
+                pred = D.broadcast_object(self.evaluate(test_x) if D.is_main() else None)
                 self.acc_rows.append(per_task_accuracy(pred, test_y, task_classes))
                 self.seen_acc.append(seen_accuracy(pred, test_y, task.seen_classes))
                 final = float(100.0 * (pred == test_y).mean())
@@ -274,12 +340,14 @@ class Runner:
                            "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
                            **summarise(self.acc_rows, self.seen_acc, final), "method_label": self.method.label()}
                 wall = self._elapsed()
-                manifest.update({"wall_time_s": wall, "gpu_seconds": wall if self.device.type == "cuda" else 0.0,
+                gpus = D.world_size() if self.device.type == "cuda" else 0
+                manifest.update({"wall_time_s": wall, "gpu_seconds": wall * gpus,
                                  "budget": {"preset": preset, "reduced": preset != "paper",
                                             **self.method.budget()},
                                  "finished_at": records.now() if done else None})
-                records.write_json(self.run_dir / "manifest.json", manifest)
-                records.write_json(metrics_path, metrics)
+                if D.is_main():
+                    records.write_json(self.run_dir / "manifest.json", manifest)
+                    records.write_json(metrics_path, metrics)
                 longest = max(longest, time.time() - t_task)
                 self.reporter.info(f"task {k + 1}/{len(tasks)} ({time.time() - t_task:.0f}s): seen-class accuracy {self.seen_acc[-1]:.2f}%, "
                                    f"all-class accuracy {final:.2f}%")

@@ -12,6 +12,12 @@ Per task k (see ../shared/specs/jdcl-recipe.md, and docs/jdcl.md for every decis
 
 The method trains in a step loop that calls ``ctx.tick()``, so a run can stop and resume inside any
 stage; ``phase`` records where it is (local -> replay -> global -> done).
+
+Distributed (docs/distributed.md): ``batch_size`` (and the FixMatch batches) are global. Every rank
+draws the same global batch, its augmentations and its diffusion noise (from generators that advance
+identically on every rank), trains on its slice through DDP, and so ends each step with the same
+weights and EMA. Replay is sampled in parts: each rank samples ``gen_batch / world_size`` images
+with noise of its own, the parts are gathered, and every rank keeps the same class-balanced set.
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed as D
 from ..data import augment as A
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion
@@ -81,6 +89,17 @@ PRESETS = {
 }
 
 
+class JointForward(nn.Module):
+    """``forward`` = ``net.forward_joint``: DDP syncs gradients only for calls of ``forward``."""
+
+    def __init__(self, net: JointUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_cls: torch.Tensor):
+        return self.net.forward_joint(x_t, t, x_cls)
+
+
 class JDCL(Method):
     name = "jdcl"
     display_name = "JDCL"
@@ -90,6 +109,11 @@ class JDCL(Method):
     uses_unlabelled = True
     has_generator = True
     supports_resume_in_task = True
+    supports_distributed = True
+
+    @classmethod
+    def global_batch(cls, cfg: JDCLConfig) -> int:
+        return cfg.batch_size
 
     # ---- setup ------------------------------------------------------------------------
     def setup(self, info: ProtocolInfo) -> None:
@@ -106,6 +130,10 @@ class JDCL(Method):
         self.diffusion = GaussianDiffusion().to(self.device)
         self.amp = c.amp and self.device.type == "cuda"
         self.semi = info.semi_supervised
+        if D.is_distributed():  # every global batch must split evenly over the processes
+            D.local_batch(c.batch_size, "batch_size")
+            if self.semi:
+                D.local_batch(c.ssl_labelled_batch, "ssl_labelled_batch")
         self.G: dict | None = None  # {"raw": state_dict, "ema": EMA state} of the global model
         self.phase = "idle"
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
@@ -133,6 +161,12 @@ class JDCL(Method):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.ctx.rng))
         return torch.Generator(self.device).manual_seed(seed)
 
+    def _train_fn(self, find_unused_parameters: bool = False):
+        """The training forward, ``(x_t, t, x_cls) -> (eps, logits)``: through DDP when distributed."""
+        if D.is_distributed():
+            return self._fn(D.wrap_ddp(JointForward(self.net), find_unused_parameters))
+        return self._fn(self.net).forward_joint
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
@@ -150,7 +184,8 @@ class JDCL(Method):
         c = self.cfg
         self.phase, self.step = "local", 0
         self.dev_rng = self._device_rng()
-        self.net = self.new_model()  # CIFAR recipe: every local model starts from scratch
+        # CIFAR recipe: every local model starts from scratch (rank 0's initialisation on every rank)
+        self.net = D.sync_params(self.new_model())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
                                      fused=self.device.type == "cuda")
         self.ema = EMA(self.net, c.ssl_ema_decay if self.semi else c.ema_decay, warmup=not self.semi)
@@ -191,7 +226,7 @@ class JDCL(Method):
     # ---- local stage -------------------------------------------------------------------
     def _train_local(self, task: TaskData) -> None:
         c = self.cfg
-        fwd = self._fn(self.net)
+        fwd = self._train_fn()
         self.net.train()
         with self.ctx.progress("local stage", c.local_steps - self.step) as advance:
             while self.step < c.local_steps:
@@ -209,10 +244,12 @@ class JDCL(Method):
         x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
         x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
         x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
+        # this rank's slice of the global batch (all of it in one process)
+        x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, task.y[idx]))
         with self.autocast():
-            eps, logits = fwd.forward_joint(x_t, t, x_cls)
+            eps, logits = fwd(x_t, t, x_cls)
         l_diff = F.mse_loss(eps.float(), noise)
-        l_ce = F.cross_entropy(logits.float(), task.y[idx])
+        l_ce = F.cross_entropy(logits.float(), y)
         self.counters["images_seen"] += c.batch_size
         return l_diff + c.cls_weight * l_ce, {"diff": l_diff, "ce": l_ce}
 
@@ -224,15 +261,18 @@ class JDCL(Method):
         ui = torch.randint(len(task.unlabelled_x), (bu,), generator=self.ctx.rng).to(self.device)
         xl, xu = A.to_unit(task.x[li]), A.to_unit(task.unlabelled_x[ui])
         u_diff = A.random_resized_crop(A.hflip(xu, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
-        x_cls = torch.cat([A.weak_view(xl, self.ctx.rng), A.weak_view(xu, self.ctx.rng),
-                           A.strong_view(xu, self.ctx.rng)]) * 2 - 1
+        wl, wu, su = A.weak_view(xl, self.ctx.rng), A.weak_view(xu, self.ctx.rng), A.strong_view(xu, self.ctx.rng)
         x_t, t, noise = self.diffusion.sample_t_and_noise(u_diff, self.dev_rng)
+        # this rank's slice of each part of the global batch (all of it in one process)
+        wl, wu, su, yl, x_t, t, noise = map(D.shard, (wl, wu, su, task.y[li], x_t, t, noise))
+        nl, nu = len(wl), len(wu)
+        x_cls = torch.cat([wl, wu, su]) * 2 - 1
         with self.autocast():
-            eps, logits = fwd.forward_joint(x_t, t, x_cls)
+            eps, logits = fwd(x_t, t, x_cls)
         logits = logits.float()
         l_diff = F.mse_loss(eps.float(), noise)
-        lab, weak, strong = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
-        l_sup = F.cross_entropy(lab, task.y[li])
+        lab, weak, strong = logits[:nl], logits[nl:nl + nu], logits[nl + nu:]
+        l_sup = F.cross_entropy(lab, yl)
         probs = weak.detach().softmax(1)
         conf, pseudo = probs.max(1)
         mask = (conf >= c.ssl_threshold).float()
@@ -255,29 +295,34 @@ class JDCL(Method):
 
     # ---- replay ----------------------------------------------------------------------------
     @torch.no_grad()
-    def _sample_labelled(self, state: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_labelled(self, state: dict, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n unconditional DDIM samples (EMA weights, eval mode) and their own classifier's labels."""
         model = self.model_from(state, ema=True).eval()
         fn = self._fn(model)
         shape = (n, *self.info.image_shape)
-        noise = torch.randn(shape, device=self.device, generator=self.dev_rng)
+        noise = torch.randn(shape, device=self.device, generator=gen)
         with self.autocast():
             x = self.diffusion.ddim_sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device)
             x = x.clamp(-1, 1)
             y = model.classify(x).float().argmax(1)
-        self.counters["replay_sampled"] += n
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
 
-    def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str):
-        """Class-balanced replay for ``classes`` from one generator, by rejection then duplication."""
+    def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str, gen: torch.Generator):
+        """Class-balanced replay for ``classes`` from one generator, by rejection then duplication.
+
+        Distributed: each rank samples its part of every batch with its own ``gen``; the parts are
+        gathered, so every rank then makes the same choices on the same images."""
         c, quota = self.cfg, self.cfg.replay_per_class
+        per_rank = -(-c.gen_batch // D.world_size())
         kept = {k: [] for k in classes}
         have = {k: 0 for k in classes}
         sampled, cap = 0, int(c.max_sampled_factor * quota * len(classes))
         with self.ctx.progress(f"replay ({desc})", quota * len(classes)) as advance:
             while sampled < cap and min(have.values()) < quota:
-                x, y = self._sample_labelled(state, c.gen_batch)
+                x, y = self._sample_labelled(state, per_rank, gen)
+                x, y = D.all_gather_tensor(x), D.all_gather_tensor(y)
                 sampled += len(x)
+                self.counters["replay_sampled"] += len(x)
                 before = sum(have.values())
                 for k in classes:
                     take = x[y == k][: quota - have[k]]
@@ -304,18 +349,27 @@ class JDCL(Method):
 
     def _make_replay(self, task: TaskData) -> dict:
         old = [k for k in task.seen_classes if k not in task.classes]
-        xo, yo, co, so = self._fill(self.G, old, 0.90, "old classes from G")
-        xn, yn, cn, sn = self._fill(self.L, task.classes, 0.85, "new classes from L")
+        gen = self._replay_rng()
+        xo, yo, co, so = self._fill(self.G, old, 0.90, "old classes from G", gen)
+        xn, yn, cn, sn = self._fill(self.L, task.classes, 0.85, "new classes from L", gen)
         counts = {"task": task.index + 1, "per_class": {**co, **cn}, "sampled_old": so, "sampled_new": sn,
                   "ddim_steps": self.cfg.ddim_steps, "quota_per_class": self.cfg.replay_per_class}
         missing = [k for k, v in counts["per_class"].items() if v["accepted"] == 0]
         if missing:
             self.ctx.info(f"warning: the generators produced no sample of classes {missing}; they get no replay")
-        path = self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json")
-        path.write_text(json.dumps(counts, indent=2))
         x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
-        self._save_grid(x, y, f"replay_task{task.index + 1}.png")
+        if D.is_main():  # every rank holds the same replay set; one writes it down
+            self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json").write_text(json.dumps(counts, indent=2))
+            self._save_grid(x, y, f"replay_task{task.index + 1}.png")
         return {"x": x, "y": y, "old": torch.tensor(old, device=self.device, dtype=torch.long)}
+
+    def _replay_rng(self) -> torch.Generator:
+        """Replay noise: the shared ``dev_rng`` in one process; one generator per rank, seeded from it,
+        when distributed (the ranks must sample different images)."""
+        if not D.is_distributed():
+            return self.dev_rng
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.dev_rng, device=self.device))
+        return torch.Generator(self.device).manual_seed(D.rank_seed(seed))
 
     def _save_grid(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
         """One row per class (in class order), ``grid_per_class`` images each."""
@@ -330,11 +384,12 @@ class JDCL(Method):
             save_image(torch.cat(rows).float().cpu() / 255, self.ctx.artefact_path(name), nrow=n, padding=1)
 
     def _save_sample_grid(self, task: TaskData) -> None:
-        """After each task: what the global model generates, grouped by its own labels."""
+        """After each task: what the global model generates, grouped by its own labels (rank 0 only)."""
+        if not D.is_main():
+            return
         gen_state = self.dev_rng.get_state()
         n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
-        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch))
-        self.counters["replay_sampled"] -= len(x)  # a diagnostic, not part of the method's budget
+        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch), self.dev_rng)  # not counted: a diagnostic
         self.dev_rng.set_state(gen_state)  # diagnostics must not change the training randomness
         self._save_grid(x, y, f"samples_task{task.index + 1}.png")
 
@@ -354,7 +409,8 @@ class JDCL(Method):
 
     def _train_global(self, task: TaskData) -> None:
         c = self.cfg
-        fwd = self._fn(self.net)
+        # the classifier head is out of the loss until cls_start: DDP must not wait for its gradients
+        fwd = self._train_fn(find_unused_parameters=True)
         teachers = {k: self._fn(m) for k, m in self.teachers.items()}
         rx, ry = self.replay["x"], self.replay["y"]
         cls_start = int(c.cls_start_fraction * c.global_steps)
@@ -367,6 +423,8 @@ class JDCL(Method):
                                                scale=(c.global_crop_scale, 1.0)) * 2 - 1
                 x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
+                # this rank's slice of the global batch (all of it in one process)
+                x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, y))
                 is_old = torch.isin(y, self.replay["old"])
                 with torch.no_grad(), self.autocast():
                     # each teacher sees the whole batch; the mask picks its samples (fixed shapes)
@@ -376,7 +434,7 @@ class JDCL(Method):
                 eps_T = torch.where(sel, eps_o, eps_n)
                 logits_T = torch.where(is_old.view(-1, 1), log_o, log_n)
                 with self.autocast():
-                    eps, logits = fwd.forward_joint(x_t, t, x_cls)
+                    eps, logits = fwd(x_t, t, x_cls)
                 eps, logits = eps.float(), logits.float()
                 l_simple = F.mse_loss(eps, noise)
                 kd_diff = kd_diffusion(eps, eps_T, is_old, c.kd_weighting)

@@ -15,7 +15,8 @@ converts and augments them (``jdcl_bench.data.augment``). Unlabelled images come
 
 Capability flags tell the runner and the leaderboard what a method does: ``uses_unlabelled``
 (learns from the unlabelled stream), ``has_generator`` (generative replay) and ``stores_buffer``
-(keeps real past samples).
+(keeps real past samples). ``supports_distributed`` says the method trains data-parallel under
+``torchrun`` (docs/distributed.md); the runner refuses to start a multi-process run of any other.
 
 Randomness: use ``ctx.rng`` (a CPU ``torch.Generator`` the runner seeds and checkpoints) for
 every random choice; never seed or read global state. Dropout and parameter initialisation use
@@ -66,6 +67,7 @@ class Method:
     has_generator: ClassVar[bool] = False
     stores_buffer: ClassVar[bool] = False
     supports_resume_in_task: ClassVar[bool] = False
+    supports_distributed: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: "RunContext"):  # noqa: F821 (RunContext lives in runner)
         self.cfg = cfg
@@ -106,6 +108,11 @@ class Method:
     def budget(self) -> dict:
         """What the run cost in the method's own units (steps, images seen, ...)."""
         return {}
+
+    @classmethod
+    def global_batch(cls, cfg: Any) -> int | None:
+        """The training batch ``cfg`` asks for, summed over all processes (distributed runs record it)."""
+        return None
 
     @classmethod
     def config_for(cls, preset: str | None, overrides: dict[str, Any]) -> Any:

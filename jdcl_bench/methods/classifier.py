@@ -3,6 +3,11 @@
 ``finetune`` and ``joint`` use it directly; baselines reuse it for their classifiers. Training is a
 fixed number of steps, each drawing a random batch with ``ctx.rng`` and calling ``ctx.tick()``, so
 a run can stop and resume inside a task.
+
+Distributed (docs/distributed.md): ``batch_size`` is the global batch. Every rank draws and augments
+the same global batch from ``ctx.rng`` and trains on its slice through DDP, so the step equals the
+one-process step on the global batch (BatchNorm becomes SyncBatchNorm on CUDA; on CPU its batch
+statistics stay per rank).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as D
 from ..models import cifar_resnet
 
 
@@ -35,6 +41,8 @@ class ClassifierTrainer:
         self.model = cifar_resnet(num_classes, in_chans, cfg.width, cfg.layers).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = D.convert_sync_batchnorm(D.sync_params(self.model))
+        self.net = D.wrap_ddp(self.model)  # what training calls; predict and checkpoints use the plain model
         self.step = 0
         self.total_steps = 0
         self.images_seen = 0
@@ -62,7 +70,7 @@ class ClassifierTrainer:
                 xb = to_unit(x[idx])
                 if self.cfg.augment:
                     xb = weak_view(xb, ctx.rng)
-                loss = self.loss(xb * 2 - 1, y[idx])
+                loss = self.loss(D.shard(xb) * 2 - 1, D.shard(y[idx]))  # this rank's slice (all of it in one process)
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)
                 self.opt.zero_grad(set_to_none=True)
@@ -80,7 +88,7 @@ class ClassifierTrainer:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = self.model(x)
+            logits = self.net(x)
         return F.cross_entropy(logits.float(), y)
 
     @torch.no_grad()

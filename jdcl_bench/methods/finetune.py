@@ -27,6 +27,7 @@ class Finetune(Method):
     presets = {"fast": {"classifier.epochs": 15.0, "classifier.batch_size": 256, "classifier.lr": 0.2},
                "smoke": SMOKE}
     supports_resume_in_task = True
+    supports_distributed = True
 
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
@@ -51,6 +52,10 @@ class Finetune(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.trainer.load_state_dict(state["trainer"])
+
+    @classmethod
+    def global_batch(cls, cfg: FinetuneConfig) -> int:
+        return cfg.classifier.batch_size
 
     def budget(self) -> dict:
         return {"steps_last_task": self.trainer.total_steps, "images_seen": self.trainer.images_seen}
