@@ -88,7 +88,7 @@ JDCL_SMOKE = ("--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smo
 def test_two_process_jdcl_run_writes_one_complete_record(tmp_path):
     r = torchrun(*JDCL_SMOKE, out=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("jdcl on synthetic-t2 (seed 0): complete") == 1  # rank 0 reports, alone
+    assert r.stdout.count("JDCL on synthetic-t2 (seed 0): complete") == 1  # rank 0 reports, alone
     d = tmp_path / "runs/synthetic-t2/jdcl/smoke/seed0"
     m = json.loads((d / "metrics.json").read_text())
     assert m["complete"] and m["tasks_done"] == 2 and len(m["acc_matrix"]) == 2
