@@ -19,6 +19,7 @@ nothing but the table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -93,21 +94,17 @@ class Cell:
     shared_gpu: bool = False  # a time metric from runs that shared one GPU with others (section mark)
 
 
-_META_CACHE: dict[str, tuple[str, str | None]] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def method_meta(method: str) -> tuple[str, str | None]:
     """(display name, bound) of a registered method; (name, None) when it cannot be loaded, so a
     table of old records still renders after a plugin is uninstalled."""
-    if method not in _META_CACHE:
-        try:
-            from .registry import METHODS
+    try:
+        from .registry import METHODS
 
-            cls = METHODS.get(method)
-            _META_CACHE[method] = (getattr(cls, "display_name", "") or method, getattr(cls, "bound", None))
-        except Exception:  # a broken or missing plugin must not sink a table
-            _META_CACHE[method] = (method, None)
-    return _META_CACHE[method]
+        cls = METHODS.get(method)
+    except Exception:  # a broken or missing plugin must not sink a table
+        return method, None
+    return getattr(cls, "display_name", "") or method, getattr(cls, "bound", None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,11 +323,11 @@ def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
     protocols = list(dict.fromkeys(protocols))  # keep the caller's order, drop repeats
     data = df[df["protocol"].isin(protocols)]
     # continual learners first (sorted), then the reference bounds, lower before upper
-    bound_of = {} if "bound" not in data else dict(zip(data["method_label"], data["bound"]))
-    order = {None: 0, "lower": 1, "upper": 2}
-    labels = sorted(data["method_label"].dropna().unique(),
-                    key=lambda lab: (order.get(bound_of.get(lab) if isinstance(bound_of.get(lab), str) else None, 0), lab))
-    is_bound = [isinstance(bound_of.get(lab), str) for lab in labels]
+    bounds = data["bound"] if "bound" in data else [None] * len(data)
+    bound_of = {lab: b for lab, b in zip(data["method_label"], bounds) if isinstance(b, str)}
+    order = {"lower": 1, "upper": 2}
+    labels = sorted(data["method_label"].dropna().unique(), key=lambda lab: (order.get(bound_of.get(lab), 0), lab))
+    contenders = [lab not in bound_of for lab in labels]
 
     warnings: list[str] = []
     present = set(data["protocol"])
@@ -356,11 +353,7 @@ def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
                 cells[(p, m)].append(_make_cell(runs, m) if runs is not None else None)
 
     for (p, m), column in cells.items():
-        contenders = [c if not b else None for c, b in zip(column, is_bound)]
-        if any(c is not None and c.shared_gpu for c in contenders):
-            continue  # times measured on a shared GPU do not rank runs
-        _mark_best(contenders, LOWER_IS_BETTER[m])
-        column[:] = [c if b else c2 for c, c2, b in zip(column, contenders, is_bound)]
+        _mark_best(column, LOWER_IS_BETTER[m], contenders)
 
     if len(metrics) == 1:
         table = pd.DataFrame({p: cells[(p, metrics[0])] for p in protocols}, index=labels, dtype=object)
@@ -375,15 +368,19 @@ def leaderboard(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc",
     return table
 
 
-def _mark_best(column: list, lower_is_better: bool) -> None:
-    present = [c.mean for c in column if c is not None]
+def _mark_best(column: list, lower_is_better: bool, eligible: Sequence[bool]) -> None:
+    """Flag, in place, the best cell among the eligible rows (the reference bounds are not)."""
+    pool = [i for i, c in enumerate(column) if c is not None and eligible[i]]
+    if any(column[i].shared_gpu for i in pool):
+        return  # times measured on a shared GPU do not rank runs
     # A lone entry is not "best" of anything; bolding it would suggest a comparison.
-    if len(present) < 2:
+    if len(pool) < 2:
         return
-    target = min(present) if lower_is_better else max(present)
-    for i, c in enumerate(column):
-        if c is not None and math.isclose(c.mean, target, rel_tol=1e-12, abs_tol=1e-9):
-            column[i] = dataclasses.replace(c, best=True)
+    means = [column[i].mean for i in pool]
+    target = min(means) if lower_is_better else max(means)
+    for i in pool:
+        if math.isclose(column[i].mean, target, rel_tol=1e-12, abs_tol=1e-9):
+            column[i] = dataclasses.replace(column[i], best=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from jdcl_bench.artefacts import save_class_grid
 from jdcl_bench.data import augment as A
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
 from jdcl_bench.models import cifar_resnet, normalise
@@ -328,22 +329,11 @@ class DGR(Method):
         return model
 
     # ---- artefacts ----------------------------------------------------------------------------
-    def _save_grid(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
-        """One row per class (in class order), ``grid_per_class`` images each."""
-        from torchvision.utils import save_image
-
-        rows, n = [], self.cfg.grid_per_class
-        for cl in sorted(set(y.tolist())):
-            imgs = x[y == cl][:n]
-            pad = torch.zeros((n - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
-            rows.append(torch.cat([imgs, pad]))
-        if rows:
-            save_image(torch.cat(rows).float().cpu() / 255, self.ctx.artefact_path(name), nrow=n, padding=1)
-
     def _save_replay_artefacts(self, task: TaskData) -> None:
         """What the classifier was shown: the last replay batch and the per-class counts."""
         k = task.index + 1
-        self._save_grid(self.replay["x"], self.replay["y"], f"classifier_replay_task{k}.png")
+        save_class_grid(self.ctx, f"classifier_replay_task{k}.png", self.replay["x"], self.replay["y"],
+                        self.cfg.grid_per_class)
         counts = {"task": k, "per_class": {str(cl): n for cl, n in sorted(self.replay_counts.items())},
                   "regenerate_every": self.cfg.classifier.regen_every, "ddim_steps": self.cfg.classifier.ddim_steps,
                   "guidance_scale": self.guidance_scale(),
@@ -358,7 +348,7 @@ class DGR(Method):
         g = torch.Generator(self.device).manual_seed(derive_seed(self.ctx.seed, "grid", task.index))
         model = self.gen.sampler_from(self.G["ema"]["module"])
         x = self.gen.sample(model, y, generator=g, sampler="ddim", steps=self.cfg.classifier.ddim_steps)
-        self._save_grid(x, y, f"replay_task{task.index + 1}.png")
+        save_class_grid(self.ctx, f"replay_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
 
     def guidance_scale(self) -> float:
         return 0.0

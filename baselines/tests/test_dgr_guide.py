@@ -2,12 +2,10 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from jdcl_baselines.cond_diffusion import GuidedEps, ancestral_sample
 from jdcl_baselines.dgr import classifier_augment
 from jdcl_baselines.guide import new_class_log_prob
-from jdcl_bench.cli import main
 from jdcl_bench.jdcl.diffusion import GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.testing import check_method
@@ -119,24 +117,15 @@ def test_conformance(tmp_path, method, semi):
     assert out["semi"] is semi and out["ticks"] > 0
 
 
-def _run(out, protocol, method):
-    r = CliRunner().invoke(main, ["run", "--protocol", protocol, "--method", method, "--preset", "smoke",
-                                  "--device", "cpu", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out / "runs" / protocol / method / "smoke" / "seed0"
-
-
 def _generator(run_dir):
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     return state["method"]["G"]
 
 
 @pytest.mark.parametrize("protocol", ["digits-t5", "digits-semi-10pct"])
-def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, protocol):
-    d = _run(tmp_path, protocol, "dgr")
-    m = json.loads((d / "metrics.json").read_text())
+def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, smoke_cli_run, protocol):
+    d, m, budget = smoke_cli_run("dgr", protocol)  # into tmp_path: GUIDE below shares the folder
     assert m["complete"] and len(m["acc_matrix"]) == 5
-    budget = json.loads((d / "manifest.json").read_text())["budget"]
     assert budget["generator_source"] == ["trained"] * 5 and not budget["generator_from_cache"]
     assert budget["generator_steps"] == budget["generator_steps_trained"] == 6 + 4 * 4
     assert budget["classifier_steps"] == 6 + 4 * 4 and budget["ddim_steps"] == 3
@@ -155,8 +144,7 @@ def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, protocol):
     assert cached == [f"task{k}.pt" for k in range(1, 6)]
 
     # GUIDE on the same protocol, seed and results folder trains no generator
-    g = _run(tmp_path, protocol, "guide")
-    gb = json.loads((g / "manifest.json").read_text())["budget"]
+    g, gm, gb = smoke_cli_run("guide", protocol)
     assert gb["generator_source"] == ["cache"] * 5 and gb["generator_from_cache"]
     assert gb["generator_steps"] == budget["generator_steps"] and gb["generator_steps_trained"] == 0
     assert gb["guidance_scale"] == 0.5 and gb["images_generated"] == gb["replay_images"]
@@ -166,4 +154,4 @@ def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, protocol):
         sb = b[part] if part == "raw" else b[part]["module"]
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     # and the classifiers differ: GUIDE's replay is guided
-    assert json.loads((g / "metrics.json").read_text())["complete"]
+    assert gm["complete"]

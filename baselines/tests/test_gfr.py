@@ -97,16 +97,9 @@ def test_resume_inside_the_extractor_stage_with_a_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("protocol", ["digits-t5", "digits-semi-10pct"])
-def test_cli_smoke_run(tmp_path, protocol):
-    from jdcl_bench.cli import main
-
-    r = CliRunner().invoke(main, ["run", "--protocol", protocol, "--method", "gfr", "--preset", "smoke",
-                                  "--device", "cpu", "--out", str(tmp_path)], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    d = tmp_path / "runs" / protocol / "gfr" / "smoke" / "seed0"
-    m = json.loads((d / "metrics.json").read_text())
+def test_cli_smoke_run(smoke_cli_run, protocol):
+    d, m, budget = smoke_cli_run("gfr", protocol)
     assert m["complete"] and m["num_tasks"] == 5 and m["method_label"] == "GFR"
-    budget = json.loads((d / "manifest.json").read_text())["budget"]
     assert budget["extractor_steps"] > 0 and budget["critic_steps"] > 0 and budget["buffer_images"] == 0
     art = json.loads((d / "artefacts" / "gfr_generator_task4.json").read_text())
     assert art["generator_classes"] == list(range(8))  # the GAN learnt every class of tasks 1-4

@@ -138,16 +138,9 @@ def test_buffer_is_class_balanced_and_label_carries_its_size():
 
 
 @pytest.mark.parametrize("protocol", ["digits-t5", "digits-semi-10pct"])
-def test_cli_smoke_run(tmp_path, protocol):
-    from jdcl_bench.cli import main
-
-    r = CliRunner().invoke(main, ["run", "--protocol", protocol, "--method", "nncsl", "--preset", "smoke",
-                                  "--device", "cpu", "--out", str(tmp_path)], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    d = tmp_path / "runs" / protocol / "nncsl" / "smoke" / "seed0"
-    m = json.loads((d / "metrics.json").read_text())
+def test_cli_smoke_run(smoke_cli_run, protocol):
+    d, m, budget = smoke_cli_run("nncsl", protocol)
     assert m["complete"] and m["num_tasks"] == 5 and m["method_label"] == "NNCSL (M=20)"
-    budget = json.loads((d / "manifest.json").read_text())["budget"]
     assert budget["steps"] == 5 * 4 and budget["unlabelled_images_seen"] == 5 * 4 * 16
     assert (d / "artefacts" / "nncsl_buffer_task5.json").exists()
 

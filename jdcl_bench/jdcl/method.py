@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed as D
+from ..artefacts import save_class_grid
 from ..data import augment as A
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion
@@ -360,7 +361,7 @@ class JDCL(Method):
         x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
         if D.is_main():  # every rank holds the same replay set; one writes it down
             self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json").write_text(json.dumps(counts, indent=2))
-            self._save_grid(x, y, f"replay_task{task.index + 1}.png")
+            save_class_grid(self.ctx, f"replay_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
         return {"x": x, "y": y, "old": torch.tensor(old, device=self.device, dtype=torch.long)}
 
     def _replay_rng(self) -> torch.Generator:
@@ -371,18 +372,6 @@ class JDCL(Method):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.dev_rng, device=self.device))
         return torch.Generator(self.device).manual_seed(D.rank_seed(seed))
 
-    def _save_grid(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
-        """One row per class (in class order), ``grid_per_class`` images each."""
-        from torchvision.utils import save_image
-
-        rows, n = [], self.cfg.grid_per_class
-        for k in sorted(set(y.tolist())):
-            imgs = x[y == k][:n]
-            pad = torch.zeros((n - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
-            rows.append(torch.cat([imgs, pad]))
-        if rows:
-            save_image(torch.cat(rows).float().cpu() / 255, self.ctx.artefact_path(name), nrow=n, padding=1)
-
     def _save_sample_grid(self, task: TaskData) -> None:
         """After each task: what the global model generates, grouped by its own labels (rank 0 only)."""
         if not D.is_main():
@@ -391,7 +380,7 @@ class JDCL(Method):
         n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
         x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch), self.dev_rng)  # not counted: a diagnostic
         self.dev_rng.set_state(gen_state)  # diagnostics must not change the training randomness
-        self._save_grid(x, y, f"samples_task{task.index + 1}.png")
+        save_class_grid(self.ctx, f"samples_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
 
     # ---- global stage -----------------------------------------------------------------------
     def _begin_global(self) -> None:
