@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Regenerate every table and plot under results/ from the committed run records (nothing typed by hand).
+# Only results/runs/ feeds the leaderboard: results/distributed/ holds a 2-GPU rerun of a seed that is
+# already in it (compared by scripts/distributed_report.py), which must not count as another run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=(--protocol cifar10-t5 --protocol cifar10-semi-0.8pct --protocol cifar10-semi-5pct)
 M=(--metric final_acc --metric forgetting --metric gpu_minutes)
-jdcl-bench table --results results "${P[@]}" "${M[@]}" -o results/LEADERBOARD.md
-jdcl-bench table --results results "${P[@]}" "${M[@]}" --format latex -o results/leaderboard.tex
-jdcl-bench table --results results "${P[@]}" "${M[@]}" --format csv -o results/leaderboard.csv
-jdcl-bench compare --results results -o results/PAPER_VS_SUITE.md
-jdcl-bench plot --results results --out-dir results/plots "${P[@]}"
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" -o results/LEADERBOARD.md
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --format latex -o results/leaderboard.tex
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --format csv -o results/leaderboard.csv
+jdcl-bench compare --results results/runs --published results/published.toml -o results/PAPER_VS_SUITE.md
+jdcl-bench plot --results results/runs --out-dir results/plots "${P[@]}"
 # the README's copy of the final-accuracy table, between its markers
-jdcl-bench table --results results "${P[@]}" -o results/.readme_table.md
+jdcl-bench table --results results/runs "${P[@]}" -o results/.readme_table.md
 python - <<'PY'
 import re
 from pathlib import Path

@@ -290,7 +290,7 @@ class JDCL(Method):
     def _report(self, advance, loss, parts) -> None:
         if self.step % 100 == 0:  # reading a loss syncs the GPU: not every step
             self.ctx.check_loss(loss)
-            advance(1, loss=float(loss), **{k: float(v) for k, v in parts.items()})
+            advance(1, loss=float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()})
         else:
             advance(1)
 
