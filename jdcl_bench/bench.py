@@ -3,7 +3,13 @@
 - ``reference``: the same model in plain fp32, eager, contiguous memory, unfused AdamW: the
   arithmetic of the official implementation.
 - ``optimised``: what the methods use: bf16 autocast, channels_last, fused AdamW, scaled-dot-product
-  (flash) attention, and optionally ``torch.compile``.
+  (flash) attention, cuDNN autotuning, and optionally ``torch.compile`` (default mode, as the
+  methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
+  ε-evaluation replayed as one graph, no per-kernel launch cost).
+
+On CUDA a profile of the fastest path splits the GPU time of one training step and one ε evaluation
+into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
+element-wise) and the rest, so the record says what limits the rate.
 
 The training step is JDCL's local-stage step: ε-MSE on x_t plus the classifier on a second view at
 t = 0 (``forward_joint``), backward, AdamW, EMA update. Sampling is timed per DDIM step at the
@@ -34,6 +40,8 @@ class BenchSettings:
     warmup: int = 3
     iters: int = 10
     compile: bool = True
+    cudagraphs: bool = True      # also time torch.compile(mode="reduce-overhead")
+    profile: bool = True         # kernel-time breakdown of the fastest path (CUDA only)
 
 
 def _sync(device: torch.device) -> None:
@@ -82,8 +90,12 @@ class _JointCall(torch.nn.Module):
 class Path:
     """One way of running the joint model (reference or optimised) around a shared set of weights."""
 
-    def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool):
+    def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
+                 mode: str | None = None):
         self.device, self.optimised = device, optimised
+        # cuDNN autotuning belongs to the optimised path only (the reference runs cuDNN's heuristics);
+        # the flag is global, so each path sets it when it is built and timed on its own
+        torch.backends.cudnn.benchmark = optimised and device.type == "cuda"
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
         if optimised and device.type == "cuda":
@@ -93,7 +105,8 @@ class Path:
         self.ema = EMA(self.model, 0.9999)
         self.joint, self.eps_model = _JointCall(self.model), self.model
         if compile:
-            self.joint, self.eps_model = torch.compile(self.joint), torch.compile(self.model)
+            self.joint = torch.compile(self.joint, mode=mode)
+            self.eps_model = torch.compile(self.model, mode=mode)
         self.diffusion = GaussianDiffusion().to(device)
 
     def autocast(self):
@@ -159,8 +172,11 @@ def parity(cfg: UNetConfig, state: dict, device: torch.device, n: int = 8, steps
     with torch.no_grad():
         l_ref, l_opt = float(ref.loss(*batch)), float(opt.loss(*batch))
     noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=torch.Generator().manual_seed(2)).to(device)
+    with torch.no_grad():  # one ε evaluation: the per-step error that DDIM then carries along
+        e_ref, e_opt = ref.eps(batch[0], batch[1]).float(), opt.eps(batch[0], batch[1]).float()
     s_ref, s_opt = ref.sample(noise, steps), opt.sample(noise, steps)
     return {"loss_reference": l_ref, "loss_optimised": l_opt, "loss_rel_diff": abs(l_ref - l_opt) / abs(l_ref),
+            "eps_rel_diff": float((e_ref - e_opt).norm() / e_ref.norm()),
             "ddim_max_abs_diff": float((s_ref - s_opt).abs().max()),
             "ddim_mean_abs_diff": float((s_ref - s_opt).abs().mean()), "ddim_steps": steps}
 
@@ -181,11 +197,13 @@ def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
     out["parity"] = parity(cfg, state, device)
     log(f"parity: {out['parity']}")
     batch = batch_for(cfg, s.batch, device)
-    for name, optimised, comp in (("reference_fp32_eager", False, False), ("optimised_bf16", True, False),
-                                  ("optimised_bf16_compiled", True, True)):
-        if comp and (not s.compile or device.type != "cuda"):
+    for name, optimised, comp, mode in (("reference_fp32_eager", False, False, None),
+                                        ("optimised_bf16", True, False, None),
+                                        ("optimised_bf16_compiled", True, True, None),
+                                        ("optimised_bf16_cudagraphs", True, True, "reduce-overhead")):
+        if comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs:
             continue
-        p = Path(cfg, state, device, optimised=optimised, compile=comp)
+        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
@@ -215,6 +233,15 @@ def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
             "peak_memory_gib_train": mem_train, "peak_memory_gib": mem}
         log(f"{s.config} {name}: train {train_ips:.0f} img/s ({1000 * t_train:.1f} ms/step), "
             f"DDIM-{s.ddim_steps} {sample_ips:.1f} img/s (batch {s.gen_batch})")
+        if s.profile and device.type == "cuda" and optimised and (name == best_name(out["paths"])):
+            p.model.train()
+            out["profile"] = {"path": name, "train_step": kernel_breakdown(lambda: p.train_step(batch)),
+                              "eps_eval": kernel_breakdown(lambda: p.eps(x, t), no_grad=True)}
+            out["profile"]["train_step"]["images"] = s.batch
+            out["profile"]["eps_eval"]["images"] = s.gen_batch
+            log(f"{s.config} {name} profile: " + "; ".join(
+                f"{k}: " + ", ".join(f"{c} {v:.0f}%" for c, v in out["profile"][k]["share_pct"].items())
+                for k in ("train_step", "eps_eval")))
         del p
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -225,6 +252,60 @@ def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
         r["train_speedup_vs_reference"] = r["train_images_per_s"] / ref["train_images_per_s"]
         r["ddim_speedup_vs_reference"] = r["ddim_images_per_s"] / ref["ddim_images_per_s"]
     return out
+
+
+def best_name(paths: dict) -> str | None:
+    """The path with the highest training rate so far (the one worth profiling)."""
+    ok = {k: v for k, v in paths.items() if "error" not in v}
+    return max(ok, key=lambda k: ok[k]["train_images_per_s"]) if ok else None
+
+
+# kernel-name patterns, checked in order: cuDNN/CUTLASS convolution kernels are named for their
+# pass (fprop/dgrad/wgrad) or "conv"; "gemm"/"nvjet"/"cutlass" covers the matrix multiplies of
+# linear layers; flash/efficient attention; Triton kernels are inductor's fused element-wise,
+# reduction (GroupNorm statistics) and pointwise code
+KERNEL_KINDS = (("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),
+                ("attention", ("flash", "fmha", "attention", "attn")),
+                ("matmul", ("gemm", "nvjet", "cutlass", "cublas")),
+                ("triton (fused norm / element-wise)", ("triton",)))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 12) -> dict:
+    """GPU kernel time of ``fn`` by kind, from torch.profiler over ``repeats`` calls (after one warm call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx = torch.no_grad if no_grad else torch.enable_grad
+    with ctx():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                fn()
+            torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    kernels = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        if us is None:
+            us = getattr(e, "cuda_time_total", 0.0)
+        if not us:
+            continue
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + us
+        kernels.append((us, e.key))
+    total = sum(kinds.values()) or 1.0
+    kernels.sort(reverse=True)
+    return {"gpu_ms_per_call": total / repeats / 1000,
+            "share_pct": {k: 100 * v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kernel_kind(n)}
+                            for us, n in kernels[:top]]}
 
 
 def device_info(device: torch.device) -> dict:

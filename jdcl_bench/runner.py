@@ -31,6 +31,7 @@ import torch
 from . import distributed as D
 from . import records
 from .config import ConfigError, to_dict
+from .fastpath import tune_backends
 from .metrics import per_task_accuracy, seen_accuracy, summarise
 from .methods.base import Method, ProtocolInfo, TaskData, derive_seed
 from .progress import Reporter
@@ -220,6 +221,7 @@ class Runner:
 
     def _run(self, protocol: Protocol, method_cls: type[Method], mcfg, preset: str) -> Path:
         cfg = self.cfg
+        tune_backends(self.device)  # cuDNN autotuning: the shapes stay fixed for the whole run
         # rank 0 alone holds the lock and writes files; if it fails, torchrun stops the other ranks
         lock = records.run_lock(self.run_dir) if D.is_main() else contextlib.nullcontext()
         with lock:

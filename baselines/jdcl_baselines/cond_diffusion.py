@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
+from jdcl_bench.fastpath import maybe_compile
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.methods.base import ProtocolInfo, TaskData
@@ -160,7 +161,8 @@ class GuidedEps:
 
 
 class ConditionalGenerator:
-    def __init__(self, cfg: GeneratorConfig, info: ProtocolInfo, device: torch.device, amp: bool):
+    def __init__(self, cfg: GeneratorConfig, info: ProtocolInfo, device: torch.device, amp: bool,
+                 compile: bool = False, log=print):
         ch, h, _ = info.image_shape
         base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
                 "fast": lambda: UNetConfig.fast(info.num_classes, h, ch),
@@ -169,6 +171,7 @@ class ConditionalGenerator:
             base = base.replace(model_channels=cfg.model_channels)
         self.unet_cfg = base.replace(class_cond=True)
         self.cfg, self.info, self.device, self.amp = cfg, info, device, amp
+        self.compile, self.log = compile, log
         self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.beta_start, cfg.beta_end).to(device)
         with torch.device("meta"):  # the classifier head JointUNet carries is never used here
             m = JointUNet(self.unet_cfg)
@@ -187,9 +190,13 @@ class ConditionalGenerator:
         m.load_state_dict(weights)
         return m
 
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """``model`` through torch.compile when the method asks for it (CUDA; eager if it fails)."""
+        return maybe_compile(model, enabled=self.compile, device=self.device, info=self.log, name="the generator UNet")
+
     def sampler_from(self, weights: dict) -> JointUNet:
-        """Frozen eval-mode model for sampling (EMA weights of a finished generator)."""
-        return self.model_from(weights).eval().requires_grad_(False)
+        """Frozen eval-mode model for sampling (EMA weights of a finished generator), compiled if asked."""
+        return self.compiled(self.model_from(weights).eval().requires_grad_(False))
 
     def sample(self, eps_fn, y: torch.Tensor, *, generator: torch.Generator, sampler: str = "ddim",
                steps: int = 50) -> torch.Tensor:
@@ -346,6 +353,7 @@ class GeneratorStage:
         data_x, data_y = torch.cat(xs), torch.cat(ys)
         diffusion = self.gen.diffusion
         self.net.train()
+        net = self.gen.compiled(self.net)
         with self.ctx.progress("generator: diffusion", self.total - self.step) as advance:
             while self.step < self.total:
                 idx = torch.randint(len(data_x), (c.batch_size,), generator=self.rng).to(self.device)
@@ -354,7 +362,7 @@ class GeneratorStage:
                     x = A.hflip(x, self.rng)
                 x_t, t, noise = diffusion.sample_t_and_noise(x * 2 - 1, self.dev_rng)
                 with self.gen.autocast():
-                    eps = self.net(self._layout(x_t), t, data_y[idx])
+                    eps = net(self._layout(x_t), t, data_y[idx])
                 loss = F.mse_loss(eps.float(), noise)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -55,6 +55,7 @@ class DGRConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     classifier: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
     amp: bool = True                # bf16 autocast on CUDA
+    compile: bool = True            # torch.compile the generator UNet (CUDA only; eager if it fails)
     cache: bool = True              # share generators through <out>/shared/generators
     grid_per_class: int = 8
 
@@ -149,7 +150,7 @@ class DGR(Method):
         c = self.cfg
         self.amp = c.amp and self.device.type == "cuda"
         self.semi = info.semi_supervised
-        self.gen = ConditionalGenerator(c.generator, info, self.device, self.amp)
+        self.gen = ConditionalGenerator(c.generator, info, self.device, self.amp, compile=c.compile, log=self.ctx.info)
         self.cache = None
         if c.cache:
             key = GeneratorCache.key_for(c.generator, self.ctx.seed, info, self.device, self.amp)

@@ -1,0 +1,69 @@
+"""The optimised execution path shared by JDCL, the DGR/GUIDE generators and the speed benchmark.
+
+Two things live here so that every user of the UNet gets them the same way:
+
+- :func:`tune_backends`: cuDNN autotuning (``cudnn.benchmark``) and TF32 for the fp32 matrix
+  multiplies left outside autocast. The UNet's shapes are fixed for a whole run, so autotuning
+  pays once per shape and then picks the fastest convolution algorithm instead of a heuristic one.
+- :func:`maybe_compile`: ``torch.compile`` with a clean fallback. ``torch.compile`` itself never
+  fails; a broken toolchain (no C compiler, an unsupported GPU, a Triton problem) surfaces at the
+  first call. The wrapper runs that first call compiled, and if it raises, says why once and runs
+  eager from then on, so a run never dies because the compiler is unavailable.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def tune_backends(device: torch.device | str) -> None:
+    """Speed switches that do not change bf16 results: cuDNN autotuning, TF32 for fp32 matmuls."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+class _FallbackToEager:
+    """Calls the compiled function; on the first call's failure, logs once and uses eager for good."""
+
+    def __init__(self, eager: Callable, compiled: Callable, info: Callable[[str], None], name: str):
+        self.eager, self.compiled, self.info, self.name = eager, compiled, info, name
+        self.tried = False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        if self.tried:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # the toolchain, not the model: the eager call below still runs it
+            self.info(f"torch.compile failed for {self.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      "running it eager")
+            self.compiled = None
+            return self.eager(*args, **kwargs)
+        self.tried = True
+        return out
+
+    def __getattr__(self, item):  # modules keep their attributes (train(), parameters(), ...)
+        return getattr(self.__dict__["eager"], item)
+
+
+def maybe_compile(fn: Callable, *, enabled: bool, device: torch.device | str, info: Callable[[str], None] = print,
+                  name: str = "the model", mode: str | None = None, compiler: Callable | None = None) -> Callable:
+    """``torch.compile(fn)`` on CUDA when ``enabled``, with a fallback to eager at the first failure.
+
+    Compiles only the call (a module's ``forward``): to compile another method, wrap it in a
+    module whose ``forward`` calls it. ``compiler`` replaces ``torch.compile`` (tests)."""
+    if not enabled or (torch.device(device).type != "cuda" and compiler is None):
+        return fn
+    compile_fn = compiler or (lambda f: torch.compile(f, mode=mode))
+    try:
+        compiled = compile_fn(fn)
+    except Exception as exc:  # pragma: no cover - very old torch without a working dynamo
+        info(f"torch.compile unavailable for {name} ({type(exc).__name__}: {exc}); running it eager")
+        return fn
+    return _FallbackToEager(fn, compiled, info, name)

@@ -1,0 +1,61 @@
+"""jdcl_bench.fastpath: compile with a clean fallback to eager; backend switches only on CUDA."""
+import torch
+
+from jdcl_bench.bench import kernel_kind
+from jdcl_bench.fastpath import maybe_compile, tune_backends
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_not_compiled_on_cpu_or_when_off():
+    assert maybe_compile(_double, enabled=True, device="cpu") is _double
+    assert maybe_compile(_double, enabled=False, device="cuda") is _double
+
+
+def test_a_broken_compiler_falls_back_to_eager_once_and_says_why():
+    calls, said = [], []
+
+    def broken(fn):
+        def compiled(*a):
+            calls.append(1)
+            raise RuntimeError("no C compiler found\nmore detail")
+        return compiled
+
+    f = maybe_compile(_double, enabled=True, device="cpu", compiler=broken, info=said.append, name="the model")
+    assert f(torch.tensor(2.0)) == 4.0 and f(torch.tensor(3.0)) == 6.0
+    assert len(calls) == 1  # not retried after the first failure
+    assert len(said) == 1 and "RuntimeError: no C compiler found" in said[0] and "eager" in said[0]
+
+
+def test_a_working_compiler_is_used_and_modules_keep_their_attributes():
+    used = []
+
+    def fake(fn):
+        def compiled(*a):
+            used.append(1)
+            return fn(*a)
+        return compiled
+
+    lin = torch.nn.Linear(2, 2)
+    f = maybe_compile(lin, enabled=True, device="cpu", compiler=fake)
+    x = torch.ones(1, 2)
+    assert torch.equal(f(x), lin(x)) and torch.equal(f(x), lin(x))
+    assert len(used) == 2
+    assert f.weight is lin.weight and f.training == lin.training
+
+
+def test_backend_switches_leave_cpu_runs_alone():
+    before = torch.backends.cudnn.benchmark
+    tune_backends("cpu")
+    assert torch.backends.cudnn.benchmark == before
+
+
+def test_kernel_names_are_sorted_into_kinds():
+    assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kernel_kind("sm90_xmma_wgrad_implicit_gemm_indexed_bf16") == "convolution"
+    assert kernel_kind("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert kernel_kind("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert kernel_kind("triton_red_fused_native_group_norm_silu_3") == "triton (fused norm / element-wise)"
+    assert kernel_kind("Memcpy DtoD (Device -> Device)") == "other"
