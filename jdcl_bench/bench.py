@@ -3,7 +3,7 @@
 - ``reference``: the same model in plain fp32, eager, contiguous memory, unfused AdamW: the
   arithmetic of the official implementation.
 - ``optimised``: what the methods use: bf16 autocast, channels_last, fused AdamW, scaled-dot-product
-  (flash) attention, cuDNN autotuning, and optionally ``torch.compile`` (default mode, as the
+  (flash) attention, and optionally ``torch.compile`` (default mode, as the
   methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
   ε-evaluation replayed as one graph, no per-kernel launch cost).
 
@@ -93,9 +93,6 @@ class Path:
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
                  mode: str | None = None):
         self.device, self.optimised = device, optimised
-        # cuDNN autotuning belongs to the optimised path only (the reference runs cuDNN's heuristics);
-        # the flag is global, so each path sets it when it is built and timed on its own
-        torch.backends.cudnn.benchmark = optimised and device.type == "cuda"
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
         if optimised and device.type == "cuda":
@@ -260,14 +257,16 @@ def best_name(paths: dict) -> str | None:
     return max(ok, key=lambda k: ok[k]["train_images_per_s"]) if ok else None
 
 
-# kernel-name patterns, checked in order: cuDNN/CUTLASS convolution kernels are named for their
-# pass (fprop/dgrad/wgrad) or "conv"; "gemm"/"nvjet"/"cutlass" covers the matrix multiplies of
-# linear layers; flash/efficient attention; Triton kernels are inductor's fused element-wise,
-# reduction (GroupNorm statistics) and pointwise code
-KERNEL_KINDS = (("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),
+# kernel-name patterns, checked in order. Triton first: inductor names its fused kernels after
+# every op they absorbed ("triton_poi_fused_..._convolution_..._group_norm_silu"), so a later
+# "conv" match would count fused element-wise work as convolution. cuDNN/CUTLASS convolution
+# kernels are named for their pass (fprop/dgrad/wgrad); "gemm"/"nvjet"/"cutlass" covers the
+# matrix multiplies of linear layers; flash/efficient attention; copies are named as such.
+KERNEL_KINDS = (("triton (fused norm / element-wise)", ("triton",)),
+                ("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),
                 ("attention", ("flash", "fmha", "attention", "attn")),
                 ("matmul", ("gemm", "nvjet", "cutlass", "cublas")),
-                ("triton (fused norm / element-wise)", ("triton",)))
+                ("copy / layout", ("copy", "memcpy", "memset")))
 
 
 def kernel_kind(name: str) -> str:

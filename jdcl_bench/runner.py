@@ -221,7 +221,7 @@ class Runner:
 
     def _run(self, protocol: Protocol, method_cls: type[Method], mcfg, preset: str) -> Path:
         cfg = self.cfg
-        tune_backends(self.device)  # cuDNN autotuning: the shapes stay fixed for the whole run
+        tune_backends(self.device)  # TF32 for whatever fp32 work is left outside bf16 autocast
         # rank 0 alone holds the lock and writes files; if it fails, torchrun stops the other ranks
         lock = records.run_lock(self.run_dir) if D.is_main() else contextlib.nullcontext()
         with lock:

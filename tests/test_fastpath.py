@@ -58,4 +58,8 @@ def test_kernel_names_are_sorted_into_kinds():
     assert kernel_kind("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
     assert kernel_kind("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
     assert kernel_kind("triton_red_fused_native_group_norm_silu_3") == "triton (fused norm / element-wise)"
-    assert kernel_kind("Memcpy DtoD (Device -> Device)") == "other"
+    # inductor names fused kernels after what they absorbed: still Triton, not a convolution
+    assert kernel_kind("triton_poi_fused__to_copy_add_convolution_mul_native_group_norm_silu_17") == \
+        "triton (fused norm / element-wise)"
+    assert kernel_kind("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>") == "copy / layout"
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, FillFunctor>") == "other"

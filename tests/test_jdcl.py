@@ -59,3 +59,14 @@ def test_jdcl_smoke_run_on_embedded_protocol(tmp_path, protocol):
 def test_jdcl_conformance(tmp_path, semi):
     out = check_method("jdcl", preset="smoke", semi=semi, workdir=tmp_path)
     assert out["semi"] is semi and out["ticks"] > 0
+
+
+def test_unknown_compile_mode_is_a_clear_config_error(tmp_path):
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "compile_mode=fastest", "--out", str(tmp_path), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "compile_mode='fastest'" in r.output and "reduce-overhead" in r.output
