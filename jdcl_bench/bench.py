@@ -178,7 +178,9 @@ def parity(cfg: UNetConfig, state: dict, device: torch.device, n: int = 8, steps
             "ddim_mean_abs_diff": float((s_ref - s_opt).abs().mean()), "ddim_steps": steps}
 
 
-def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
+def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -> dict:
+    """Time every path of ``s``; ``on_path(partial_result)`` runs after each path (the CLI writes
+    the record then, so a bench stopped while compiling a later path keeps what it measured)."""
     cfg = unet_config(s.config)
     torch.manual_seed(0)
     # a trained-looking model: zero-initialised output convs would make every path trivially equal
@@ -240,6 +242,8 @@ def run_bench(s: BenchSettings, device: torch.device, log=print) -> dict:
                 f"{k}: " + ", ".join(f"{c} {v:.0f}%" for c, v in out["profile"][k]["share_pct"].items())
                 for k in ("train_step", "eps_eval")))
         del p
+        if on_path is not None:
+            on_path(out)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     ref = out["paths"]["reference_fp32_eager"]

@@ -269,9 +269,10 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--device", default="auto", show_default=True)
 @click.option("--iters", default=10, show_default=True, type=int, help="Timed repetitions (median reported).")
 @click.option("--warmup", default=3, show_default=True, type=int)
-@click.option("--no-compile", is_flag=True, help="Skip the torch.compile path.")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
+@click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, no_compile, out) -> None:
+def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
     import time as _time
@@ -281,14 +282,20 @@ def bench(configs, device, iters, warmup, no_compile, out) -> None:
     from .runner import resolve_device
 
     dev = resolve_device(device)
-    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "runs": []}
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
+    path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
+
+    def save(partial=None):  # after every timed path: a bench stopped later keeps what it measured
+        runs = record["runs"] + ([partial] if partial is not None else [])
+        atomic_write_bytes(path, json.dumps({**record, "runs": runs}, indent=2).encode())
+
     for name in configs:
         batch, gen_batch, steps = BENCH_DEFAULTS[name]
         s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
-                          warmup=warmup, compile=not no_compile)
-        record["runs"].append(run_bench(s, dev, log=click.echo))
-    path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
-    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+                          warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs)
+        record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
+    record["complete"] = True
+    save()
     peak = record.get("bf16_matmul_tflops_measured")
     for r in record["runs"]:
         for pname, v in r["paths"].items():

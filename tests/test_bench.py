@@ -35,9 +35,18 @@ def test_bench_command_writes_a_record(tmp_path):
     assert r.exit_code == 0, r.output
     rec = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
     run = rec["runs"][0]
-    assert rec["torch"] == torch.__version__ and run["config"] == "smoke"
+    assert rec["torch"] == torch.__version__ and run["config"] == "smoke" and rec["complete"] is True
     assert set(run["paths"]) == {"reference_fp32_eager", "optimised_bf16"}
     for p in run["paths"].values():
         assert p["train_images_per_s"] > 0 and p["ddim_images_per_s"] > 0
     assert run["flops_per_image"]["train_step"] > run["flops_per_image"]["eps_eval"] > 0
     assert run["paths"]["reference_fp32_eager"]["train_speedup_vs_reference"] == 1.0
+
+
+def test_every_timed_path_is_handed_over_as_it_finishes():
+    from jdcl_bench.bench import BenchSettings, run_bench
+
+    seen = []
+    s = BenchSettings(config="smoke", batch=4, gen_batch=4, ddim_steps=2, warmup=0, iters=1, profile=False)
+    run_bench(s, torch.device("cpu"), log=lambda m: None, on_path=lambda out: seen.append(list(out["paths"])))
+    assert seen == [["reference_fp32_eager"], ["reference_fp32_eager", "optimised_bf16"]]
