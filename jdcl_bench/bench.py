@@ -308,7 +308,30 @@ def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 12)
     return {"gpu_ms_per_call": total / repeats / 1000,
             "share_pct": {k: 100 * v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kernel_kind(n)}
-                            for us, n in kernels[:top]]}
+                            for us, n in kernels[:top]],
+            "top_ops": _top_ops(fn, ctx, top)}
+
+
+def _top_ops(fn, ctx, top: int) -> list[dict] | str:
+    """Which ATen ops (with input shapes) launched the most GPU time: names a copy's source tensor."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with ctx(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        rows = []
+        for e in prof.key_averages(group_by_input_shape=True):
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0.0)
+            if us and e.key.startswith("aten::"):
+                rows.append({"op": e.key, "self_gpu_ms": us / 1000, "calls": e.count,
+                             "input_shapes": str(e.input_shapes)[:200]})
+        return sorted(rows, key=lambda r: -r["self_gpu_ms"])[:top]
+    except Exception as exc:  # a diagnostic: never fail the benchmark over it
+        return f"unavailable: {type(exc).__name__}: {exc}"
 
 
 def device_info(device: torch.device) -> dict:

@@ -63,3 +63,11 @@ def test_kernel_names_are_sorted_into_kinds():
         "triton (fused norm / element-wise)"
     assert kernel_kind("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>") == "copy / layout"
     assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, FillFunctor>") == "other"
+
+
+def test_op_profile_reads_the_profiler_api_of_this_torch():
+    from jdcl_bench.bench import _top_ops
+
+    x = torch.randn(64, 64)
+    rows = _top_ops(lambda: (x @ x).sum(), torch.no_grad, 5)
+    assert isinstance(rows, list)  # on CPU no op has GPU time; an API mismatch would return a string
