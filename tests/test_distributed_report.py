@@ -21,10 +21,11 @@ def _log(path: Path, step_seconds: float, tasks=(1, 2)) -> Path:
     return path
 
 
-def _run(root: Path, world: int, accs, step_seconds: float, batch=512) -> Path:
+def _run(root: Path, world: int, accs, step_seconds: float, batch=512, compile=False) -> Path:
     d = root / f"w{world}"
     (d / "logs").mkdir(parents=True)
-    cfg = {"protocol": "p", "method": "jdcl", "preset": "fast", "seed": 0, "method_config": {"batch_size": batch}}
+    cfg = {"protocol": "p", "method": "jdcl", "preset": "fast", "seed": 0,
+           "method_config": {"batch_size": batch, "compile": compile}}
     met = {"acc_matrix": accs, "task_classes": [[0, 1], [2, 3]], "final_acc": sum(accs[-1]) / 2, "forgetting": 1.0}
     man = {"hardware": {"gpu_name": "GPU"}, "dataset": {"variant": "v", "canonical": False}, "wall_time_s": 600.0,
            "gpu_seconds": 600.0 * world, "code_version": {"commit": "abc"},
@@ -55,3 +56,10 @@ def test_report_refuses_runs_with_different_configs(tmp_path):
     two = _run(tmp_path, 2, [[80.0, 0.0], [50.0, 50.0]], 0.05, batch=256)
     with pytest.raises(SystemExit, match="batch_size"):
         report_mod.report(report_mod.load(one), report_mod.load(two), None, ("a", "b"))
+
+
+def test_speed_switches_are_reported_not_refused(tmp_path):
+    one = _run(tmp_path, 1, [[90.0, 0.0], [60.0, 40.0]], 0.1, compile=False)
+    two = _run(tmp_path, 2, [[80.0, 0.0], [50.0, 50.0]], 0.05, compile=True)
+    text = report_mod.report(report_mod.load(one), report_mod.load(two), None, ("a", "b"))
+    assert "except speed switches that keep the math (compile: False vs True)" in text
