@@ -317,7 +317,8 @@ def _top_ops(fn, ctx, top: int) -> list[dict] | str:
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with ctx(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with ctx(), profile(activities=acts, record_shapes=True) as prof:
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
