@@ -27,6 +27,10 @@ def test_optimised_path_matches_reference_on_cpu():
     assert 0 < r["eps_rel_diff"] < 2e-2       # one ε evaluation, relative L2 error
     assert r["ddim_mean_abs_diff"] < 0.1      # samples in [-1, 1] from the same noise
     assert r["loss_reference"] != r["loss_optimised"]  # the two paths really differ in precision
+    # fp32 with every ε perturbed by noise of the bf16 error's size drifts as far as bf16 does: the
+    # sample difference is the sampler's sensitivity to per-step error, not a flaw of the fast path
+    ratio = r["ddim_mean_abs_diff"] / r["ddim_mean_abs_diff_fp32_perturbed"]
+    assert 1 / 3 < ratio < 3, r
 
 
 def test_bench_command_writes_a_record(tmp_path):
