@@ -7,7 +7,7 @@
   methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
   ε-evaluation replayed as one graph, no per-kernel launch cost).
 
-On CUDA a profile of the fastest path splits the GPU time of one training step and one ε evaluation
+On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
 element-wise) and the rest, so the record says what limits the rate.
 
@@ -247,15 +247,14 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
             "peak_memory_gib_train": mem_train, "peak_memory_gib": mem}
         log(f"{s.config} {name}: train {train_ips:.0f} img/s ({1000 * t_train:.1f} ms/step), "
             f"DDIM-{s.ddim_steps} {sample_ips:.1f} img/s (batch {s.gen_batch})")
-        if s.profile and device.type == "cuda" and optimised and (name == best_name(out["paths"])):
+        if s.profile and device.type == "cuda" and optimised:
+            # every optimised path keeps its own profile (before, each faster path's replaced the last)
             p.model.train()
-            out["profile"] = {"path": name, "train_step": kernel_breakdown(lambda: p.train_step(batch)),
-                              "eps_eval": kernel_breakdown(lambda: p.eps(x, t), no_grad=True)}
-            out["profile"]["train_step"]["images"] = s.batch
-            out["profile"]["eps_eval"]["images"] = s.gen_batch
+            prof = {"train_step": {**kernel_breakdown(lambda: p.train_step(batch)), "images": s.batch},
+                    "eps_eval": {**kernel_breakdown(lambda: p.eps(x, t), no_grad=True), "images": s.gen_batch}}
+            out["paths"][name]["profile"] = prof
             log(f"{s.config} {name} profile: " + "; ".join(
-                f"{k}: " + ", ".join(f"{c} {v:.0f}%" for c, v in out["profile"][k]["share_pct"].items())
-                for k in ("train_step", "eps_eval")))
+                f"{k}: " + ", ".join(f"{c} {v:.0f}%" for c, v in prof[k]["share_pct"].items()) for k in prof))
         del p
         if on_path is not None:
             on_path(out)
@@ -268,12 +267,6 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
         r["train_speedup_vs_reference"] = r["train_images_per_s"] / ref["train_images_per_s"]
         r["ddim_speedup_vs_reference"] = r["ddim_images_per_s"] / ref["ddim_images_per_s"]
     return out
-
-
-def best_name(paths: dict) -> str | None:
-    """The path with the highest training rate so far (the one worth profiling)."""
-    ok = {k: v for k, v in paths.items() if "error" not in v}
-    return max(ok, key=lambda k: ok[k]["train_images_per_s"]) if ok else None
 
 
 # kernel-name patterns, checked in order. Triton first: inductor names its fused kernels after
@@ -311,20 +304,25 @@ def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 12)
     kinds: dict[str, float] = {}
     kernels = []
     for e in prof.key_averages():
-        us = getattr(e, "device_time_total", None)
-        if us is None:
-            us = getattr(e, "cuda_time_total", 0.0)
+        us = _gpu_us(e, "device_time_total")
         if not us:
             continue
-        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + us
-        kernels.append((us, e.key))
+        kind = kernel_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + us
+        kernels.append((us, e.key, kind))
     total = sum(kinds.values()) or 1.0
     kernels.sort(reverse=True)
     return {"gpu_ms_per_call": total / repeats / 1000,
             "share_pct": {k: 100 * v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kernel_kind(n)}
-                            for us, n in kernels[:top]],
+            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kind}
+                            for us, n, kind in kernels[:top]],
             "top_ops": _top_ops(fn, ctx, top)}
+
+
+def _gpu_us(event, field: str) -> float:
+    """A profiler event's GPU microseconds: ``device_*`` in current torch, ``cuda_*`` in older ones."""
+    us = getattr(event, field, None)
+    return getattr(event, field.replace("device", "cuda"), 0.0) if us is None else us
 
 
 def _top_ops(fn, ctx, top: int) -> list[dict] | str:
@@ -339,9 +337,7 @@ def _top_ops(fn, ctx, top: int) -> list[dict] | str:
                 torch.cuda.synchronize()
         rows = []
         for e in prof.key_averages(group_by_input_shape=True):
-            us = getattr(e, "self_device_time_total", None)
-            if us is None:
-                us = getattr(e, "self_cuda_time_total", 0.0)
+            us = _gpu_us(e, "self_device_time_total")
             if us and e.key.startswith("aten::"):
                 rows.append({"op": e.key, "self_gpu_ms": us / 1000, "calls": e.count,
                              "input_shapes": str(e.input_shapes)[:200]})

@@ -3,10 +3,10 @@
 Two things live here so that every user of the UNet gets them the same way:
 
 - :func:`tune_backends`: TF32 for the fp32 matrix multiplies and convolutions left outside autocast
-  (the bf16 ones are unaffected). cuDNN autotuning (``cudnn.benchmark``) is opt-in: on an H100
+  (the bf16 ones are unaffected). cuDNN autotuning (``cudnn.benchmark``) is left off: on an H100
   a bench with it on measured the paper config's compiled step 1 % faster but the fast config's
   18 % slower than the previous bench without it (two machines, not a controlled comparison:
-  results/bench/README.md), so nothing shows it pays and it stays off by default.
+  results/bench/README.md), so nothing shows it pays.
 - :func:`maybe_compile`: ``torch.compile`` with a clean fallback. ``torch.compile`` itself never
   fails; a broken toolchain (no C compiler, an unsupported GPU, a Triton problem) surfaces at the
   first call. The wrapper runs that first call compiled, and if it raises, says why once and runs
@@ -19,14 +19,12 @@ from typing import Callable
 import torch
 
 
-def tune_backends(device: torch.device | str, autotune: bool = False) -> None:
-    """TF32 for fp32 matmuls/convolutions on CUDA; ``autotune`` also turns on cuDNN autotuning."""
+def tune_backends(device: torch.device | str) -> None:
+    """TF32 for fp32 matmuls/convolutions on CUDA; nothing elsewhere."""
     if torch.device(device).type != "cuda":
         return
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    if autotune:
-        torch.backends.cudnn.benchmark = True
 
 
 class _FallbackToEager:

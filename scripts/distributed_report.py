@@ -56,6 +56,11 @@ def merged_rates(logs: list[Path], tasks: set[int] | None = None) -> dict[str, f
     return {k: s / t for k, (s, t) in total.items() if t > 0}
 
 
+def all_class_accuracy(row: list[float], task_classes: list[list[int]]) -> float:
+    """Accuracy over all test classes from one accuracy-matrix row (unseen tasks score 0)."""
+    return sum(x * len(c) for x, c in zip(row, task_classes)) / sum(len(c) for c in task_classes)
+
+
 def load(run_dir: Path) -> dict:
     rec = {name: json.loads((run_dir / f"{name}.json").read_text()) for name in ("config", "metrics", "manifest")}
     rec["logs"] = sorted((run_dir / "logs").glob("*.txt"))
@@ -88,9 +93,7 @@ def report(one: dict, many: dict, probe: Path | None, paths: tuple[str, str]) ->
              "", "## Accuracy (%)", "",
              "| after task | " + a + " all-class | " + b + " all-class | difference (pp) |", "|---:|---:|---:|---:|"]
     for t, (r1, rn) in enumerate(zip(m1["acc_matrix"], mn["acc_matrix"]), start=1):
-        # all-class accuracy after task t = mean over all test classes; unseen classes score 0
-        acc1 = sum(x * len(c) for x, c in zip(r1, m1["task_classes"])) / sum(len(c) for c in m1["task_classes"])
-        accn = sum(x * len(c) for x, c in zip(rn, mn["task_classes"])) / sum(len(c) for c in mn["task_classes"])
+        acc1, accn = all_class_accuracy(r1, m1["task_classes"]), all_class_accuracy(rn, mn["task_classes"])
         lines.append(f"| {t} | {acc1:.2f} | {accn:.2f} | {accn - acc1:+.2f} |")
     lines += ["", "| | " + a + " | " + b + " |", "|:---|---:|---:|",
               f"| final accuracy | {m1['final_acc']:.2f} | {mn['final_acc']:.2f} |",

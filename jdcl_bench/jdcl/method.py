@@ -130,6 +130,8 @@ class JDCL(Method):
         if c.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode={c.compile_mode!r} is not a torch.compile mode; use one of "
                               f"{', '.join(COMPILE_MODES)} (e.g. --set compile_mode=reduce-overhead)")
+        if c.compile and D.is_distributed() and self.device.type == "cuda":
+            self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
         base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
                 "fast": lambda: UNetConfig.fast(info.num_classes, h, ch),
                 "smoke": lambda: UNetConfig.smoke(info.num_classes, h, ch)}[c.unet]()
@@ -184,11 +186,8 @@ class JDCL(Method):
 
     def _fn(self, model):
         """Compiled forward where asked for (CUDA only), with a clean fallback to eager."""
-        # DDP + compile has not run on GPUs here yet: distributed runs stay eager for now
+        # DDP + compile has not run on GPUs here yet: distributed runs stay eager for now (setup says so)
         enabled = self.cfg.compile and not D.is_distributed()
-        if self.cfg.compile and D.is_distributed() and self.device.type == "cuda" and not getattr(self, "_said", False):
-            self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
-            self._said = True
         mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
         return maybe_compile(model, enabled=enabled, device=self.device, info=self.ctx.info, name="the JDCL UNet",
                              mode=mode)
