@@ -5,7 +5,8 @@
 - ``optimised``: what the methods use: bf16 autocast, channels_last, fused AdamW, scaled-dot-product
   (flash) attention, and optionally ``torch.compile`` (default mode, as the
   methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
-  ε-evaluation replayed as one graph, no per-kernel launch cost).
+  ε-evaluation replayed as one graph, no per-kernel launch cost). On request also the compiled
+  path with contiguous (NCHW) weights, to measure what channels_last buys under the compiler.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
@@ -42,6 +43,7 @@ class BenchSettings:
     compile: bool = True
     cudagraphs: bool = True      # also time torch.compile(mode="reduce-overhead")
     profile: bool = True         # kernel-time breakdown of the fastest path (CUDA only)
+    contiguous_path: bool = False  # also the compiled path without channels_last: what the layout buys
 
 
 def _sync(device: torch.device) -> None:
@@ -91,11 +93,11 @@ class Path:
     """One way of running the joint model (reference or optimised) around a shared set of weights."""
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
-                 mode: str | None = None):
+                 mode: str | None = None, channels_last: bool = True):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
-        if optimised and device.type == "cuda":
+        if optimised and channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
                                      fused=optimised and device.type == "cuda")
@@ -214,10 +216,13 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     for name, optimised, comp, mode in (("reference_fp32_eager", False, False, None),
                                         ("optimised_bf16", True, False, None),
                                         ("optimised_bf16_compiled", True, True, None),
+                                        ("optimised_bf16_compiled_contiguous", True, True, None),
                                         ("optimised_bf16_cudagraphs", True, True, "reduce-overhead")):
-        if comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs:
+        contiguous = name.endswith("_contiguous")
+        if comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs \
+                or contiguous and not s.contiguous_path:
             continue
-        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode)
+        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode, channels_last=not contiguous)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

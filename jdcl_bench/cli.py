@@ -271,8 +271,10 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--warmup", default=3, show_default=True, type=int)
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
 @click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
+@click.option("--contiguous-path", is_flag=True,
+              help="Also time the compiled path with contiguous (NCHW) weights: what channels_last buys.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, out) -> None:
+def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
     import time as _time
@@ -292,7 +294,8 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, out) -> Non
     for name in configs:
         batch, gen_batch, steps = BENCH_DEFAULTS[name]
         s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
-                          warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs)
+                          warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs,
+                          contiguous_path=contiguous_path)
         record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
     record["complete"] = True
     save()
