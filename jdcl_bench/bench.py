@@ -5,8 +5,8 @@
 - ``optimised``: what the methods use: bf16 autocast, channels_last, fused AdamW, scaled-dot-product
   (flash) attention, and optionally ``torch.compile`` (default mode, as the
   methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
-  ε-evaluation replayed as one graph, no per-kernel launch cost). On request also the compiled
-  path with contiguous (NCHW) weights, to measure what channels_last buys under the compiler.
+  ε-evaluation replayed as one graph, no per-kernel launch cost). On request also the eager and
+  compiled bf16 paths with contiguous (NCHW) weights, to measure what channels_last buys.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
@@ -43,7 +43,7 @@ class BenchSettings:
     compile: bool = True
     cudagraphs: bool = True      # also time torch.compile(mode="reduce-overhead")
     profile: bool = True         # kernel-time breakdown of the fastest path (CUDA only)
-    contiguous_path: bool = False  # also the compiled path without channels_last: what the layout buys
+    contiguous_path: bool = False  # also the bf16 paths without channels_last: what the layout buys
 
 
 def _sync(device: torch.device) -> None:
@@ -215,6 +215,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     batch = batch_for(cfg, s.batch, device)
     for name, optimised, comp, mode in (("reference_fp32_eager", False, False, None),
                                         ("optimised_bf16", True, False, None),
+                                        ("optimised_bf16_contiguous", True, False, None),
                                         ("optimised_bf16_compiled", True, True, None),
                                         ("optimised_bf16_compiled_contiguous", True, True, None),
                                         ("optimised_bf16_cudagraphs", True, True, "reduce-overhead")):

@@ -272,7 +272,7 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
 @click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
 @click.option("--contiguous-path", is_flag=True,
-              help="Also time the compiled path with contiguous (NCHW) weights: what channels_last buys.")
+              help="Also time the bf16 paths with contiguous (NCHW) weights: what channels_last buys.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
 def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""

@@ -54,3 +54,12 @@ def test_every_timed_path_is_handed_over_as_it_finishes():
     s = BenchSettings(config="smoke", batch=4, gen_batch=4, ddim_steps=2, warmup=0, iters=1, profile=False)
     run_bench(s, torch.device("cpu"), log=lambda m: None, on_path=lambda out: seen.append(list(out["paths"])))
     assert seen == [["reference_fp32_eager"], ["reference_fp32_eager", "optimised_bf16"]]
+
+
+def test_contiguous_paths_only_on_request():
+    from jdcl_bench.bench import BenchSettings, run_bench
+
+    s = BenchSettings(config="smoke", batch=4, gen_batch=4, ddim_steps=2, warmup=0, iters=1, profile=False,
+                      contiguous_path=True)
+    out = run_bench(s, torch.device("cpu"), log=lambda m: None)
+    assert list(out["paths"]) == ["reference_fp32_eager", "optimised_bf16", "optimised_bf16_contiguous"]
