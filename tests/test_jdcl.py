@@ -72,14 +72,20 @@ def test_unknown_compile_mode_is_a_clear_config_error(tmp_path):
     assert "compile_mode='fastest'" in r.output and "reduce-overhead" in r.output
 
 
-def _init_share_after(ema, steps: int) -> float:
-    """What fraction of the EMA is still the model's initial weight after ``steps`` updates towards 0."""
-    model = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.zero_()
-    for _ in range(steps):
-        ema.update(model)
-    return float(ema.module.weight)
+def test_ema_start_share_matches_real_updates():
+    from jdcl_bench.jdcl.diffusion import EMA, ema_start_share
+
+    for decay, warmup, start in ((0.999, False, 0), (0.9999, True, 0), (0.9999, True, 800)):
+        init = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            init.weight.fill_(1.0)
+        ema = EMA(init, decay, warmup=warmup)
+        ema.num_updates = start
+        with torch.no_grad():
+            init.weight.zero_()  # every update pulls towards 0: what is left is the start's share
+        for _ in range(300):
+            ema.update(init)
+        assert float(ema.module.weight) == pytest.approx(ema_start_share(decay, warmup, 300, start), rel=1e-4)
 
 
 @pytest.mark.parametrize("preset", ["paper", "fast"])
@@ -87,15 +93,23 @@ def _init_share_after(ema, steps: int) -> float:
 def test_local_stage_ema_forgets_the_random_initialisation(preset, semi):
     # the EMA is what samples replay and what is evaluated: at the end of a local stage it must be the
     # trained model, not its random start (0.999 without warm-up kept 45 % of it after fast's 800 steps)
-    from jdcl_bench.jdcl.diffusion import EMA
+    from jdcl_bench.jdcl.diffusion import ema_start_share
     from jdcl_bench.jdcl.method import JDCL, JDCLConfig
 
     cfg = JDCLConfig(**JDCL.presets.get(preset, {}))
-    init = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        init.weight.fill_(1.0)
-    ema = EMA(init, cfg.ssl_ema_decay, warmup=cfg.ssl_ema_warmup) if semi else EMA(init, cfg.ema_decay)
-    assert _init_share_after(ema, cfg.local_steps) < 0.01
+    decay, warmup = (cfg.ssl_ema_decay, cfg.ssl_ema_warmup) if semi else (cfg.ema_decay, True)
+    assert ema_start_share(decay, warmup, cfg.local_steps) < 0.01
+
+
+def test_semi_run_warns_when_the_ema_would_keep_its_random_start(tmp_path):
+    args = ["run", "--protocol", "digits-semi-10pct", "--method", "jdcl", "--preset", "smoke", "--device", "cpu",
+            "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, args + ["--set", "ssl_ema_warmup=false"])
+    assert r.exit_code == 0, r.output
+    assert "EMA still holds" in r.output and "ssl_ema_warmup" in r.output
+    r = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "b")])  # the preset warms up
+    assert r.exit_code == 0, r.output
+    assert "EMA still holds" not in r.output
 
 
 def test_global_ema_does_not_inherit_fixmatch_decay():

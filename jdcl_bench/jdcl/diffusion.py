@@ -147,6 +147,15 @@ class GaussianDiffusion(nn.Module):
 # exponential moving average of weights
 
 
+def ema_start_share(decay: float, warmup: bool, steps: int, start: int = 0) -> float:
+    """How much of its starting weights an EMA still holds after ``steps`` updates from count ``start``:
+    the product of the decays it applies (``EMA.current_decay``)."""
+    share = 1.0
+    for n in range(start + 1, start + steps + 1):
+        share *= min(decay, (1 + n) / (10 + n)) if warmup else decay
+    return share
+
+
 class EMA:
     """EMA of a module's weights, kept as a full fp32 copy of the module (`ema.module`).
 

@@ -36,7 +36,7 @@ from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import maybe_compile
 from ..methods.base import Method, ProtocolInfo, TaskData
-from .diffusion import EMA, GaussianDiffusion
+from .diffusion import EMA, GaussianDiffusion, ema_start_share
 from .losses import kd_classifier, kd_diffusion
 from .unet import JointUNet, UNetConfig, count_parameters
 
@@ -97,7 +97,8 @@ PRESETS = {
              "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
              "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True},
     "smoke": {"unet": "smoke", "batch_size": 16, "local_steps": 6, "global_steps": 6, "ddim_steps": 3,
-              "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2},
+              "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2,
+              "ssl_ema_warmup": True},
 }
 
 
@@ -164,6 +165,12 @@ class JDCL(Method):
             D.local_batch(c.batch_size, "batch_size")
             if self.semi:
                 D.local_batch(c.ssl_labelled_batch, "ssl_labelled_batch")
+        if self.semi and (left := ema_start_share(c.ssl_ema_decay, c.ssl_ema_warmup, c.local_steps)) > 0.05:
+            # a reduced budget with the official 0.999-without-warm-up keeps the random initialisation
+            # in the EMA that samples replay and is evaluated (14 % instead of 35 % on cifar10-semi-5pct)
+            self.ctx.info(f"warning: after {c.local_steps} local steps the EMA still holds {100 * left:.0f} % of the "
+                          f"random initialisation (ssl_ema_decay={c.ssl_ema_decay}, no warm-up); "
+                          f"use --set ssl_ema_warmup=true or a smaller ssl_ema_decay")
         self.G: dict | None = None  # {"raw": state_dict, "ema": EMA state} of the global model
         self.phase = "idle"
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
