@@ -147,12 +147,17 @@ class GaussianDiffusion(nn.Module):
 # exponential moving average of weights
 
 
+def ema_decay_at(decay: float, warmup: bool, n: int) -> float:
+    """The decay of the n-th update (n from 1): LDM's warm-up min(decay, (1+n)/(10+n)), or flat."""
+    return min(decay, (1 + n) / (10 + n)) if warmup else decay
+
+
 def ema_start_share(decay: float, warmup: bool, steps: int, start: int = 0) -> float:
     """How much of its starting weights an EMA still holds after ``steps`` updates from count ``start``:
-    the product of the decays it applies (``EMA.current_decay``)."""
+    the product of the decays it applies."""
     share = 1.0
     for n in range(start + 1, start + steps + 1):
-        share *= min(decay, (1 + n) / (10 + n)) if warmup else decay
+        share *= ema_decay_at(decay, warmup, n)
     return share
 
 
@@ -185,8 +190,7 @@ class EMA:
 
     def current_decay(self) -> float:
         """The decay the *next* update will use."""
-        n = self.num_updates + 1
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        return ema_decay_at(self.decay, self.warmup, self.num_updates + 1)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

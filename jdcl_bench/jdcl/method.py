@@ -76,7 +76,7 @@ class JDCLConfig:
     ssl_ema_decay: float = 0.999       # FixMatchEma: no warm-up
     # Without warm-up, 0.999 leaves 0.999^n of the random initialisation in the EMA: nothing after the
     # official 50 k steps, but 45 % after 800 (the `fast` preset), so its sampler and classifier are
-    # mostly noise. `fast` turns the LDM warm-up on, which the supervised local stage uses anyway.
+    # mostly noise. `fast` and `smoke` turn on the LDM warm-up the supervised local stage uses.
     ssl_ema_warmup: bool = False
     # speed
     amp: bool = True                   # bf16 autocast on CUDA
@@ -169,8 +169,8 @@ class JDCL(Method):
             # a reduced budget with the official 0.999-without-warm-up keeps the random initialisation
             # in the EMA that samples replay and is evaluated (14 % instead of 35 % on cifar10-semi-5pct)
             self.ctx.info(f"warning: after {c.local_steps} local steps the EMA still holds {100 * left:.0f} % of the "
-                          f"random initialisation (ssl_ema_decay={c.ssl_ema_decay}, no warm-up); "
-                          f"use --set ssl_ema_warmup=true or a smaller ssl_ema_decay")
+                          f"random initialisation (ssl_ema_decay={c.ssl_ema_decay}, ssl_ema_warmup={c.ssl_ema_warmup}); "
+                          f"use --set ssl_ema_warmup=true, a smaller ssl_ema_decay or more local_steps")
         self.G: dict | None = None  # {"raw": state_dict, "ema": EMA state} of the global model
         self.phase = "idle"
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
