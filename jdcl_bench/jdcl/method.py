@@ -167,7 +167,7 @@ class JDCL(Method):
                 D.local_batch(c.ssl_labelled_batch, "ssl_labelled_batch")
         if self.semi and (left := ema_start_share(c.ssl_ema_decay, c.ssl_ema_warmup, c.local_steps)) > 0.05:
             # a reduced budget with the official 0.999-without-warm-up keeps the random initialisation
-            # in the EMA that samples replay and is evaluated (14 % instead of 35 % on cifar10-semi-5pct)
+            # in the EMA that samples replay and is evaluated (results/superseded/README.md)
             self.ctx.info(f"warning: after {c.local_steps} local steps the EMA still holds {100 * left:.0f} % of the "
                           f"random initialisation (ssl_ema_decay={c.ssl_ema_decay}, ssl_ema_warmup={c.ssl_ema_warmup}); "
                           f"use --set ssl_ema_warmup=true, a smaller ssl_ema_decay or more local_steps")
