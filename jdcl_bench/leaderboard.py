@@ -94,6 +94,11 @@ class Cell:
     shared_gpu: bool = False  # a time metric from runs that shared one GPU with others (section mark)
 
 
+# A folder holding this file is kept out of tables read from any folder above it: superseded runs,
+# or reruns of a seed on other hardware (results/distributed), which must not count as seeds.
+IGNORE_MARKER = ".not-in-leaderboard"
+
+
 @functools.lru_cache(maxsize=None)
 def method_meta(method: str) -> tuple[str, str | None]:
     """(display name, bound) of a registered method; (name, None) when it cannot be loaded, so a
@@ -200,6 +205,7 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     label, preset, seed) completed more than once only the most recently finished run is kept,
     so a seed is never counted twice. Each of these is reported as a line of text in
     ``df.attrs["warnings"]``; the directories of incomplete runs are in ``df.attrs["incomplete"]``.
+    Folders below ``results_dir`` that hold an ``IGNORE_MARKER`` file are skipped, and said so.
     Raises FileNotFoundError only when ``results_dir`` itself does not exist.
     """
     root = Path(results_dir)
@@ -209,8 +215,14 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     warnings: list[str] = []
     incomplete: list[str] = []
     rows: list[dict] = []
+    set_aside = sorted(p.parent for p in root.rglob(IGNORE_MARKER) if p.parent != root)
+    if set_aside:
+        warnings.append(f"not in tables (folders with a {IGNORE_MARKER} file; pass one as the results folder "
+                        f"to read it): {_short_list([str(d) for d in set_aside])}")
     for metrics_path in sorted(root.rglob("metrics.json")):
         run_dir = metrics_path.parent
+        if any(d in run_dir.parents or d == run_dir for d in set_aside):
+            continue
         metrics, problem = _read_json(metrics_path)
         if problem or not isinstance(metrics, dict):
             warnings.append(f"skipped {run_dir}: {problem or 'metrics.json is not a JSON object'}")

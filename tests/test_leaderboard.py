@@ -109,6 +109,21 @@ def test_missing_manifest_and_duplicate_seed(tmp_path):
     assert "missing manifest.json" in warnings and "duplicate run" in warnings
 
 
+def test_marked_folders_stay_out_of_tables_read_from_above(tmp_path):
+    from jdcl_bench.leaderboard import IGNORE_MARKER
+
+    root = tmp_path / "results"
+    write_run(root, P10, "jdcl", "JDCL", 0, 70.0, subdir="runs/a", finished_at="2024-01-01T00:00:00+00:00")
+    # a later rerun of the same seed, set aside: it must neither replace nor join the seed above
+    write_run(root, P10, "jdcl", "JDCL", 0, 60.0, subdir="superseded/a", finished_at="2024-02-01T00:00:00+00:00")
+    (root / "superseded" / IGNORE_MARKER).write_text("")
+    df = load_records(root)
+    assert list(df["final_acc"]) == [70.0]
+    assert any("superseded" in w and IGNORE_MARKER in w for w in df.attrs["warnings"])
+    # read directly, the marked folder is an ordinary results folder
+    assert list(load_records(root / "superseded")["final_acc"]) == [60.0]
+
+
 def test_empty_results_folder(tmp_path):
     df = load_records(tmp_path)
     assert df.empty and df.attrs["warnings"] == []
