@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate every table and plot under results/ from the committed run records (nothing typed by hand).
-# Only results/runs/ feeds the leaderboard: results/distributed/ holds a 2-GPU rerun of a seed that is
-# already in it (compared by scripts/distributed_report.py), which must not count as another run.
+# Only results/runs/ feeds the leaderboard: results/distributed/ (a 2-GPU rerun of a seed already in it,
+# compared by scripts/distributed_report.py) and results/superseded/ must not count as runs. Their
+# .not-in-leaderboard files keep them out of `--results results` as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=(--protocol cifar10-t5 --protocol cifar10-semi-0.8pct --protocol cifar10-semi-5pct)
