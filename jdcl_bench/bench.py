@@ -44,6 +44,17 @@ class BenchSettings:
     cudagraphs: bool = True      # also time torch.compile(mode="reduce-overhead")
     profile: bool = True         # kernel-time breakdown of the fastest path (CUDA only)
     contiguous_path: bool = False  # also the bf16 paths without channels_last: what the layout buys
+    only: tuple[str, ...] = ()   # time only these paths (plus the reference every ratio needs)
+
+
+# every path the bench knows: (name, optimised, compiled, torch.compile mode)
+PATHS = (("reference_fp32_eager", False, False, None),
+         ("optimised_bf16", True, False, None),
+         ("optimised_bf16_contiguous", True, False, None),
+         ("optimised_bf16_compiled", True, True, None),
+         ("optimised_bf16_compiled_contiguous", True, True, None),
+         ("optimised_bf16_cudagraphs", True, True, "reduce-overhead"))
+PATH_NAMES = tuple(p[0] for p in PATHS)
 
 
 def _sync(device: torch.device) -> None:
@@ -213,14 +224,15 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     out["parity"] = parity(cfg, state, device)
     log(f"parity: {out['parity']}")
     batch = batch_for(cfg, s.batch, device)
-    for name, optimised, comp, mode in (("reference_fp32_eager", False, False, None),
-                                        ("optimised_bf16", True, False, None),
-                                        ("optimised_bf16_contiguous", True, False, None),
-                                        ("optimised_bf16_compiled", True, True, None),
-                                        ("optimised_bf16_compiled_contiguous", True, True, None),
-                                        ("optimised_bf16_cudagraphs", True, True, "reduce-overhead")):
+    unknown = set(s.only) - set(PATH_NAMES)
+    if unknown:
+        raise ValueError(f"unknown bench path(s) {sorted(unknown)}; known: {', '.join(PATH_NAMES)}")
+    for name, optimised, comp, mode in PATHS:
         contiguous = name.endswith("_contiguous")
-        if comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs \
+        if s.only:  # an explicit choice overrides the flags; the reference always runs (ratios need it)
+            if name != "reference_fp32_eager" and name not in s.only or comp and device.type != "cuda":
+                continue
+        elif comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs \
                 or contiguous and not s.contiguous_path:
             continue
         p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode, channels_last=not contiguous)

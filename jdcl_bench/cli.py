@@ -273,16 +273,23 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
 @click.option("--contiguous-path", is_flag=True,
               help="Also time the bf16 paths with contiguous (NCHW) weights: what channels_last buys.")
+@click.option("--path", "only", multiple=True, metavar="NAME",
+              help="Time only this path (repeatable; the fp32 reference always runs). Overrides the flags above. "
+                   "Names: reference_fp32_eager, optimised_bf16, optimised_bf16_contiguous, optimised_bf16_compiled, "
+                   "optimised_bf16_compiled_contiguous, optimised_bf16_cudagraphs.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, out) -> None:
+def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, only, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
     import time as _time
 
-    from .bench import BenchSettings, device_info, run_bench
+    from .bench import PATH_NAMES, BenchSettings, device_info, run_bench
     from .records import atomic_write_bytes, code_version, now
     from .runner import resolve_device
 
+    unknown = sorted(set(only) - set(PATH_NAMES))
+    if unknown:
+        raise click.BadParameter(f"unknown path(s) {unknown}; known: {', '.join(PATH_NAMES)}", param_hint="--path")
     dev = resolve_device(device)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
     path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -295,7 +302,7 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
         batch, gen_batch, steps = BENCH_DEFAULTS[name]
         s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
                           warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs,
-                          contiguous_path=contiguous_path)
+                          contiguous_path=contiguous_path, only=tuple(only))
         record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
     record["complete"] = True
     save()

@@ -63,3 +63,18 @@ def test_contiguous_paths_only_on_request():
                       contiguous_path=True)
     out = run_bench(s, torch.device("cpu"), log=lambda m: None)
     assert list(out["paths"]) == ["reference_fp32_eager", "optimised_bf16", "optimised_bf16_contiguous"]
+
+
+def test_path_choice_times_only_those_paths_plus_the_reference(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--config", "smoke", "--device", "cpu", "--iters", "1", "--warmup", "0",
+                                  "--path", "optimised_bf16_contiguous", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    run = json.loads(next(tmp_path.glob("bench-*.json")).read_text())["runs"][0]
+    assert list(run["paths"]) == ["reference_fp32_eager", "optimised_bf16_contiguous"]
+
+
+def test_unknown_path_is_refused_with_the_known_names(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--config", "smoke", "--device", "cpu", "--path", "warp_speed",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "warp_speed" in r.output and "optimised_bf16_compiled" in r.output
+    assert not list(tmp_path.glob("bench-*.json"))  # nothing written for a refused command
