@@ -7,6 +7,8 @@
   methods run it) and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: the whole step or
   ε-evaluation replayed as one graph, no per-kernel launch cost). On request also the eager and
   compiled bf16 paths with contiguous (NCHW) weights, to measure what channels_last buys.
+  The methods run channels_last only when compiled (``fastpath.unet_memory_format``): their eager
+  form is ``optimised_bf16_contiguous``; ``optimised_bf16`` keeps its name and layout so records compare.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,

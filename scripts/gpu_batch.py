@@ -58,13 +58,17 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     chains = [c.split(",") for c in args.chain]
+    specs = [s for c in chains for s in c]
+    if len(set(specs)) != len(specs):  # the run lock would stop the second copy mid-batch; say it up front
+        dup = sorted({s for s in specs if specs.count(s) > 1})
+        ap.error(f"run(s) listed twice: {', '.join(dup)}; name each run once")
     status: dict[str, str] = {}
     threads = [threading.Thread(target=run_chain, args=(c, args, t0, len(chains), status)) for c in chains]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for spec in [s for c in chains for s in c]:
+    for spec in specs:
         print(f"{spec:40s} {status.get(spec, '?')}")
     for m in sorted(Path(args.out).rglob("metrics.json")):
         d = json.loads(m.read_text())

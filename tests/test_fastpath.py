@@ -2,7 +2,7 @@
 import torch
 
 from jdcl_bench.bench import kernel_kind
-from jdcl_bench.fastpath import maybe_compile, tune_backends
+from jdcl_bench.fastpath import maybe_compile, tune_backends, unet_memory_format
 
 
 def _double(x):
@@ -71,3 +71,34 @@ def test_op_profile_reads_the_profiler_api_of_this_torch():
     x = torch.randn(64, 64)
     rows = _top_ops(lambda: (x @ x).sum(), torch.no_grad, 5)
     assert isinstance(rows, list)  # on CPU no op has GPU time; an API mismatch would return a string
+
+
+def test_unet_is_channels_last_only_where_it_runs_compiled_on_cuda():
+    # eager GroupNorm on CUDA converts channels_last activations back and forth (measured slower)
+    assert unet_memory_format("cuda", compiled=True) is torch.channels_last
+    assert unet_memory_format("cuda", compiled=False) is torch.contiguous_format
+    assert unet_memory_format("cpu", compiled=True) is torch.contiguous_format
+
+
+def test_jdcl_and_the_generators_build_their_unet_in_that_layout(monkeypatch):
+    # pretend CPU were CUDA for the layout rule, so the wiring from each compile switch to the
+    # weights' memory format is visible without a GPU
+    import types
+
+    import jdcl_baselines.cond_diffusion as cd
+    import jdcl_bench.jdcl.method as jm
+    from jdcl_bench.bench import unet_config
+
+    rule = lambda device, compiled: torch.channels_last if compiled else torch.contiguous_format
+    monkeypatch.setattr(jm, "unet_memory_format", rule)
+    monkeypatch.setattr(cd, "unet_memory_format", rule)
+    cfg = unet_config("smoke")
+    for compile in (True, False):
+        jdcl = jm.JDCL.__new__(jm.JDCL)
+        jdcl.cfg, jdcl.device, jdcl.unet_cfg = types.SimpleNamespace(compile=compile), torch.device("cpu"), cfg
+        gen = cd.ConditionalGenerator.__new__(cd.ConditionalGenerator)
+        gen.device, gen.compile, gen.unet_cfg = torch.device("cpu"), compile, cfg
+        for m in (jdcl.new_model(), gen.new_model()):
+            conv = next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+            assert conv.is_contiguous(memory_format=torch.channels_last) is compile
+            assert conv.is_contiguous() is not compile

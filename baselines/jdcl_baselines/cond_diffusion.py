@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.fastpath import maybe_compile
+from jdcl_bench.fastpath import maybe_compile, unet_memory_format
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.methods.base import ProtocolInfo, TaskData
@@ -183,7 +183,12 @@ class ConditionalGenerator:
     def new_model(self) -> JointUNet:
         """A freshly initialised UNet (draws from torch's global generators)."""
         m = JointUNet(self.unet_cfg).to(self.device)
-        return m.to(memory_format=torch.channels_last) if self.device.type == "cuda" else m
+        return m.to(memory_format=self.memory_format)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The UNet's layout, and its inputs': channels_last only when compiled (fastpath.unet_memory_format)."""
+        return unet_memory_format(self.device, self.compile)
 
     def model_from(self, weights: dict) -> JointUNet:
         m = quiet_build(self.new_model)
@@ -204,8 +209,7 @@ class ConditionalGenerator:
         guidance wrapper. Noise comes from the device ``generator`` only."""
         shape = (len(y), *self.info.image_shape)
         noise = torch.randn(shape, device=self.device, generator=generator)
-        if self.device.type == "cuda":
-            noise = noise.contiguous(memory_format=torch.channels_last)
+        noise = noise.contiguous(memory_format=self.memory_format)
         with self.autocast():
             if sampler == "ancestral":
                 x = ancestral_sample(self.diffusion, eps_fn, shape, noise=noise, generator=generator,
@@ -362,7 +366,7 @@ class GeneratorStage:
                     x = A.hflip(x, self.rng)
                 x_t, t, noise = diffusion.sample_t_and_noise(x * 2 - 1, self.dev_rng)
                 with self.gen.autocast():
-                    eps = net(self._layout(x_t), t, data_y[idx])
+                    eps = net(x_t.contiguous(memory_format=self.gen.memory_format), t, data_y[idx])
                 loss = F.mse_loss(eps.float(), noise)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()

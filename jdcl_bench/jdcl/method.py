@@ -34,7 +34,7 @@ from .. import distributed as D
 from ..artefacts import save_class_grid
 from ..config import ConfigError
 from ..data import augment as A
-from ..fastpath import maybe_compile
+from ..fastpath import maybe_compile, unet_memory_format
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion, ema_start_share
 from .losses import kd_classifier, kd_diffusion
@@ -178,9 +178,7 @@ class JDCL(Method):
 
     def new_model(self) -> JointUNet:
         m = JointUNet(self.unet_cfg).to(self.device)
-        if self.device.type == "cuda":
-            m = m.to(memory_format=torch.channels_last)
-        return m
+        return m.to(memory_format=unet_memory_format(self.device, self.compiled))
 
     def model_from(self, state: dict, ema: bool) -> JointUNet:
         m = self.new_model()
@@ -208,10 +206,15 @@ class JDCL(Method):
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the UNet runs under torch.compile (on CUDA; elsewhere maybe_compile leaves it eager)."""
+        # DDP + compile has not run on GPUs here yet: distributed runs stay eager for now (setup says so)
+        return self.cfg.compile and not D.is_distributed()
+
     def _fn(self, model):
         """Compiled forward where asked for (CUDA only), with a clean fallback to eager."""
-        # DDP + compile has not run on GPUs here yet: distributed runs stay eager for now (setup says so)
-        enabled = self.cfg.compile and not D.is_distributed()
+        enabled = self.compiled
         mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
         return maybe_compile(model, enabled=enabled, device=self.device, info=self.ctx.info, name="the JDCL UNet",
                              mode=mode)
