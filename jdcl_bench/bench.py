@@ -9,6 +9,8 @@
   compiled bf16 paths with contiguous (NCHW) weights, to measure what channels_last buys.
   The methods run channels_last only when compiled (``fastpath.unet_memory_format``): their eager
   form is ``optimised_bf16_contiguous``; ``optimised_bf16`` keeps its name and layout so records compare.
+  With inductor options (``--inductor-option max_autotune=True``), ``optimised_bf16_compiled_options``
+  compiles with them, timed next to the default compiled path: a config experiment in one process.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,8 @@ class BenchSettings:
     profile: bool = True         # kernel-time breakdown of the fastest path (CUDA only)
     contiguous_path: bool = False  # also the bf16 paths without channels_last: what the layout buys
     only: tuple[str, ...] = ()   # time only these paths (plus the reference every ratio needs)
+    # inductor settings for one more compiled path, timed next to the default one in the same process
+    inductor_options: dict = field(default_factory=dict)
 
 
 # every path the bench knows: (name, optimised, compiled, torch.compile mode)
@@ -55,6 +59,7 @@ PATHS = (("reference_fp32_eager", False, False, None),
          ("optimised_bf16_contiguous", True, False, None),
          ("optimised_bf16_compiled", True, True, None),
          ("optimised_bf16_compiled_contiguous", True, True, None),
+         ("optimised_bf16_compiled_options", True, True, None),  # torch.compile(options=inductor_options)
          ("optimised_bf16_cudagraphs", True, True, "reduce-overhead"))
 PATH_NAMES = tuple(p[0] for p in PATHS)
 
@@ -106,7 +111,7 @@ class Path:
     """One way of running the joint model (reference or optimised) around a shared set of weights."""
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
-                 mode: str | None = None, channels_last: bool = True):
+                 mode: str | None = None, channels_last: bool = True, options: dict | None = None):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
@@ -116,9 +121,10 @@ class Path:
                                      fused=optimised and device.type == "cuda")
         self.ema = EMA(self.model, 0.9999)
         self.joint, self.eps_model = _JointCall(self.model), self.model
-        if compile:
-            self.joint = torch.compile(self.joint, mode=mode)
-            self.eps_model = torch.compile(self.model, mode=mode)
+        if compile:  # torch.compile takes a mode or inductor options, not both
+            kw = {"options": options} if options else {"mode": mode}
+            self.joint = torch.compile(self.joint, **kw)
+            self.eps_model = torch.compile(self.model, **kw)
         self.diffusion = GaussianDiffusion().to(device)
 
     def autocast(self):
@@ -237,7 +243,11 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
         elif comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs \
                 or contiguous and not s.contiguous_path:
             continue
-        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode, channels_last=not contiguous)
+        with_options = name.endswith("_options")
+        if with_options and not s.inductor_options:
+            continue
+        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode, channels_last=not contiguous,
+                 options=s.inductor_options if with_options else None)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

@@ -259,6 +259,29 @@ def plot(results, out_dir, protocols) -> None:
         click.echo(f"wrote {path}")
 
 
+def _inductor_options(pairs) -> dict:
+    """``KEY=VALUE`` strings -> inductor settings, values as Python literals (``True``, ``3``) or text."""
+    import ast
+
+    from torch._inductor import config as inductor_config
+
+    known = set(inductor_config.get_config_copy())
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--inductor-option")
+        if key not in known:
+            close = ", ".join(sorted(k for k in known if key.lower() in k.lower())[:8]) or "none similar"
+            raise click.BadParameter(f"{key!r} is not a torch._inductor.config setting (similar: {close})",
+                                     param_hint="--inductor-option")
+        try:
+            options[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            options[key] = raw
+    return options
+
+
 # training batch, generation batch and DDIM steps of JDCL's presets
 BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (16, 16, 4)}
 
@@ -276,9 +299,14 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--path", "only", multiple=True, metavar="NAME",
               help="Time only this path (repeatable; the fp32 reference always runs). Overrides the flags above. "
                    "Names: reference_fp32_eager, optimised_bf16, optimised_bf16_contiguous, optimised_bf16_compiled, "
-                   "optimised_bf16_compiled_contiguous, optimised_bf16_cudagraphs.")
+                   "optimised_bf16_compiled_contiguous, optimised_bf16_compiled_options (needs --inductor-option), "
+                   "optimised_bf16_cudagraphs.")
+@click.option("--inductor-option", "inductor_options", multiple=True, metavar="KEY=VALUE",
+              help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
+                   "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, only, out) -> None:
+def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, only, inductor_options,
+          out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
     import time as _time
@@ -290,6 +318,10 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
     unknown = sorted(set(only) - set(PATH_NAMES))
     if unknown:
         raise click.BadParameter(f"unknown path(s) {unknown}; known: {', '.join(PATH_NAMES)}", param_hint="--path")
+    options = _inductor_options(inductor_options)
+    if "optimised_bf16_compiled_options" in only and not options:
+        raise click.BadParameter("optimised_bf16_compiled_options needs at least one --inductor-option",
+                                 param_hint="--path")
     dev = resolve_device(device)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
     path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -302,7 +334,7 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
         batch, gen_batch, steps = BENCH_DEFAULTS[name]
         s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
                           warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs,
-                          contiguous_path=contiguous_path, only=tuple(only))
+                          contiguous_path=contiguous_path, only=tuple(only), inductor_options=options)
         record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
     record["complete"] = True
     save()

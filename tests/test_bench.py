@@ -78,3 +78,25 @@ def test_unknown_path_is_refused_with_the_known_names(tmp_path):
                                   "--out", str(tmp_path)])
     assert r.exit_code != 0 and "warp_speed" in r.output and "optimised_bf16_compiled" in r.output
     assert not list(tmp_path.glob("bench-*.json"))  # nothing written for a refused command
+
+
+def test_inductor_options_reach_torch_compile_for_their_own_path(monkeypatch):
+    import jdcl_bench.bench as B
+
+    seen = []
+    monkeypatch.setattr(B.torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    cfg = unet_config("smoke")
+    B.Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=True, options={"max_autotune": True})
+    B.Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=True, mode="reduce-overhead")
+    assert seen == [{"options": {"max_autotune": True}}] * 2 + [{"mode": "reduce-overhead"}] * 2
+
+
+def test_inductor_option_is_checked_and_parsed(tmp_path):
+    from jdcl_bench.cli import _inductor_options
+
+    assert _inductor_options(["max_autotune=True", "triton.cudagraphs=False"]) == {
+        "max_autotune": True, "triton.cudagraphs": False}
+    r = CliRunner().invoke(main, ["bench", "--config", "smoke", "--device", "cpu", "--inductor-option",
+                                  "max_autotuned=True", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "max_autotuned" in r.output and "max_autotune" in r.output
+    assert not list(tmp_path.glob("bench-*.json"))
