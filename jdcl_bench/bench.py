@@ -214,9 +214,19 @@ def parity(cfg: UNetConfig, state: dict, device: torch.device, n: int = 8, steps
             "ddim_mean_abs_diff_fp32_perturbed": float((s_ref - s_pert).abs().mean()), "ddim_steps": steps}
 
 
+def check_paths(only, inductor_options) -> None:
+    """A chosen path set the bench can run: known names, and inductor options for the path that needs them."""
+    unknown = sorted(set(only) - set(PATH_NAMES))
+    if unknown:
+        raise ValueError(f"unknown bench path(s) {unknown}; known: {', '.join(PATH_NAMES)}")
+    if "optimised_bf16_compiled_options" in only and not inductor_options:
+        raise ValueError("optimised_bf16_compiled_options needs at least one --inductor-option")
+
+
 def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -> dict:
     """Time every path of ``s``; ``on_path(partial_result)`` runs after each path (the CLI writes
     the record then, so a bench stopped while compiling a later path keeps what it measured)."""
+    check_paths(s.only, s.inductor_options)  # before the model, FLOP count and parity cost anything
     cfg = unet_config(s.config)
     torch.manual_seed(0)
     # a trained-looking model: zero-initialised output convs would make every path trivially equal
@@ -232,9 +242,6 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     out["parity"] = parity(cfg, state, device)
     log(f"parity: {out['parity']}")
     batch = batch_for(cfg, s.batch, device)
-    unknown = set(s.only) - set(PATH_NAMES)
-    if unknown:
-        raise ValueError(f"unknown bench path(s) {sorted(unknown)}; known: {', '.join(PATH_NAMES)}")
     for name, optimised, comp, mode in PATHS:
         contiguous = name.endswith("_contiguous")
         if s.only:  # an explicit choice overrides the flags; the reference always runs (ratios need it)

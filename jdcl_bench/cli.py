@@ -311,17 +311,15 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
     import json
     import time as _time
 
-    from .bench import PATH_NAMES, BenchSettings, device_info, run_bench
+    from .bench import BenchSettings, check_paths, device_info, run_bench
     from .records import atomic_write_bytes, code_version, now
     from .runner import resolve_device
 
-    unknown = sorted(set(only) - set(PATH_NAMES))
-    if unknown:
-        raise click.BadParameter(f"unknown path(s) {unknown}; known: {', '.join(PATH_NAMES)}", param_hint="--path")
     options = _inductor_options(inductor_options)
-    if "optimised_bf16_compiled_options" in only and not options:
-        raise click.BadParameter("optimised_bf16_compiled_options needs at least one --inductor-option",
-                                 param_hint="--path")
+    try:
+        check_paths(only, options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--path") from None
     dev = resolve_device(device)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
     path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
