@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
-from .jdcl.unet import JointUNet, UNetConfig, count_parameters
+from .jdcl.unet import GroupNorm, JointUNet, UNetConfig, count_parameters
 
 
 @dataclass
@@ -53,15 +53,47 @@ class BenchSettings:
     inductor_options: dict = field(default_factory=dict)
 
 
-# every path the bench knows: (name, optimised, compiled, torch.compile mode)
-PATHS = (("reference_fp32_eager", False, False, None),
-         ("optimised_bf16", True, False, None),
-         ("optimised_bf16_contiguous", True, False, None),
-         ("optimised_bf16_compiled", True, True, None),
-         ("optimised_bf16_compiled_contiguous", True, True, None),
-         ("optimised_bf16_compiled_options", True, True, None),  # torch.compile(options=inductor_options)
-         ("optimised_bf16_cudagraphs", True, True, "reduce-overhead"))
-PATH_NAMES = tuple(p[0] for p in PATHS)
+@dataclass(frozen=True)
+class PathSpec:
+    """One path the bench knows. Paths marked ``on_request`` run only when their switch or
+    ``--path`` asks for them: they are experiments, not what the methods run."""
+    name: str
+    optimised: bool = True        # bf16 autocast, fused AdamW (the reference: fp32, unfused)
+    compiled: bool = False
+    mode: str | None = None       # torch.compile mode
+    channels_last: bool = True
+    options: bool = False         # torch.compile(options=settings.inductor_options)
+    native_norm: bool = False     # torch's GroupNorm kernel instead of the layout-keeping one
+    on_request: bool = False
+
+
+PATHS = (PathSpec("reference_fp32_eager", optimised=False, channels_last=False),
+         PathSpec("optimised_bf16"),
+         PathSpec("optimised_bf16_contiguous", channels_last=False, on_request=True),
+         PathSpec("optimised_bf16_compiled", compiled=True),
+         PathSpec("optimised_bf16_compiled_contiguous", compiled=True, channels_last=False, on_request=True),
+         PathSpec("optimised_bf16_compiled_native_norm", compiled=True, native_norm=True, on_request=True),
+         PathSpec("optimised_bf16_compiled_options", compiled=True, options=True, on_request=True),
+         PathSpec("optimised_bf16_cudagraphs", compiled=True, mode="reduce-overhead"))
+PATH_NAMES = tuple(p.name for p in PATHS)
+
+
+def selected_paths(s: "BenchSettings", device: torch.device) -> list[PathSpec]:
+    """The paths ``s`` asks for, in table order. The reference always runs: every ratio needs it.
+    Compiled paths need CUDA (the methods compile only there)."""
+    def wanted(p: PathSpec) -> bool:
+        if p.name == "reference_fp32_eager":
+            return True
+        if p.compiled and device.type != "cuda":
+            return False
+        if s.only:  # an explicit choice overrides the switches
+            return p.name in s.only
+        if p.compiled and not s.compile or p.mode and not s.cudagraphs:
+            return False
+        if not p.on_request:
+            return True
+        return (not p.channels_last and s.contiguous_path) or (p.options and bool(s.inductor_options))
+    return [p for p in PATHS if wanted(p)]
 
 
 def _sync(device: torch.device) -> None:
@@ -111,10 +143,14 @@ class Path:
     """One way of running the joint model (reference or optimised) around a shared set of weights."""
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
-                 mode: str | None = None, channels_last: bool = True, options: dict | None = None):
+                 mode: str | None = None, channels_last: bool = True, options: dict | None = None,
+                 native_norm: bool = False):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
+        for m in self.model.modules():
+            if isinstance(m, GroupNorm):
+                m.layout_preserving = not native_norm
         if optimised and channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
@@ -242,19 +278,11 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     out["parity"] = parity(cfg, state, device)
     log(f"parity: {out['parity']}")
     batch = batch_for(cfg, s.batch, device)
-    for name, optimised, comp, mode in PATHS:
-        contiguous = name.endswith("_contiguous")
-        if s.only:  # an explicit choice overrides the flags; the reference always runs (ratios need it)
-            if name != "reference_fp32_eager" and name not in s.only or comp and device.type != "cuda":
-                continue
-        elif comp and (not s.compile or device.type != "cuda") or mode and not s.cudagraphs \
-                or contiguous and not s.contiguous_path:
-            continue
-        with_options = name.endswith("_options")
-        if with_options and not s.inductor_options:
-            continue
-        p = Path(cfg, state, device, optimised=optimised, compile=comp, mode=mode, channels_last=not contiguous,
-                 options=s.inductor_options if with_options else None)
+    for spec in selected_paths(s, device):
+        name, optimised = spec.name, spec.optimised
+        p = Path(cfg, state, device, optimised=optimised, compile=spec.compiled, mode=spec.mode,
+                 channels_last=spec.channels_last, options=s.inductor_options if spec.options else None,
+                 native_norm=spec.native_norm)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

@@ -100,3 +100,20 @@ def test_inductor_option_is_checked_and_parsed(tmp_path):
                                   "max_autotuned=True", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "max_autotuned" in r.output and "max_autotune" in r.output
     assert not list(tmp_path.glob("bench-*.json"))
+
+
+def test_native_norm_path_runs_only_when_named_and_uses_torchs_group_norm():
+    from jdcl_bench.bench import BenchSettings, Path, selected_paths
+    from jdcl_bench.jdcl.unet import GroupNorm
+
+    cuda = torch.device("cuda")  # path selection only: nothing runs on it
+    default = [p.name for p in selected_paths(BenchSettings(), cuda)]
+    assert default == ["reference_fp32_eager", "optimised_bf16", "optimised_bf16_compiled", "optimised_bf16_cudagraphs"]
+    named = BenchSettings(only=("optimised_bf16_compiled_native_norm",))
+    assert [p.name for p in selected_paths(named, cuda)] == ["reference_fp32_eager", "optimised_bf16_compiled_native_norm"]
+    assert [p.name for p in selected_paths(named, torch.device("cpu"))] == ["reference_fp32_eager"]  # compiled: CUDA only
+    cfg = unet_config("smoke")
+    for native in (False, True):
+        p = Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=False, native_norm=native)
+        norms = [m for m in p.model.modules() if isinstance(m, GroupNorm)]
+        assert norms and all(m.layout_preserving is not native for m in norms)

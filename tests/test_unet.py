@@ -116,3 +116,45 @@ def test_zero_init_makes_unet_output_zero():
     model = JointUNet(UNetConfig.smoke(10, image_size=8))
     x = torch.randn(2, 3, 8, 8)
     assert model(x, torch.tensor([0, 999])).abs().max() == 0
+
+
+def test_group_norm_keeps_channels_last_and_matches_torch():
+    from jdcl_bench.jdcl.unet import GroupNorm
+
+    g = torch.Generator().manual_seed(0)
+    gn = GroupNorm(8, 32)
+    with torch.no_grad():
+        gn.weight.copy_(torch.randn(32, generator=g))
+        gn.bias.copy_(torch.randn(32, generator=g))
+    x = (torch.randn(3, 32, 6, 5, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad_out = torch.randn(3, 32, 6, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    y = gn(x)
+    (dx, dw, db) = torch.autograd.grad(y, (x, gn.weight, gn.bias), grad_out)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y_ref = F.group_norm(x_ref, 8, gn.weight, gn.bias, gn.eps)
+    (dx_ref, dw_ref, db_ref) = torch.autograd.grad(y_ref, (x_ref, gn.weight, gn.bias), grad_out.contiguous())
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the point of it: output and input gradient stay channels_last
+    assert not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+    assert not dx.is_contiguous() and dx.is_contiguous(memory_format=torch.channels_last)
+    # NCHW inputs take torch's own kernel and stay NCHW
+    assert gn(x.detach().contiguous()).is_contiguous()
+
+
+def test_group_norm_layout_as_torch_compile_traces_it_on_cuda():
+    # torch.compile plans layouts from fake tensors; on a (fake) CUDA device torch's group norm
+    # reports an NCHW result for a channels_last input, ours keeps channels_last. No GPU needed.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from jdcl_bench.jdcl.unet import group_norm_channels_last
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.empty(2, 128, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
+        w, b = torch.empty(128, device="cuda"), torch.empty(128, device="cuda")
+        native = torch.ops.aten.native_group_norm(x, w, b, 2, 128, 64, 32, 1e-5)[0]
+        ours = F.silu(group_norm_channels_last(x, 32, w, b, 1e-5))
+    assert native.is_contiguous()  # the mismatch the layout-keeping norm exists for
+    assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()

@@ -90,10 +90,48 @@ def count_parameters(module: nn.Module) -> int:
 # building blocks
 
 
-def norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that keeps a channels_last input channels_last, forward and backward.
+
+    torch's CUDA group-norm kernel works in NCHW, and the shapes and strides torch.compile traces
+    say so: for a channels_last input its output and its input gradient are NCHW. The compiled
+    UNet then transposes whole activations around every norm (the fused kernels' "clone") and,
+    in the backward, copies them again so that cuDNN's convolution_backward gets the layout it
+    was traced with (``aten::copy_``: 23 % of the paper config's compiled training step on an
+    H100, results/bench/). For a channels_last input this computes the same normalisation from
+    plain ops: splitting C into (groups, C/groups) is a view in either layout, the statistics are
+    a fp32 ``var_mean`` (biased, as GroupNorm's), and every op after it is element-wise, so the
+    result and its gradient keep the input's layout and inductor fuses it all. The output is fp32,
+    as autocast makes GroupNorm's. NCHW inputs (CPU, eager runs) take torch's kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout_preserving and x.dim() == 4 and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+    # the bench turns this off on one path to time torch's own kernel against it
+    layout_preserving: bool = True
+
+
+def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None,
+                             bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    B, C, H, W = x.shape
+    xg = x.float().view(B, groups, C // groups, H, W)
+    var, mean = torch.var_mean(xg, dim=(2, 3, 4), correction=0, keepdim=True)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).view(B, C, H, W)
+    if weight is not None:
+        y = y * weight.float()[:, None, None]
+    if bias is not None:
+        y = y + bias.float()[:, None, None]
+    return y
+
+
+def norm(channels: int) -> GroupNorm:
     # 32 groups as in LDM whenever the width allows it; tiny test models get the largest group
     # count dividing their width, so every width works without special-casing configs
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    return GroupNorm(math.gcd(32, channels), channels)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
