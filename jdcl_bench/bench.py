@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
-from .jdcl.unet import GroupNorm, JointUNet, UNetConfig, count_parameters
+from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, UNetConfig, count_parameters
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PathSpec:
     mode: str | None = None       # torch.compile mode
     channels_last: bool = True
     options: bool = False         # torch.compile(options=settings.inductor_options)
-    native_norm: bool = False     # torch's GroupNorm kernel instead of the layout-keeping one
+    nchw_blocks: bool = False     # norm and attention in their NCHW forms (the UNet before 2026-11-25)
     on_request: bool = False
 
 
@@ -72,7 +72,7 @@ PATHS = (PathSpec("reference_fp32_eager", optimised=False, channels_last=False),
          PathSpec("optimised_bf16_contiguous", channels_last=False, on_request=True),
          PathSpec("optimised_bf16_compiled", compiled=True),
          PathSpec("optimised_bf16_compiled_contiguous", compiled=True, channels_last=False, on_request=True),
-         PathSpec("optimised_bf16_compiled_native_norm", compiled=True, native_norm=True, on_request=True),
+         PathSpec("optimised_bf16_compiled_nchw_blocks", compiled=True, nchw_blocks=True, on_request=True),
          PathSpec("optimised_bf16_compiled_options", compiled=True, options=True, on_request=True),
          PathSpec("optimised_bf16_cudagraphs", compiled=True, mode="reduce-overhead"))
 PATH_NAMES = tuple(p.name for p in PATHS)
@@ -144,13 +144,13 @@ class Path:
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
                  mode: str | None = None, channels_last: bool = True, options: dict | None = None,
-                 native_norm: bool = False):
+                 nchw_blocks: bool = False):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
         for m in self.model.modules():
-            if isinstance(m, GroupNorm):
-                m.layout_preserving = not native_norm
+            if isinstance(m, (GroupNorm, AttentionBlock)):
+                m.layout_preserving = not nchw_blocks
         if optimised and channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
@@ -282,7 +282,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
         name, optimised = spec.name, spec.optimised
         p = Path(cfg, state, device, optimised=optimised, compile=spec.compiled, mode=spec.mode,
                  channels_last=spec.channels_last, options=s.inductor_options if spec.options else None,
-                 native_norm=spec.native_norm)
+                 nchw_blocks=spec.nchw_blocks)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

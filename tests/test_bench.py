@@ -102,18 +102,19 @@ def test_inductor_option_is_checked_and_parsed(tmp_path):
     assert not list(tmp_path.glob("bench-*.json"))
 
 
-def test_native_norm_path_runs_only_when_named_and_uses_torchs_group_norm():
+def test_nchw_blocks_path_runs_only_when_named_and_switches_norm_and_attention():
     from jdcl_bench.bench import BenchSettings, Path, selected_paths
-    from jdcl_bench.jdcl.unet import GroupNorm
+    from jdcl_bench.jdcl.unet import AttentionBlock, GroupNorm
 
     cuda = torch.device("cuda")  # path selection only: nothing runs on it
     default = [p.name for p in selected_paths(BenchSettings(), cuda)]
     assert default == ["reference_fp32_eager", "optimised_bf16", "optimised_bf16_compiled", "optimised_bf16_cudagraphs"]
-    named = BenchSettings(only=("optimised_bf16_compiled_native_norm",))
-    assert [p.name for p in selected_paths(named, cuda)] == ["reference_fp32_eager", "optimised_bf16_compiled_native_norm"]
+    named = BenchSettings(only=("optimised_bf16_compiled_nchw_blocks",))
+    assert [p.name for p in selected_paths(named, cuda)] == ["reference_fp32_eager", "optimised_bf16_compiled_nchw_blocks"]
     assert [p.name for p in selected_paths(named, torch.device("cpu"))] == ["reference_fp32_eager"]  # compiled: CUDA only
     cfg = unet_config("smoke")
-    for native in (False, True):
-        p = Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=False, native_norm=native)
-        norms = [m for m in p.model.modules() if isinstance(m, GroupNorm)]
-        assert norms and all(m.layout_preserving is not native for m in norms)
+    for nchw in (False, True):
+        p = Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=False, nchw_blocks=nchw)
+        blocks = [m for m in p.model.modules() if isinstance(m, (GroupNorm, AttentionBlock))]
+        assert any(isinstance(m, AttentionBlock) for m in blocks)
+        assert all(m.layout_preserving is not nchw for m in blocks)

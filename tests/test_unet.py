@@ -158,3 +158,37 @@ def test_group_norm_layout_as_torch_compile_traces_it_on_cuda():
         ours = F.silu(group_norm_channels_last(x, 32, w, b, 1e-5))
     assert native.is_contiguous()  # the mismatch the layout-keeping norm exists for
     assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+
+
+def test_attention_token_form_matches_the_nchw_form_with_grads():
+    from jdcl_bench.jdcl.unet import AttentionBlock
+
+    torch.manual_seed(0)
+    blk = AttentionBlock(64, 4)
+    torch.nn.init.normal_(blk.proj.weight, 0, 0.05)  # zero-init would hide the output projection
+    x = torch.randn(2, 64, 8, 8)
+    x_nchw = x.clone().requires_grad_(True)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    gy = torch.randn(2, 64, 8, 8)
+    ref, out = blk(x_nchw), blk(x_cl)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g_ref = torch.autograd.grad(ref, [x_nchw, blk.qkv.weight, blk.proj.weight], gy)
+    g_out = torch.autograd.grad(out, [x_cl, blk.qkv.weight, blk.proj.weight], gy)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_statistics_hold_for_a_large_mean():
+    # the group's variance comes from per-channel ones: it must be as accurate as torch's kernel
+    # where E[x^2] - E[x]^2 would cancel to nothing (mean 300, std 0.01: 1e-9 of E[x^2] in fp32)
+    from jdcl_bench.jdcl.unet import group_norm_channels_last
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 8, 8, generator=g, dtype=torch.float64) * 0.01 + 300.0
+    truth = F.group_norm(x, 4, None, None, 1e-5)
+    x32 = x.float()
+    err_torch = (F.group_norm(x32, 4, None, None, 1e-5).double() - truth).abs().max()
+    ours = group_norm_channels_last(x32.contiguous(memory_format=torch.channels_last), 4, None, None, 1e-5)
+    err_ours = (ours.double() - truth).abs().max()
+    assert err_ours <= 2 * err_torch + 1e-6, (err_ours, err_torch)
