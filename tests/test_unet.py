@@ -192,3 +192,35 @@ def test_group_norm_statistics_hold_for_a_large_mean():
     ours = group_norm_channels_last(x32.contiguous(memory_format=torch.channels_last), 4, None, None, 1e-5)
     err_ours = (ours.double() - truth).abs().max()
     assert err_ours <= 2 * err_torch + 1e-6, (err_ours, err_torch)
+
+
+def test_forward_joint_gradients_keep_channels_last_and_match_nchw():
+    # the encoder maps' gradients must come back channels_last (an NCHW gradient costs a copy of
+    # every map before cuDNN's backward) and equal those of the NCHW model
+    torch.manual_seed(0)
+    model = JointUNet(UNetConfig.smoke(10, image_size=16)).eval()
+    _perturb_zero_init(model)
+    model_cl = JointUNet(UNetConfig.smoke(10, image_size=16)).eval()
+    model_cl.load_state_dict(model.state_dict())
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+    x_t, x_cls = torch.randn(6, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    t = torch.randint(0, 1000, (6,))
+    layouts = []
+    encode = model_cl._encode
+
+    def watched(x, emb):
+        h, hs = encode(x, emb)
+        for m in hs + [h]:
+            m.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=torch.channels_last)
+                                                     and not g.is_contiguous()))
+        return h, hs
+
+    model_cl._encode = watched
+    grads = []
+    for m, xs in ((model, (x_t, x_cls)), (model_cl, [v.contiguous(memory_format=torch.channels_last) for v in (x_t, x_cls)])):
+        eps, logits = m.forward_joint(xs[0], t, xs[1])
+        (eps.pow(2).mean() + logits.logsumexp(1).mean()).backward()
+        grads.append([p.grad for p in m.parameters()])
+    assert len(layouts) == len(model_cl.input_blocks) + 2 and all(layouts)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -389,6 +389,31 @@ class JointUNet(nn.Module):
         t_all = torch.cat([t, t.new_zeros(x_cls.shape[0])])
         emb = self._emb(t_all)
         h, hs = self._encode(torch.cat([x_t, x_cls]), emb)
-        logits = self.head(self._pool(h[n:], [m[n:] for m in hs]))
-        eps = self._decode(h[:n], [m[:n] for m in hs], emb[:n])
+        (h_t, h_cls), halves = split_batch(h, n), [split_batch(m, n) for m in hs]
+        logits = self.head(self._pool(h_cls, [c for _, c in halves]))
+        eps = self._decode(h_t, [t_ for t_, _ in halves], emb[:n])
         return eps, logits
+
+
+class _SplitBatch(torch.autograd.Function):
+    """``(m[:n], m[n:])``, whose backward joins the two gradients in ``m``'s memory layout.
+
+    Autograd's own backward of a slice writes the gradient into a fresh NCHW zero tensor, so every
+    encoder map of ``forward_joint`` would get an NCHW gradient in a channels_last model, and the
+    compiled backward would copy it back to channels_last for cuDNN (whole-activation
+    ``aten::copy_`` next to ``convolution_backward`` in the H100 profiles, results/bench/)."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, n: int):
+        ctx.channels_last = m.dim() == 4 and not m.is_contiguous() and m.is_contiguous(memory_format=torch.channels_last)
+        return m[:n], m[n:]
+
+    @staticmethod
+    def backward(ctx, g_first: torch.Tensor, g_rest: torch.Tensor):
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return torch.cat([g_first.contiguous(memory_format=fmt), g_rest.contiguous(memory_format=fmt)]), None
+
+
+def split_batch(m: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples and the rest, as views; gradients come back in ``m``'s layout."""
+    return _SplitBatch.apply(m, n)
