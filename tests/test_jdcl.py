@@ -128,3 +128,30 @@ def test_global_ema_does_not_inherit_fixmatch_decay():
     assert (g.decay, g.warmup, g.num_updates) == (0.9999, True, 7)
     assert float(g.module.weight) == 3.0
     assert g.current_decay() == pytest.approx(9 / 18)
+
+
+def test_teachers_run_through_the_compiled_call(monkeypatch):
+    # the global stage's two teacher passes go through JDCL._fn (torch.compile on CUDA) as a
+    # module call; reaching forward_joint on the wrapper would run the eager module instead
+    from jdcl_bench.jdcl.method import JDCL, JointForward
+    from jdcl_bench.jdcl.unet import JointUNet, UNetConfig
+
+    wrapped = []
+
+    def fake_fn(self, module):
+        wrapped.append(module)
+        return lambda *args: ("compiled", module(*args))
+
+    monkeypatch.setattr(JDCL, "_fn", fake_fn)
+    jdcl = JDCL.__new__(JDCL)
+    torch.manual_seed(0)
+    old, new = JointUNet(UNetConfig.smoke(10)).eval(), JointUNet(UNetConfig.smoke(10)).eval()
+    jdcl.teachers = {"old": old, "new": new}
+    fns = jdcl._teacher_fns()
+    assert [type(m) for m in wrapped] == [JointForward, JointForward] and [m.net for m in wrapped] == [old, new]
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 500])
+    tag, (eps, logits) = fns["new"](x, t, x)
+    ref_eps, ref_logits = new.forward_joint(x, t, x)
+    assert tag == "compiled"
+    torch.testing.assert_close(eps, ref_eps)
+    torch.testing.assert_close(logits, ref_logits)

@@ -440,11 +440,17 @@ class JDCL(Method):
                                      fused=self.device.type == "cuda")
         self.ema = global_ema(self.net, self.G["ema"], c.ema_decay)
 
+    def _teacher_fns(self) -> dict:
+        """Each frozen teacher's joint forward, compiled like the student's. Through a module's
+        forward: ``self._fn(m).forward_joint`` would reach the eager module's method, and the two
+        teacher passes of every global step ran eager."""
+        return {k: self._fn(JointForward(m)) for k, m in self.teachers.items()}
+
     def _train_global(self, task: TaskData) -> None:
         c = self.cfg
         # the classifier head is out of the loss until cls_start: DDP must not wait for its gradients
         fwd = self._train_fn(find_unused_parameters=True)
-        teachers = {k: self._fn(m) for k, m in self.teachers.items()}
+        teachers = self._teacher_fns()
         rx, ry = self.replay["x"], self.replay["y"]
         cls_start = int(c.cls_start_fraction * c.global_steps)
         self.net.train()
@@ -461,8 +467,8 @@ class JDCL(Method):
                 is_old = torch.isin(y, self.replay["old"])
                 with torch.no_grad(), self.autocast():
                     # each teacher sees the whole batch; the mask picks its samples (fixed shapes)
-                    eps_o, log_o = teachers["old"].forward_joint(x_t, t, x_cls)
-                    eps_n, log_n = teachers["new"].forward_joint(x_t, t, x_cls)
+                    eps_o, log_o = teachers["old"](x_t, t, x_cls)
+                    eps_n, log_n = teachers["new"](x_t, t, x_cls)
                 sel = is_old.view(-1, 1, 1, 1)
                 eps_T = torch.where(sel, eps_o, eps_n)
                 logits_T = torch.where(is_old.view(-1, 1), log_o, log_n)
