@@ -467,7 +467,10 @@ class JDCL(Method):
                 is_old = torch.isin(y, self.replay["old"])
                 with torch.no_grad(), self.autocast():
                     # each teacher sees the whole batch; the mask picks its samples (fixed shapes)
-                    eps_o, log_o = teachers["old"](x_t, t, x_cls)
+                    # both teachers replay one compiled graph; under CUDA graphs
+                    # (compile_mode=reduce-overhead) the second call reuses the first's output
+                    # memory, so keep a copy of the first's (a few MB)
+                    eps_o, log_o = (v.clone() for v in teachers["old"](x_t, t, x_cls))
                     eps_n, log_n = teachers["new"](x_t, t, x_cls)
                 sel = is_old.view(-1, 1, 1, 1)
                 eps_T = torch.where(sel, eps_o, eps_n)
