@@ -11,6 +11,8 @@
   form is ``optimised_bf16_contiguous``; ``optimised_bf16`` keeps its name and layout so records compare.
   With inductor options (``--inductor-option max_autotune=True``), ``optimised_bf16_compiled_options``
   compiles with them, timed next to the default compiled path: a config experiment in one process.
+  ``optimised_bf16_compiled_nchw_blocks`` (on request) runs GroupNorm and attention in their NCHW
+  forms, i.e. the UNet before its layout-keeping blocks: what those bought, in one process.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
