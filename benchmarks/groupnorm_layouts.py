@@ -10,7 +10,8 @@ backward (training):
 - ``group_view``: fp32 ``var_mean`` over a (B, G, C/G, H, W) view, as ``unet.group_norm_channels_last``;
 - ``per_channel``: per-channel ``var_mean`` over H, W (a reduction along the strided axis of a
   channels_last tensor), then the group's mean and variance from its channels' (law of total
-  variance: exact, no E[x^2] - E[x]^2 cancellation).
+  variance: exact, no E[x^2] - E[x]^2 cancellation): ``unet.group_norm_channels_last`` itself,
+  whose code was inlined here when the 20261125T0418 record was made.
 
 Usage (GPU): python benchmarks/groupnorm_layouts.py [--out results/bench/groupnorm-....json]
 """
@@ -37,17 +38,10 @@ def group_view(x, G, w, b, scale, shift):
     return F.silu(y * (1 + scale) + shift).to(torch.bfloat16)
 
 
-def per_channel(x, G, w, b, scale, shift):
-    B, C, H, W = x.shape
-    xf = x.float()
-    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)          # (B, C)
-    mean_c, var_c = mean_c.view(B, G, C // G), var_c.view(B, G, C // G)
-    mean = mean_c.mean(-1, keepdim=True)
-    var = var_c.mean(-1, keepdim=True) + (mean_c - mean).pow(2).mean(-1, keepdim=True)
-    rstd = torch.rsqrt(var + 1e-5)
-    mean = mean.expand(B, G, C // G).reshape(B, C, 1, 1)
-    rstd = rstd.expand(B, G, C // G).reshape(B, C, 1, 1)
-    y = (xf - mean) * rstd * w[:, None, None] + b[:, None, None]
+def per_channel(x, G, w, b, scale, shift):  # what the UNet runs (unet.group_norm_channels_last)
+    from jdcl_bench.jdcl.unet import group_norm_channels_last
+
+    y = group_norm_channels_last(x, G, w, b, 1e-5)
     return F.silu(y * (1 + scale) + shift).to(torch.bfloat16)
 
 
