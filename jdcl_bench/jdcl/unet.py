@@ -90,6 +90,12 @@ def count_parameters(module: nn.Module) -> int:
 # building blocks
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last and not also plain contiguous (as a 1x1 map would be):
+    the inputs the layout-keeping forms below are for."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that keeps a channels_last input channels_last, forward and backward.
 
@@ -108,8 +114,7 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout_preserving and x.dim() == 4 and not x.is_contiguous() \
-                and x.is_contiguous(memory_format=torch.channels_last):
+        if self.layout_preserving and is_channels_last(x):
             return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
@@ -202,7 +207,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
-        if self.layout_preserving and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if self.layout_preserving and is_channels_last(x):
             return x + self._tokens(self.norm(x))
         # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors, head_dim the unit-stride axis
         qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)
@@ -405,7 +410,7 @@ class _SplitBatch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: torch.Tensor, n: int):
-        ctx.channels_last = m.dim() == 4 and not m.is_contiguous() and m.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = is_channels_last(m)
         return m[:n], m[n:]
 
     @staticmethod
