@@ -316,9 +316,14 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
             f"DDIM-{s.ddim_steps} {sample_ips:.1f} img/s (batch {s.gen_batch})")
         if s.profile and device.type == "cuda" and optimised:
             # every optimised path keeps its own profile (before, each faster path's replaced the last)
+            # each in the mode it was timed in: sampling runs the model in eval mode (no dropout);
+            # before 2026-11-25 both were profiled in train mode, so eps_eval profiles up to then
+            # include dropout kernels the timed ε evaluation never ran
             p.model.train()
-            prof = {"train_step": {**kernel_breakdown(lambda: p.train_step(batch)), "images": s.batch},
-                    "eps_eval": {**kernel_breakdown(lambda: p.eps(x, t), no_grad=True), "images": s.gen_batch}}
+            prof = {"train_step": {**kernel_breakdown(lambda: p.train_step(batch)), "images": s.batch}}
+            p.model.eval()
+            prof["eps_eval"] = {**kernel_breakdown(lambda: p.eps(x, t), no_grad=True), "images": s.gen_batch,
+                                "model_mode": "eval"}
             out["paths"][name]["profile"] = prof
             log(f"{s.config} {name} profile: " + "; ".join(
                 f"{k}: " + ", ".join(f"{c} {v:.0f}%" for c, v in prof[k]["share_pct"].items()) for k in prof))
@@ -356,7 +361,7 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
-def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 12) -> dict:
+def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 25) -> dict:
     """GPU kernel time of ``fn`` by kind, from torch.profiler over ``repeats`` calls (after one warm call)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -376,13 +381,14 @@ def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 12)
             continue
         kind = kernel_kind(e.key)
         kinds[kind] = kinds.get(kind, 0.0) + us
-        kernels.append((us, e.key, kind))
+        kernels.append((us, e.key, kind, e.count / repeats))
     total = sum(kinds.values()) or 1.0
     kernels.sort(reverse=True)
     return {"gpu_ms_per_call": total / repeats / 1000,
             "share_pct": {k: 100 * v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kind}
-                            for us, n, kind in kernels[:top]],
+            # launches per call: inductor reuses one kernel for every block of the same shape
+            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kind, "launches": c}
+                            for us, n, kind, c in kernels[:top]],
             "top_ops": _top_ops(fn, ctx, top)}
 
 
