@@ -13,6 +13,11 @@
   compiles with them, timed next to the default compiled path: a config experiment in one process.
   ``optimised_bf16_compiled_nchw_blocks`` (on request) runs GroupNorm and attention in their NCHW
   forms, i.e. the UNet before its layout-keeping blocks: what those bought, in one process.
+  ``optimised_bf16_cudagraphs_prev_blocks`` (on request) is the CUDA-graph path with the
+  upsampling, attention-input cast and decoder concatenation as they were before the sub-pixel
+  upsampling (``unet.Upsample``): what those bought, in one process. The fp32 reference always
+  runs the literal upsampling (interpolate, then a 3x3 convolution), so parity checks the
+  sub-pixel form against it.
 
 On CUDA a profile of every optimised path splits the GPU time of one training step and one ε evaluation
 into convolutions, matrix multiplies, attention, Triton-generated fused kernels (norms, activations,
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
-from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, UNetConfig, count_parameters
+from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, UNetConfig, Upsample, count_parameters
 
 
 @dataclass
@@ -66,6 +71,9 @@ class PathSpec:
     channels_last: bool = True
     options: bool = False         # torch.compile(options=settings.inductor_options)
     nchw_blocks: bool = False     # norm and attention in their NCHW forms (the UNet before 2026-11-25)
+    # upsampling, attention input and decoder concatenation as they were before 2026-11-25's second
+    # session: interpolate + 3x3 conv, the attention input cast by autocast, torch.cat
+    prev_blocks: bool = False
     on_request: bool = False
 
 
@@ -76,7 +84,9 @@ PATHS = (PathSpec("reference_fp32_eager", optimised=False, channels_last=False),
          PathSpec("optimised_bf16_compiled_contiguous", compiled=True, channels_last=False, on_request=True),
          PathSpec("optimised_bf16_compiled_nchw_blocks", compiled=True, nchw_blocks=True, on_request=True),
          PathSpec("optimised_bf16_compiled_options", compiled=True, options=True, on_request=True),
-         PathSpec("optimised_bf16_cudagraphs", compiled=True, mode="reduce-overhead"))
+         PathSpec("optimised_bf16_cudagraphs", compiled=True, mode="reduce-overhead"),
+         PathSpec("optimised_bf16_cudagraphs_prev_blocks", compiled=True, mode="reduce-overhead", prev_blocks=True,
+                  on_request=True))
 PATH_NAMES = tuple(p.name for p in PATHS)
 
 
@@ -146,13 +156,18 @@ class Path:
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
                  mode: str | None = None, channels_last: bool = True, options: dict | None = None,
-                 nchw_blocks: bool = False):
+                 nchw_blocks: bool = False, prev_blocks: bool = False):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
         for m in self.model.modules():
             if isinstance(m, (GroupNorm, AttentionBlock)):
                 m.layout_preserving = not nchw_blocks
+            if isinstance(m, AttentionBlock):
+                m.cast_early = not prev_blocks
+            if isinstance(m, Upsample):  # the reference keeps the official arithmetic: interpolate, then conv
+                m.subpixel = optimised and not prev_blocks
+        self.model.layout_cat = not prev_blocks
         if optimised and channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
@@ -284,7 +299,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
         name, optimised = spec.name, spec.optimised
         p = Path(cfg, state, device, optimised=optimised, compile=spec.compiled, mode=spec.mode,
                  channels_last=spec.channels_last, options=s.inductor_options if spec.options else None,
-                 nchw_blocks=spec.nchw_blocks)
+                 nchw_blocks=spec.nchw_blocks, prev_blocks=spec.prev_blocks)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

@@ -190,6 +190,20 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype autocast would give the next matrix multiply (unchanged outside autocast).
+
+    The cast autocast makes anyway, made where the value is produced: GroupNorm's output is fp32,
+    and the attention's token reshape between it and the qkv matmul made torch.compile store the
+    fp32 map and cast it in a kernel of its own (an fp32 write and read of every attention input:
+    2000 x 256 x 16 x 16 x 4 bytes per block when sampling, results/bench/). Cast first, the norm
+    kernel writes the bf16 tokens itself."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
 class AttentionBlock(nn.Module):
     """Full self-attention over the H*W positions of a feature map (residual, zero-init proj)."""
 
@@ -204,11 +218,16 @@ class AttentionBlock(nn.Module):
     # off: the NCHW form for every input (the bench times it against the token form)
     layout_preserving: bool = True
 
+    # cast the norm's output for the qkv matmul right away (autocast_input); off on the bench path
+    # that times the blocks as they were before
+    cast_early: bool = True
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
         if self.layout_preserving and is_channels_last(x):
-            return x + self._tokens(self.norm(x))
+            h = self.norm(x)
+            return x + self._tokens(autocast_input(h) if self.cast_early else h)
         # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors, head_dim the unit-stride axis
         qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)
@@ -242,12 +261,58 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling, then a 3x3 convolution (LDM's conv resampling).
+
+    ``subpixel`` (the default) computes the same function without building the upsampled map:
+    each of the four output phases (even/odd row, even/odd column) is a 2x2 convolution of the
+    low-resolution input whose taps are sums of the 3x3 taps that land on the same input pixel
+    (:func:`upsample_conv`). That is 16 instead of 36 multiply-adds per input pixel and channel
+    pair, and no 4x-sized map to write, read and (in the backward) scatter-add back. The
+    weights are the 3x3 ones, so checkpoints are unchanged. ``subpixel = False`` is the literal form
+    (the bench's fp32 reference runs it)."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
+    subpixel: bool = True
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        if self.subpixel:
+            return upsample_conv(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2-tap kernels along ``dim`` (a 3-tap axis) of the even and odd output phases.
+
+    Nearest 2x upsampling repeats input row i at output rows 2i and 2i+1, so the 3x3 kernel's taps
+    at offsets -1, 0, +1 read, for output row 2i, input rows i-1, i, i (taps 0 | 1+2) and, for
+    row 2i+1, input rows i, i, i+1 (taps 0+1 | 2)."""
+    t0, t1, t2 = w.unbind(dim)
+    return torch.stack([t0, t1 + t2], dim), torch.stack([t0 + t1, t2], dim)
+
+
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a
+    3x3 ``weight``, computed on the low-resolution ``x`` (same function; the summed taps round
+    differently, by the input dtype's precision).
+
+    One 2x2 convolution with padding 1 makes all four phases at once (4 * C_out channels, an
+    (H+1) x (W+1) map): phase (a, b)'s output pixel (i, j) sits at (i + a, j + b) of its channel
+    block. The interleave into (2H, 2W) is done on the (B, H, W, C) view, so a channels_last input
+    gives a channels_last output without a transpose."""
+    B, _, H, W = x.shape
+    c_out = weight.shape[0]
+    kernels = [kc for kr in _phase_taps(weight, 2) for kc in _phase_taps(kr, 3)]  # (a, b) = 00, 01, 10, 11
+    full = F.conv2d(x, torch.cat(kernels), padding=1)  # (B, 4 * C_out, H + 1, W + 1)
+    nhwc = full.permute(0, 2, 3, 1).unflatten(3, (2, 2, c_out))  # (B, H+1, W+1, a, b, C_out)
+    rows = [nhwc[:, a:a + H, :, a] for a in (0, 1)]  # (B, H, W+1, b, C_out)
+    phases = [torch.stack([r[:, :, b:b + W, b] for b in (0, 1)], dim=3) for r in rows]  # (B, H, W, 2, C_out)
+    y = torch.stack(phases, dim=2).reshape(B, 2 * H, 2 * W, c_out).permute(0, 3, 1, 2)
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1).to(y.dtype)
+    return y.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
 
 
 class EmbSequential(nn.ModuleList):
@@ -331,6 +396,10 @@ class JointUNet(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.num_classes),
         )
 
+    # the decoder's concatenation keeps gradients channels_last (cat_channels); the bench turns
+    # this off on the path that times the blocks as they were before
+    layout_cat: bool = True
+
     # --- internals
 
     def _emb(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -353,7 +422,7 @@ class JointUNet(nn.Module):
 
     def _decode(self, h: torch.Tensor, hs: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         for b, skip in zip(self.output_blocks, reversed(hs)):
-            h = b(torch.cat([h, skip], dim=1), emb)
+            h = b(cat_channels(h, skip, layout_keeping=self.layout_cat), emb)
         return self.out(h)
 
     @staticmethod
@@ -422,3 +491,32 @@ class _SplitBatch(torch.autograd.Function):
 def split_batch(m: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` samples and the rest, as views; gradients come back in ``m``'s layout."""
     return _SplitBatch.apply(m, n)
+
+
+class _CatChannels(torch.autograd.Function):
+    """``torch.cat([a, b], dim=1)`` whose backward gives ``a`` and ``b`` gradients in their layout.
+
+    Autograd's backward of a channel concatenation hands each input a channel slice of the
+    gradient; for channels_last maps that slice is strided (every pixel's channels are split),
+    and cuDNN's convolution_backward copies it before use (the decoder's share of the
+    ``direct_copy_kernel`` launches in the compiled step's profile, results/bench/). Made contiguous
+    here, the copy is a pointwise op the compiled backward can fuse into the kernel that produced
+    the gradient."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor):
+        ctx.split = a.shape[1]
+        return torch.cat([a, b], dim=1)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        ga, gb = g[:, :ctx.split], g[:, ctx.split:]
+        return ga.contiguous(memory_format=torch.channels_last), gb.contiguous(memory_format=torch.channels_last)
+
+
+def cat_channels(a: torch.Tensor, b: torch.Tensor, layout_keeping: bool = True) -> torch.Tensor:
+    """The decoder's ``torch.cat([a, b], dim=1)``; for two channels_last maps through
+    :class:`_CatChannels` unless ``layout_keeping`` is off."""
+    if layout_keeping and is_channels_last(a) and is_channels_last(b):
+        return _CatChannels.apply(a, b)
+    return torch.cat([a, b], dim=1)
