@@ -14,8 +14,9 @@
   ``optimised_bf16_compiled_nchw_blocks`` (on request) runs GroupNorm and attention in their NCHW
   forms, i.e. the UNet before its layout-keeping blocks: what those bought, in one process.
   ``optimised_bf16_cudagraphs_prev_blocks`` (on request) is the CUDA-graph path with the
-  upsampling, attention-input cast and decoder concatenation as they were before the sub-pixel
-  upsampling (``unet.Upsample``): what those bought, in one process. The fp32 reference always
+  upsampling, attention-input cast, decoder concatenation and norm-activation steps as they were
+  before the sub-pixel upsampling (``unet.Upsample``) and ``unet.norm_act``: what those bought,
+  in one process. The fp32 reference always
   runs the literal upsampling (interpolate, then a 3x3 convolution), so parity checks the
   sub-pixel form against it.
 
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
-from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, UNetConfig, Upsample, count_parameters
+from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, ResBlock, UNetConfig, Upsample, count_parameters
 
 
 @dataclass
@@ -71,8 +72,9 @@ class PathSpec:
     channels_last: bool = True
     options: bool = False         # torch.compile(options=settings.inductor_options)
     nchw_blocks: bool = False     # norm and attention in their NCHW forms (the UNet before 2026-11-25)
-    # upsampling, attention input and decoder concatenation as they were before 2026-11-25's second
-    # session: interpolate + 3x3 conv, the attention input cast by autocast, torch.cat
+    # upsampling, attention input, decoder concatenation and norm-activation steps as they were
+    # before 2026-11-25's second session: interpolate + 3x3 conv, the attention input cast by
+    # autocast, torch.cat, GroupNorm / FiLM / SiLU / dropout as separate modules
     prev_blocks: bool = False
     on_request: bool = False
 
@@ -165,6 +167,8 @@ class Path:
                 m.layout_preserving = not nchw_blocks
             if isinstance(m, AttentionBlock):
                 m.cast_early = not prev_blocks
+            if isinstance(m, (ResBlock, JointUNet)):
+                m.fused_norm_act = not prev_blocks
             if isinstance(m, Upsample):  # the reference keeps the official arithmetic: interpolate, then conv
                 m.subpixel = optimised and not prev_blocks
         self.model.layout_cat = not prev_blocks

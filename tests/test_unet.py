@@ -224,3 +224,110 @@ def test_forward_joint_gradients_keep_channels_last_and_match_nchw():
     assert len(layouts) == len(model_cl.input_blocks) + 2 and all(layouts)
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def _norm_act_reference(x, w, b, scale, shift, keep, groups, eps, keep_prob):
+    n = F.group_norm(x, groups, w, b, eps)
+    if scale is not None:
+        n = n * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    out = F.silu(n)
+    return out if keep is None else out * keep / keep_prob
+
+
+@pytest.mark.parametrize("film", [True, False])
+def test_norm_act_matches_the_module_composition_with_grads(film):
+    # the fused norm-FiLM-SiLU-dropout with its written-out backward against autograd through
+    # torch's GroupNorm, in float64 (the function computes in fp32): output and every gradient
+    from jdcl_bench.jdcl.unet import _NormAct
+
+    g = torch.Generator().manual_seed(3)
+    B, C, H, W, G = 3, 8, 5, 4, 4
+    x = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(C, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    scale = torch.randn(B, C, generator=g, dtype=torch.float64) if film else None
+    shift = torch.randn(B, C, generator=g, dtype=torch.float64) if film else None
+    keep = (torch.rand(B, C, H, W, generator=g) > 0.3).double() if film else None
+    inputs = [t.requires_grad_() for t in (x, w, b, scale, shift) if t is not None]
+    ours = _NormAct.apply(x, w, b, scale, shift, keep, G, 1e-5, 0.7)
+    ref = _norm_act_reference(x, w, b, scale, shift, keep, G, 1e-5, 0.7)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(ours, inputs, grad_out.float()), torch.autograd.grad(ref, inputs, grad_out)):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max().item())
+
+
+def test_norm_act_holds_for_a_large_mean_and_drops_as_dropout():
+    from jdcl_bench.jdcl.unet import GroupNorm, norm_act
+
+    g = torch.Generator().manual_seed(4)
+    norm = GroupNorm(4, 16)
+    # mean 300, std 0.01: the statistics must not cancel (truth: float64 arithmetic on the same
+    # fp32 input; torch's fp32 kernel as the bar)
+    x = (torch.randn(2, 16, 8, 8, generator=g) * 0.01 + 300.0)
+    truth = F.silu(F.group_norm(x.double(), 4, norm.weight.double(), norm.bias.double(), norm.eps))
+    err_torch = (F.silu(F.group_norm(x, 4, norm.weight, norm.bias, norm.eps)).double() - truth).abs().max()
+    ours = norm_act(norm, x.contiguous(memory_format=torch.channels_last))
+    assert (ours.double() - truth).abs().max() <= 2 * err_torch + 1e-6
+    # training with p = 0.5: about half the values zeroed, the rest scaled by 2
+    torch.manual_seed(0)
+    dropped = norm_act(norm, x.contiguous(memory_format=torch.channels_last), dropout=0.5, training=True)
+    zero = dropped == 0
+    assert 0.4 < zero.float().mean() < 0.6
+    torch.testing.assert_close(dropped[~zero], 2 * ours[~zero])
+
+
+def test_resblock_fused_form_matches_the_modules_with_grads():
+    from jdcl_bench.jdcl.unet import ResBlock
+
+    torch.manual_seed(5)
+    block = ResBlock(16, 32, 24, dropout=0.1).eval()
+    for p in block.parameters():  # the zero-initialised output conv would hide the second half
+        torch.nn.init.normal_(p, 0, 0.2)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    emb = torch.randn(2, 24)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_ref, out = block(x, emb), block(x_cl, emb)
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
+    g_ref = torch.autograd.grad(out_ref.pow(2).sum(), [x] + list(block.parameters()))
+    g = torch.autograd.grad(out.pow(2).sum(), [x_cl] + list(block.parameters()))
+    # absolute tolerance on the gradients' overall scale: the first conv's bias has an exactly zero
+    # gradient here (32 groups of one channel: the second norm removes any per-channel constant)
+    scale = max(r.abs().max().item() for r in g_ref)
+    for a, r in zip(g, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6 * scale)
+    assert g[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 3), (1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subpixel_upsample_equals_interpolate_then_conv(size, channels_last):
+    from jdcl_bench.jdcl.unet import upsample_conv
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 6, *size, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(7, 6, 3, 3, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (x, w, b)]
+    ours = upsample_conv(x, w, b)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    torch.testing.assert_close(ours, ref)
+    assert ours.is_contiguous(memory_format=torch.channels_last if channels_last and size != (1, 1) else torch.contiguous_format)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(ours, inputs, grad_out), torch.autograd.grad(ref, inputs, grad_out)):
+        torch.testing.assert_close(a, r)
+
+
+def test_decoder_concatenation_returns_channels_last_gradients():
+    from jdcl_bench.jdcl.unet import cat_channels
+
+    a = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(2, 5, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = cat_channels(a, b)
+    torch.testing.assert_close(y, torch.cat([a, b], dim=1))
+    weights = torch.randn(y.shape)
+    (y * weights).sum().backward()
+    torch.testing.assert_close(a.grad, weights[:, :3])
+    torch.testing.assert_close(b.grad, weights[:, 3:])
+    for grad in (a.grad, b.grad):  # autograd's own cat backward gives strided channel slices
+        assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()

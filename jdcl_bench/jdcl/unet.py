@@ -151,6 +151,89 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
     return y
 
 
+def _group_stats(xf: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm's mean and 1/std per (sample, group) of an fp32 map, expanded to (B, C):
+    per-channel statistics first, then per group (as :func:`group_norm_channels_last`)."""
+    B, C = xf.shape[:2]
+    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
+    mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
+    mean = mean_c.mean(-1, keepdim=True)
+    var = var_c.mean(-1, keepdim=True) + (mean_c - mean).pow(2).mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    return mean.expand(B, groups, C // groups).reshape(B, C), rstd.expand(B, groups, C // groups).reshape(B, C)
+
+
+def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, C) -> the mean over each group's channels, broadcast back to (B, C)."""
+    B, C = v.shape
+    return v.view(B, groups, C // groups).mean(-1, keepdim=True).expand(B, groups, C // groups).reshape(B, C)
+
+
+class _NormAct(torch.autograd.Function):
+    """silu(GroupNorm(x) * (1 + scale) + shift) * keep / keep_prob in one function with a
+    backward written out: one reduction pass over (x, grad) for two sums per (sample, channel),
+    then one element-wise pass for the input gradient.
+
+    Left to autograd, the composition's backward made torch.compile store three fp32 maps per
+    block between its reduction and element-wise kernels (x - mean, the FiLM output, a gradient
+    term; one of them in NCHW order): about 18 bf16-map sizes of memory traffic per decoder block
+    at 32x32 in the H100 training step, where this needs about 7 (results/bench/). The arithmetic
+    is the composition's: the same statistics (:func:`_group_stats`), (x - mean) * a + c in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, keep, groups: int, eps: float, keep_prob: float):
+        xf = x.float()
+        mean, rstd = _group_stats(xf, groups, eps)
+        gamma = weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(mean)
+        c = bias.float()[None] * (1 + scale.float()) if scale is not None else bias.float()[None].expand_as(mean)
+        if shift is not None:
+            c = c + shift.float()
+        a = rstd * gamma  # f = (x - mean) * a + c
+        f = (xf - mean[:, :, None, None]) * a[:, :, None, None] + c[:, :, None, None]
+        out = F.silu(f)
+        if keep is not None:
+            out = out * keep * (1.0 / keep_prob)
+        ctx.save_for_backward(x, mean, rstd, gamma, a, c, weight, bias, scale, keep)
+        ctx.groups, ctx.keep_prob = groups, keep_prob
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, mean, rstd, gamma, a, c, weight, bias, scale, keep = ctx.saved_tensors
+        B, C, H, W = x.shape
+        xc = x.float() - mean[:, :, None, None]
+        f = xc * a[:, :, None, None] + c[:, :, None, None]
+        sig = torch.sigmoid(f)
+        dg = dout.float() if keep is None else dout.float() * keep * (1.0 / ctx.keep_prob)
+        df = dg * sig * (1 + f * (1 - sig))
+        s1 = df.sum(dim=(2, 3))          # (B, C): sum of df
+        s2 = (df * xc).sum(dim=(2, 3))   # (B, C): sum of df * (x - mean)
+        # through the normalisation: dx = a * df - rstd * mean_g(gamma * s1) / HW
+        #                                 - (x - mean) * rstd^3 * mean_g(gamma * s2) / HW
+        hw = H * W
+        k1 = -rstd * _per_group_mean(gamma * s1, ctx.groups) / hw
+        k2 = -rstd.pow(3) * _per_group_mean(gamma * s2, ctx.groups) / hw
+        dx = df * a[:, :, None, None] + xc * k2[:, :, None, None] + k1[:, :, None, None]
+        s2n = s2 * rstd  # sum of df * x_hat
+        d_weight = ((1 + scale.float()) * s2n if scale is not None else s2n).sum(0)
+        d_bias = ((1 + scale.float()) * s1 if scale is not None else s1).sum(0)
+        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if scale is not None else None
+        d_shift = s1 if ctx.needs_input_grad[4] else None
+        return (dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype),
+                None if d_scale is None else d_scale.to(scale.dtype), d_shift, None, None, None, None)
+
+
+def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
+             shift: torch.Tensor | None = None, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """``dropout(silu(norm(x) * (1 + scale) + shift))`` (scale, shift: (B, C) or None) through
+    :class:`_NormAct`; fp32 out, as autocast's GroupNorm. The keep mask is drawn outside the
+    function (``torch.rand``, the same Bernoulli(1 - p) as ``nn.Dropout``; another stream)."""
+    keep = None
+    if training and dropout > 0:
+        keep = (torch.rand(x.shape, device=x.device) >= dropout).to(torch.float32)
+    return _NormAct.apply(x, norm.weight, norm.bias, scale, shift, keep, norm.num_groups, norm.eps, 1.0 - dropout)
+
+
 def norm(channels: int) -> GroupNorm:
     # 32 groups as in LDM whenever the width allows it; tiny test models get the largest group
     # count dividing their width, so every width works without special-casing configs
@@ -183,10 +266,24 @@ class ResBlock(nn.Module):
                                         zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
+    # channels_last input (the compiled path): norm, FiLM, SiLU and dropout through norm_act, whose
+    # written-out backward the compiler turns into two passes; off on the bench's before-path
+    fused_norm_act: bool = True
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.fused_norm_act and self.in_layers[0].layout_preserving and is_channels_last(x):
+            return self._fused(x, emb)
         h = self.in_layers(x)
         scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.out_layers(self.out_norm(h) * (1 + scale) + shift)
+        return self.skip(x) + h
+
+    def _fused(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The same block with its norm-activation steps through :func:`norm_act`."""
+        h = self.in_layers[2](norm_act(self.in_layers[0], x))
+        scale, shift = self.emb_layers(emb).chunk(2, dim=1)
+        drop = self.out_layers[1]
+        h = self.out_layers[2](norm_act(self.out_norm, h, scale, shift, drop.p, drop.training))
         return self.skip(x) + h
 
 
@@ -399,6 +496,8 @@ class JointUNet(nn.Module):
     # the decoder's concatenation keeps gradients channels_last (cat_channels); the bench turns
     # this off on the path that times the blocks as they were before
     layout_cat: bool = True
+    # the output head's norm-SiLU through norm_act (ResBlock.fused_norm_act does the same per block)
+    fused_norm_act: bool = True
 
     # --- internals
 
@@ -423,6 +522,8 @@ class JointUNet(nn.Module):
     def _decode(self, h: torch.Tensor, hs: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         for b, skip in zip(self.output_blocks, reversed(hs)):
             h = b(cat_channels(h, skip, layout_keeping=self.layout_cat), emb)
+        if self.fused_norm_act and self.out[0].layout_preserving and is_channels_last(h):
+            return self.out[2](norm_act(self.out[0], h))
         return self.out(h)
 
     @staticmethod
