@@ -231,7 +231,7 @@ def _norm_act_reference(x, w, b, scale, shift, keep, groups, eps, keep_prob):
     if scale is not None:
         n = n * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
     out = F.silu(n)
-    return out if keep is None else out * keep / keep_prob
+    return out if keep is None else out * keep.double() / keep_prob
 
 
 @pytest.mark.parametrize("film", [True, False])
@@ -246,7 +246,7 @@ def test_norm_act_matches_the_module_composition_with_grads(film):
     w, b = torch.randn(C, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
     scale = torch.randn(B, C, generator=g, dtype=torch.float64) if film else None
     shift = torch.randn(B, C, generator=g, dtype=torch.float64) if film else None
-    keep = (torch.rand(B, C, H, W, generator=g) > 0.3).double() if film else None
+    keep = (torch.rand(B, C, H, W, generator=g) > 0.3) if film else None  # bool, as norm_act draws it
     inputs = [t.requires_grad_() for t in (x, w, b, scale, shift) if t is not None]
     ours = _NormAct.apply(x, w, b, scale, shift, keep, G, 1e-5, 0.7)
     ref = _norm_act_reference(x, w, b, scale, shift, keep, G, 1e-5, 0.7)

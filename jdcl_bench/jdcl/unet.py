@@ -227,10 +227,13 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
              shift: torch.Tensor | None = None, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
     """``dropout(silu(norm(x) * (1 + scale) + shift))`` (scale, shift: (B, C) or None) through
     :class:`_NormAct`; fp32 out, as autocast's GroupNorm. The keep mask is drawn outside the
-    function (``torch.rand``, the same Bernoulli(1 - p) as ``nn.Dropout``; another stream)."""
+    function (``torch.rand_like``, the same Bernoulli(1 - p) as ``nn.Dropout``; another stream)."""
     keep = None
     if training and dropout > 0:
-        keep = (torch.rand(x.shape, device=x.device) >= dropout).to(torch.float32)
+        # a bool mask in x's layout: an fp32 NCHW one (torch.rand(x.shape)) made the compiled
+        # forward write and the backward read 4 bytes per value across the map's layout, 5x slower
+        # than autograd's dropout (H100 profile, results/bench/...20261125T072827.json)
+        keep = torch.rand_like(x, dtype=torch.float32) >= dropout
     return _NormAct.apply(x, norm.weight, norm.bias, scale, shift, keep, norm.num_groups, norm.eps, 1.0 - dropout)
 
 
