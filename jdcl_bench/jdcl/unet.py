@@ -133,17 +133,9 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
     (B, G, C/G, H, W) view directly gives the same numbers but compiled 1.5x slower forward and
     2.4x slower forward + backward on an H100 (benchmarks/groupnorm_layouts.py,
     results/bench/groupnorm-NVIDIA_H100_80GB_HBM3-20261125T0418.json)."""
-    B, C, H, W = x.shape
     xf = x.float()
-    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)  # (B, C)
-    mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
-    mean = mean_c.mean(-1, keepdim=True)
-    var = var_c.mean(-1, keepdim=True) + (mean_c - mean).pow(2).mean(-1, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    # back to one value per channel, broadcast over H, W
-    mean = mean.expand(B, groups, C // groups).reshape(B, C, 1, 1)
-    rstd = rstd.expand(B, groups, C // groups).reshape(B, C, 1, 1)
-    y = (xf - mean) * rstd
+    mean, rstd = _group_stats(xf, groups, eps)  # (B, C): one value per channel, broadcast over H, W
+    y = (xf - mean[:, :, None, None]) * rstd[:, :, None, None]
     if weight is not None:
         y = y * weight.float()[:, None, None]
     if bias is not None:
