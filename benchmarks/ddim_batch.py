@@ -1,0 +1,90 @@
+"""DDIM sampling rate of the paper-config joint model against the generation batch size.
+
+``jdcl-bench bench`` times the ε evaluation at the recipe's generation batch (2000 images per
+sampler call). The sampler only runs per-sample ops, so how a replay request is split into calls
+changes the speed, not the samples. This times one ε evaluation of the optimised path (bf16,
+channels_last, compiled with CUDA graphs, eval mode: what ``ddim_sample`` calls 250 times) at
+several batch sizes in one process, with each size's GPU time split by kernel kind, so the record
+shows whether the element-wise kernels gain when a layer's activations fit in the 50 MB L2 cache.
+
+Usage (GPU): python benchmarks/ddim_batch.py [--batch 128 --batch 2000 ...] [--inductor-option K=V]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="paper")
+    ap.add_argument("--batch", type=int, action="append", help="generation batch sizes (repeatable)")
+    ap.add_argument("--steps", type=int, default=250, help="DDIM steps the rate is reported for")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--mode", default="reduce-overhead", help="torch.compile mode")
+    ap.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args()
+    batches = args.batch or [128, 256, 512, 1000, 2000]
+
+    import torch._inductor.config as icfg
+
+    from jdcl_bench.bench import device_info, flops_per_image, kernel_breakdown, median_time, unet_config
+    from jdcl_bench.jdcl.unet import JointUNet
+    from jdcl_bench.records import atomic_write_bytes, code_version, now
+
+    for kv in args.inductor_option:
+        key, value = kv.split("=", 1)
+        setattr(icfg, key, {"True": True, "False": False}.get(value, value))
+    dev = torch.device("cuda")
+    cfg = unet_config(args.config)
+    torch.manual_seed(0)
+    model = JointUNet(cfg)
+    with torch.no_grad():  # a trained-looking model, as the bench's (zero-init convs otherwise)
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    flops = flops_per_image(cfg, dev)["eps_eval"]
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
+              "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
+    path = Path(args.out) / f"ddim-batch-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    for n in batches:
+        torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
+        eps_model = torch.compile(model, mode=args.mode, dynamic=False)
+        x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev)
+        t = torch.full((n,), 500, device=dev, dtype=torch.long)
+
+        def call():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return eps_model(x, t)
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            call(), call()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            sec = median_time(call, dev, 3, args.iters)
+        row = {"eps_eval_ms": 1000 * sec, "ddim_images_per_s": n / (sec * args.steps),
+               "tflops": n * flops / sec / 1e12, "compile_s": first}
+        if not args.no_profile:
+            prof = kernel_breakdown(call, no_grad=True, top=12)
+            row["gpu_ms_per_call"] = prof["gpu_ms_per_call"]
+            row["gpu_ms_by_kind"] = {k: prof["gpu_ms_per_call"] * v / 100 for k, v in prof["share_pct"].items()}
+            row["top_kernels"] = prof["top_kernels"]
+        record["batches"][str(n)] = row
+        print(f"batch {n:5d}: ε {1000 * sec:8.2f} ms, DDIM-{args.steps} {row['ddim_images_per_s']:6.1f} img/s, "
+              f"{row['tflops']:.0f} TFLOP/s" + ("" if args.no_profile else ", GPU ms by kind " + ", ".join(
+                  f"{k.split(' ')[0]} {v:.2f}" for k, v in row["gpu_ms_by_kind"].items())), flush=True)
+        atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured
+        del eps_model
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
