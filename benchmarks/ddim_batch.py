@@ -28,6 +28,10 @@ def main() -> None:
     ap.add_argument("--mode", default="reduce-overhead", help="torch.compile mode")
     ap.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--streams", type=int, default=0,
+                    help="instead of mode=..., split each batch into this many parts, each a CUDA graph of the "
+                         "default-mode compiled model captured on a stream of its own, replayed concurrently")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
     batches = args.batch or [128, 256, 512, 1000, 2000]
@@ -42,6 +46,7 @@ def main() -> None:
         key, value = kv.split("=", 1)
         setattr(icfg, key, {"True": True, "False": False}.get(value, value))
     dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     cfg = unet_config(args.config)
     torch.manual_seed(0)
     model = JointUNet(cfg)
@@ -56,13 +61,16 @@ def main() -> None:
     path = Path(args.out) / f"ddim-batch-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     for n in batches:
         torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
-        eps_model = torch.compile(model, mode=args.mode, dynamic=False)
         x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev)
         t = torch.full((n,), 500, device=dev, dtype=torch.long)
+        if args.streams:
+            call = concurrent_graphs(model, x, t, args.streams)
+        else:
+            eps_model = torch.compile(model, mode=args.mode, dynamic=False)
 
-        def call():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return eps_model(x, t)
+            def call():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return eps_model(x, t)
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -82,8 +90,46 @@ def main() -> None:
               f"{row['tflops']:.0f} TFLOP/s" + ("" if args.no_profile else ", GPU ms by kind " + ", ".join(
                   f"{k.split(' ')[0]} {v:.2f}" for k, v in row["gpu_ms_by_kind"].items())), flush=True)
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured
-        del eps_model
+        del call
     print(f"wrote {path}")
+
+
+def concurrent_graphs(model, x, t, parts: int):
+    """ε of ``x`` as ``parts`` CUDA graphs (one per slice of the batch), each captured on its own
+    stream with its own memory pool, replayed on those streams at once: the GPU may run one part's
+    memory-bound norm kernels while another part's convolutions run."""
+    compiled = torch.compile(model, dynamic=False)
+    xs, ts = x.chunk(parts), t.chunk(parts)
+    streams = [torch.cuda.Stream() for _ in range(parts)]
+
+    def eps(i):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return compiled(xs[i], ts[i])
+
+    for s in streams:  # compile and warm up off the capture
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(parts):
+                eps(i)
+    torch.cuda.synchronize()
+    graphs, outs = [], []
+    for i, s in enumerate(streams):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s):
+            outs.append(eps(i))
+        graphs.append(g)
+
+    def call():
+        cur = torch.cuda.current_stream()
+        for g, s in zip(graphs, streams):
+            s.wait_stream(cur)
+            with torch.cuda.stream(s):
+                g.replay()
+        for s in streams:
+            cur.wait_stream(s)
+        return outs
+
+    return call
 
 
 if __name__ == "__main__":
