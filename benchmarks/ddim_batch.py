@@ -60,9 +60,11 @@ def main() -> None:
     for m in model.modules():
         if hasattr(m, "triton_infer"):
             m.triton_infer = not args.cudnn_infer
+    t_start = time.perf_counter()
     flops = flops_per_image(cfg, dev)["eps_eval"]
     parity = eps_parity(model, cfg, dev)
-    print(f"parity (eager, batch 256, relative to the fp32 model): {parity}", flush=True)
+    print(f"parity (eager, batch 256, relative to the fp32 model; {time.perf_counter() - t_start:.0f} s in): {parity}",
+          flush=True)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "eps_parity": parity,
               "batches": {}}

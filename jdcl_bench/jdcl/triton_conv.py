@@ -56,7 +56,7 @@ def supports(batch: int, c_in: int, height: int, width: int, c_out: int) -> bool
 
 if triton is not None:
     @triton.jit
-    def _conv3x3_kernel(X, Wt, Bias, R, Y, TileMean, TileM2, H, W, M, CIN: tl.constexpr, COUT: tl.constexpr,
+    def _conv3x3_kernel(X, Wt, Bias, R, Y, TileMean, TileM2, H, W, CIN, COUT: tl.constexpr,
                         HAS_RES: tl.constexpr, STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr):
         num_n: tl.constexpr = COUT // BLOCK_N
@@ -113,7 +113,7 @@ def _launch(x, weight, bias, residual, stats: bool):
     res = residual.permute(0, 2, 3, 1).contiguous() if residual is not None else y
     block_n = c_out  # one N tile: the input tile is loaded once (64..256 output channels)
     _conv3x3_kernel[(tiles,)](xl, pack_weight(weight, dtype), bias.float().contiguous(), res, y, t_mean, t_m2,
-                              H, W, B * H * W, CIN=c_in, COUT=c_out, HAS_RES=residual is not None, STATS=stats,
+                              H, W, c_in, COUT=c_out, HAS_RES=residual is not None, STATS=stats,
                               BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K,
                               num_warps=4 if block_n <= 128 else 8, num_stages=3)
     return (y.permute(0, 3, 1, 2), t_mean.view(B, H * W // BLOCK_M if stats else 0, c_out),
