@@ -69,15 +69,21 @@ if triton is not None:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in tl.static_range(9):
-            ih = oh + (tap // 3 - 1)
-            iw = ow + (tap % 3 - 1)
+        # one loop over K = 9 taps x C_in, not a loop per tap: a long loop the compiler pipelines
+        # (loads for later steps in flight during the matrix multiply), where nine two-step loops
+        # each paid the pipeline's fill and drain
+        for kk in range(0, 9 * CIN, BLOCK_K):
+            tap = kk // CIN
+            k = kk - tap * CIN
+            dh = tap // 3 - 1
+            dw = tap % 3 - 1
+            ih = oh + dh
+            iw = ow + dw
             valid = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding
-            src = (offs_m + (tap // 3 - 1) * W + (tap % 3 - 1)) * CIN  # the neighbour's row of x
-            for k in range(0, CIN, BLOCK_K):
-                x = tl.load(X + src[:, None] + (k + offs_k)[None, :], mask=valid[:, None], other=0.0)
-                w = tl.load(Wt + (tap * CIN + k + offs_k)[:, None] * COUT + offs_n[None, :])
-                acc = tl.dot(x.to(Wt.dtype.element_ty), w, acc)  # bf16 on the GPU; fp32 in the interpreter
+            src = (offs_m + dh * W + dw) * CIN + k  # the neighbour's row of x, this K chunk
+            x = tl.load(X + src[:, None] + offs_k[None, :], mask=valid[:, None], other=0.0)
+            w = tl.load(Wt + (kk + offs_k)[:, None] * COUT + offs_n[None, :])
+            acc = tl.dot(x.to(Wt.dtype.element_ty), w, acc)  # bf16 on the GPU; fp32 in the interpreter
         acc += tl.load(Bias + offs_n)[None, :]
         out_ptr = offs_m[:, None] * COUT + offs_n[None, :]
         if HAS_RES:
