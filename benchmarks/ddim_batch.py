@@ -28,8 +28,6 @@ def main() -> None:
     ap.add_argument("--mode", default="reduce-overhead", help="torch.compile mode")
     ap.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--cudnn-infer", action="store_true",
-                    help="ResBlocks through cuDNN and separate kernels, not triton_conv (ResBlock.triton_infer off)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--streams", type=int, default=0,
                     help="instead of mode=..., split each batch into this many parts, each a CUDA graph of the "
@@ -57,17 +55,9 @@ def main() -> None:
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
-    for m in model.modules():
-        if hasattr(m, "triton_infer"):
-            m.triton_infer = not args.cudnn_infer
-    t_start = time.perf_counter()
     flops = flops_per_image(cfg, dev)["eps_eval"]
-    parity = eps_parity(model, cfg, dev)
-    print(f"parity (eager, batch 256, relative to the fp32 model; {time.perf_counter() - t_start:.0f} s in): {parity}",
-          flush=True)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
-              "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "eps_parity": parity,
-              "batches": {}}
+              "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
     path = Path(args.out) / f"ddim-batch-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     for n in batches:
         torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
@@ -102,28 +92,6 @@ def main() -> None:
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured
         del call
     print(f"wrote {path}")
-
-
-@torch.no_grad()
-def eps_parity(model, cfg, dev, n: int = 256) -> dict:
-    """One ε evaluation in eager mode, relative distance from the fp32 model: bf16 with the
-    ResBlocks through triton_conv, and bf16 through cuDNN and separate kernels."""
-    x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev,
-                    generator=torch.Generator(device=dev).manual_seed(1)).contiguous(memory_format=torch.channels_last)
-    t = torch.full((n,), 500, device=dev, dtype=torch.long)
-    blocks = [m for m in model.modules() if hasattr(m, "triton_infer")]
-    keep = [m.triton_infer for m in blocks]
-    ref = model(x, t).float()
-    out = {}
-    for name, on in (("triton_conv", True), ("cudnn", False)):
-        for m in blocks:
-            m.triton_infer = on
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            e = model(x, t).float()
-        out[f"bf16_{name}_rel_diff"] = float((e - ref).norm() / ref.norm())
-    for m, k in zip(blocks, keep):
-        m.triton_infer = k
-    return out
 
 
 def concurrent_graphs(model, x, t, parts: int):

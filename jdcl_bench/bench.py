@@ -16,9 +16,7 @@
   ``optimised_bf16_cudagraphs_prev_blocks`` (on request) is the CUDA-graph path with the
   upsampling, attention-input cast, decoder concatenation and norm-activation steps as they were
   before the sub-pixel upsampling (``unet.Upsample``) and ``unet.norm_act``: what those bought,
-  in one process. ``optimised_bf16_cudagraphs_cudnn_infer`` (on request) samples with cuDNN's
-  convolutions and separate norm-statistics and residual kernels instead of ``triton_conv``'s
-  fused epilogues (the training step is the same on both). The fp32 reference always
+  in one process. The fp32 reference always
   runs the literal upsampling (interpolate, then a 3x3 convolution), so parity checks the
   sub-pixel form against it.
 
@@ -78,9 +76,6 @@ class PathSpec:
     # before 2026-11-25's second session: interpolate + 3x3 conv, the attention input cast by
     # autocast, torch.cat, GroupNorm / FiLM / SiLU / dropout as separate modules
     prev_blocks: bool = False
-    # inference ResBlocks through cuDNN and separate element-wise kernels instead of triton_conv
-    # (whose epilogues take the norm statistics and the residual): what the kernel buys, one process
-    cudnn_infer: bool = False
     on_request: bool = False
 
 
@@ -93,8 +88,6 @@ PATHS = (PathSpec("reference_fp32_eager", optimised=False, channels_last=False),
          PathSpec("optimised_bf16_compiled_options", compiled=True, options=True, on_request=True),
          PathSpec("optimised_bf16_cudagraphs", compiled=True, mode="reduce-overhead"),
          PathSpec("optimised_bf16_cudagraphs_prev_blocks", compiled=True, mode="reduce-overhead", prev_blocks=True,
-                  on_request=True),
-         PathSpec("optimised_bf16_cudagraphs_cudnn_infer", compiled=True, mode="reduce-overhead", cudnn_infer=True,
                   on_request=True))
 PATH_NAMES = tuple(p.name for p in PATHS)
 
@@ -165,7 +158,7 @@ class Path:
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
                  mode: str | None = None, channels_last: bool = True, options: dict | None = None,
-                 nchw_blocks: bool = False, prev_blocks: bool = False, cudnn_infer: bool = False):
+                 nchw_blocks: bool = False, prev_blocks: bool = False):
         self.device, self.optimised = device, optimised
         self.model = JointUNet(cfg).to(device)
         self.model.load_state_dict(state)
@@ -176,8 +169,6 @@ class Path:
                 m.cast_early = not prev_blocks
             if isinstance(m, (ResBlock, JointUNet)):
                 m.fused_norm_act = not prev_blocks
-            if isinstance(m, ResBlock):  # the fp32 reference never takes it (bf16 autocast only)
-                m.triton_infer = not (prev_blocks or cudnn_infer)
             if isinstance(m, Upsample):  # the reference keeps the official arithmetic: interpolate, then conv
                 m.subpixel = optimised and not prev_blocks
         self.model.layout_cat = not prev_blocks
@@ -312,7 +303,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
         name, optimised = spec.name, spec.optimised
         p = Path(cfg, state, device, optimised=optimised, compile=spec.compiled, mode=spec.mode,
                  channels_last=spec.channels_last, options=s.inductor_options if spec.options else None,
-                 nchw_blocks=spec.nchw_blocks, prev_blocks=spec.prev_blocks, cudnn_infer=spec.cudnn_infer)
+                 nchw_blocks=spec.nchw_blocks, prev_blocks=spec.prev_blocks)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()

@@ -300,8 +300,7 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
               help="Time only this path (repeatable; the fp32 reference always runs). Overrides the flags above. "
                    "Names: reference_fp32_eager, optimised_bf16, optimised_bf16_contiguous, optimised_bf16_compiled, "
                    "optimised_bf16_compiled_contiguous, optimised_bf16_compiled_nchw_blocks (torch's "
-                   "GroupNorm kernel and the NCHW attention: the UNet before 2026-11-25), optimised_bf16_compiled_options (needs --inductor-option), optimised_bf16_cudagraphs, optimised_bf16_cudagraphs_prev_blocks, "
-                   "optimised_bf16_cudagraphs_cudnn_infer (sampling with cuDNN convolutions, not triton_conv).")
+                   "GroupNorm kernel and the NCHW attention: the UNet before 2026-11-25), optimised_bf16_compiled_options (needs --inductor-option), optimised_bf16_cudagraphs.")
 @click.option("--inductor-option", "inductor_options", multiple=True, metavar="KEY=VALUE",
               help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
                    "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")

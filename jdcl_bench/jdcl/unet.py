@@ -146,31 +146,13 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
 def _group_stats(xf: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm's mean and 1/std per (sample, group) of an fp32 map, expanded to (B, C):
     per-channel statistics first, then per group (as :func:`group_norm_channels_last`)."""
+    B, C = xf.shape[:2]
     var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
-    return _group_stats_from_channels(mean_c, var_c, groups, eps)
-
-
-def _group_stats_from_channels(mean_c: torch.Tensor, var_c: torch.Tensor, groups: int,
-                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel means and (biased) variances, (B, C) -> each group's mean and 1/std, expanded
-    to (B, C): the mean of the channel means, and the mean of the variances plus the variance
-    of the means (law of total variance; channels of a group hold equally many values)."""
-    B, C = mean_c.shape
     mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
     mean = mean_c.mean(-1, keepdim=True)
     var = var_c.mean(-1, keepdim=True) + (mean_c - mean).pow(2).mean(-1, keepdim=True)
     rstd = torch.rsqrt(var + eps)
     return mean.expand(B, groups, C // groups).reshape(B, C), rstd.expand(B, groups, C // groups).reshape(B, C)
-
-
-def _film_affine(mean, rstd, weight, bias, scale, shift) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(gamma, a, c), each (B, C) fp32, with GroupNorm + FiLM = (x - mean) * a + c:
-    gamma = weight * (1 + scale), a = rstd * gamma, c = bias * (1 + scale) + shift."""
-    gamma = weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(mean)
-    c = bias.float()[None] * (1 + scale.float()) if scale is not None else bias.float()[None].expand_as(mean)
-    if shift is not None:
-        c = c + shift.float()
-    return gamma, rstd * gamma, c
 
 
 def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
@@ -194,7 +176,11 @@ class _NormAct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, scale, shift, keep, groups: int, eps: float, keep_prob: float):
         xf = x.float()
         mean, rstd = _group_stats(xf, groups, eps)
-        gamma, a, c = _film_affine(mean, rstd, weight, bias, scale, shift)  # f = (x - mean) * a + c
+        gamma = weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(mean)
+        c = bias.float()[None] * (1 + scale.float()) if scale is not None else bias.float()[None].expand_as(mean)
+        if shift is not None:
+            c = c + shift.float()
+        a = rstd * gamma  # f = (x - mean) * a + c
         f = (xf - mean[:, :, None, None]) * a[:, :, None, None] + c[:, :, None, None]
         out = F.silu(f)
         if keep is not None:
@@ -223,7 +209,7 @@ class _NormAct(torch.autograd.Function):
         s2n = s2 * rstd  # sum of df * x_hat
         d_weight = ((1 + scale.float()) * s2n if scale is not None else s2n).sum(0)
         d_bias = ((1 + scale.float()) * s1 if scale is not None else s1).sum(0)
-        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if ctx.needs_input_grad[3] else None
+        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if scale is not None else None
         d_shift = s1 if ctx.needs_input_grad[4] else None
         return (dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype),
                 None if d_scale is None else d_scale.to(scale.dtype), d_shift, None, None, None, None)
@@ -241,17 +227,6 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
         # than autograd's dropout (H100 profile, results/bench/...20261125T072827.json)
         keep = torch.rand_like(x, dtype=torch.float32) >= dropout
     return _NormAct.apply(x, norm.weight, norm.bias, scale, shift, keep, norm.num_groups, norm.eps, 1.0 - dropout)
-
-
-def norm_act_from_stats(norm: nn.GroupNorm, x: torch.Tensor, mean_c: torch.Tensor, var_c: torch.Tensor,
-                        scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(norm(x) * (1 + scale) + shift)`` (fp32 out, no dropout, no autograd function) from
-    ``x``'s per-channel means and variances, (B, C), computed elsewhere: by the convolution that
-    wrote ``x`` (:func:`triton_conv.channel_stats`). The same group statistics and affine form as
-    :func:`norm_act`."""
-    mean, rstd = _group_stats_from_channels(mean_c, var_c, norm.num_groups, norm.eps)
-    _, a, c = _film_affine(mean, rstd, norm.weight, norm.bias, scale, shift)
-    return F.silu((x.float() - mean[:, :, None, None]) * a[:, :, None, None] + c[:, :, None, None])
 
 
 def norm(channels: int) -> GroupNorm:
@@ -290,15 +265,8 @@ class ResBlock(nn.Module):
     # written-out backward the compiler turns into two passes; off on the bench's before-path
     fused_norm_act: bool = True
 
-    # inference (no grad, bf16 autocast on CUDA): both 3x3 convolutions through triton_conv, whose
-    # epilogues compute the second norm's statistics and add the residual; off on the bench path
-    # that times cuDNN's convolutions with separate element-wise kernels
-    triton_infer: bool = True
-
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.fused_norm_act and self.in_layers[0].layout_preserving and is_channels_last(x):
-            if self.triton_infer and self._infer_fits(x):
-                return self._infer(x, emb)
             return self._fused(x, emb)
         h = self.in_layers(x)
         scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
@@ -312,36 +280,6 @@ class ResBlock(nn.Module):
         drop = self.out_layers[1]
         h = self.out_layers[2](norm_act(self.out_norm, h, scale, shift, drop.p, drop.training))
         return self.skip(x) + h
-
-    def _infer_fits(self, x: torch.Tensor) -> bool:
-        """Whether :meth:`_infer` runs: no autograd, a device Triton runs on, shapes the kernel
-        takes, and on CUDA bf16 autocast (the kernel multiplies in bf16: an fp32 model must not
-        silently lose precision)."""
-        from . import triton_conv
-
-        if torch.is_grad_enabled() or self.training or not triton_conv.available(x):
-            return False
-        if x.is_cuda and not (torch.is_autocast_enabled("cuda")
-                              and torch.get_autocast_dtype("cuda") == torch.bfloat16):
-            return False
-        B, c_in, H, W = x.shape
-        c_out = self.out_norm.num_channels
-        return triton_conv.supports(B, c_in, H, W, c_out) and triton_conv.supports(B, c_out, H, W, c_out)
-
-    def _infer(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The same block in eval mode with both 3x3 convolutions through :func:`triton_conv.conv3x3`:
-        the first also writes the statistics the second norm needs (no read of its output for
-        them), the second adds the skip path in its epilogue (no separate residual pass)."""
-        from . import triton_conv
-
-        conv1, conv2 = self.in_layers[2], self.out_layers[2]
-        h = autocast_input(norm_act(self.in_layers[0], x))
-        h, tile_mean, tile_m2 = triton_conv.conv3x3(h, conv1.weight, conv1.bias, stats=True)
-        mean_c, var_c = triton_conv.channel_stats(tile_mean, tile_m2)
-        scale, shift = self.emb_layers(emb).chunk(2, dim=1)
-        h = autocast_input(norm_act_from_stats(self.out_norm, h, mean_c, var_c, scale, shift))
-        skip = self.skip(x).to(h.dtype).contiguous(memory_format=torch.channels_last)
-        return triton_conv.conv3x3(h, conv2.weight, conv2.bias, residual=skip)[0]
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:
