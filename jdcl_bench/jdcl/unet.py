@@ -161,6 +161,11 @@ def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
     return v.view(B, groups, C // groups).mean(-1, keepdim=True).expand(B, groups, C // groups).reshape(B, C)
 
 
+def _film_gamma(weight: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The norm's per-(sample, channel) gain after FiLM, (B, C) fp32: weight * (1 + scale)."""
+    return weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(like)
+
+
 class _NormAct(torch.autograd.Function):
     """silu(GroupNorm(x) * (1 + scale) + shift) * keep / keep_prob in one function with a
     backward written out: one reduction pass over (x, grad) for two sums per (sample, channel),
@@ -176,7 +181,7 @@ class _NormAct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, scale, shift, keep, groups: int, eps: float, keep_prob: float):
         xf = x.float()
         mean, rstd = _group_stats(xf, groups, eps)
-        gamma = weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(mean)
+        gamma = _film_gamma(weight, scale, mean)
         c = bias.float()[None] * (1 + scale.float()) if scale is not None else bias.float()[None].expand_as(mean)
         if shift is not None:
             c = c + shift.float()
@@ -185,13 +190,14 @@ class _NormAct(torch.autograd.Function):
         out = F.silu(f)
         if keep is not None:
             out = out * keep * (1.0 / keep_prob)
-        ctx.save_for_backward(x, mean, rstd, gamma, a, c, weight, bias, scale, keep)
+        ctx.save_for_backward(x, mean, rstd, a, c, weight, bias, scale, keep)  # gamma: rebuilt from weight, scale
         ctx.groups, ctx.keep_prob = groups, keep_prob
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, mean, rstd, gamma, a, c, weight, bias, scale, keep = ctx.saved_tensors
+        x, mean, rstd, a, c, weight, bias, scale, keep = ctx.saved_tensors
+        gamma = _film_gamma(weight, scale, mean)
         B, C, H, W = x.shape
         xc = x.float() - mean[:, :, None, None]
         f = xc * a[:, :, None, None] + c[:, :, None, None]
@@ -209,7 +215,7 @@ class _NormAct(torch.autograd.Function):
         s2n = s2 * rstd  # sum of df * x_hat
         d_weight = ((1 + scale.float()) * s2n if scale is not None else s2n).sum(0)
         d_bias = ((1 + scale.float()) * s1 if scale is not None else s1).sum(0)
-        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if scale is not None else None
+        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if ctx.needs_input_grad[3] else None
         d_shift = s1 if ctx.needs_input_grad[4] else None
         return (dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype),
                 None if d_scale is None else d_scale.to(scale.dtype), d_shift, None, None, None, None)
@@ -227,6 +233,12 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
         # than autograd's dropout (H100 profile, results/bench/...20261125T072827.json)
         keep = torch.rand_like(x, dtype=torch.float32) >= dropout
     return _NormAct.apply(x, norm.weight, norm.bias, scale, shift, keep, norm.num_groups, norm.eps, 1.0 - dropout)
+
+
+def use_norm_act(owner: nn.Module, norm: nn.GroupNorm, x: torch.Tensor) -> bool:
+    """Whether ``owner`` (a ResBlock or the output head) runs its norm-activation step through
+    :func:`norm_act`: its switch is on, the norm keeps layouts, and ``x`` is channels_last."""
+    return owner.fused_norm_act and norm.layout_preserving and is_channels_last(x)
 
 
 def norm(channels: int) -> GroupNorm:
@@ -266,7 +278,7 @@ class ResBlock(nn.Module):
     fused_norm_act: bool = True
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.fused_norm_act and self.in_layers[0].layout_preserving and is_channels_last(x):
+        if use_norm_act(self, self.in_layers[0], x):
             return self._fused(x, emb)
         h = self.in_layers(x)
         scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
@@ -517,7 +529,7 @@ class JointUNet(nn.Module):
     def _decode(self, h: torch.Tensor, hs: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         for b, skip in zip(self.output_blocks, reversed(hs)):
             h = b(cat_channels(h, skip, layout_keeping=self.layout_cat), emb)
-        if self.fused_norm_act and self.out[0].layout_preserving and is_channels_last(h):
+        if use_norm_act(self, self.out[0], h):
             return self.out[2](norm_act(self.out[0], h))
         return self.out(h)
 
