@@ -38,8 +38,8 @@ def main() -> None:
 
     import torch._inductor.config as icfg
 
-    from jdcl_bench.bench import device_info, flops_per_image, kernel_breakdown, median_time, unet_config
-    from jdcl_bench.jdcl.unet import JointUNet
+    from jdcl_bench.bench import (device_info, flops_per_image, kernel_breakdown, median_time,
+                                  trained_looking_model, unet_config)
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
     for kv in args.inductor_option:
@@ -48,13 +48,7 @@ def main() -> None:
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     cfg = unet_config(args.config)
-    torch.manual_seed(0)
-    model = JointUNet(cfg)
-    with torch.no_grad():  # a trained-looking model, as the bench's (zero-init convs otherwise)
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    model = trained_looking_model(cfg).to(dev).to(memory_format=torch.channels_last).eval()
     flops = flops_per_image(cfg, dev)["eps_eval"]
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}

@@ -223,6 +223,18 @@ def batch_for(cfg: UNetConfig, n: int, device: torch.device, seed: int = 0):
     return tuple(v.to(device) for v in (x_t, t, noise, x_cls, y))
 
 
+def trained_looking_model(cfg: UNetConfig) -> JointUNet:
+    """The model every bench times (seed 0): zero-initialised output convolutions would make every
+    path trivially equal, so all-zero parameters get small random values."""
+    torch.manual_seed(0)
+    model = JointUNet(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model
+
+
 def flops_per_image(cfg: UNetConfig, device: torch.device) -> dict:
     """FLOPs of one training step (forward + backward of forward_joint) and one ε evaluation, per image."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -285,13 +297,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
     the record then, so a bench stopped while compiling a later path keeps what it measured)."""
     check_paths(s.only, s.inductor_options)  # before the model, FLOP count and parity cost anything
     cfg = unet_config(s.config)
-    torch.manual_seed(0)
-    # a trained-looking model: zero-initialised output convs would make every path trivially equal
-    init = JointUNet(cfg)
-    with torch.no_grad():
-        for p in init.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
+    init = trained_looking_model(cfg)
     state = init.state_dict()
     flops = flops_per_image(cfg, device)
     out = {"settings": s.__dict__, "config": s.config, "unet_params": count_parameters(init) - count_parameters(init.head),

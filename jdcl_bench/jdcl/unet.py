@@ -146,13 +146,10 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
 def _group_stats(xf: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm's mean and 1/std per (sample, group) of an fp32 map, expanded to (B, C):
     per-channel statistics first, then per group (as :func:`group_norm_channels_last`)."""
-    B, C = xf.shape[:2]
     var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
-    mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
-    mean = mean_c.mean(-1, keepdim=True)
-    var = var_c.mean(-1, keepdim=True) + (mean_c - mean).pow(2).mean(-1, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    return mean.expand(B, groups, C // groups).reshape(B, C), rstd.expand(B, groups, C // groups).reshape(B, C)
+    mean = _per_group_mean(mean_c, groups)
+    var = _per_group_mean(var_c + (mean_c - mean).pow(2), groups)  # law of total variance
+    return mean, torch.rsqrt(var + eps)
 
 
 def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
@@ -161,9 +158,10 @@ def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
     return v.view(B, groups, C // groups).mean(-1, keepdim=True).expand(B, groups, C // groups).reshape(B, C)
 
 
-def _film_gamma(weight: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """The norm's per-(sample, channel) gain after FiLM, (B, C) fp32: weight * (1 + scale)."""
-    return weight.float()[None] * (1 + scale.float()) if scale is not None else weight.float()[None].expand_as(like)
+def _film(v: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``v * (1 + scale)``, or ``v`` without FiLM: how the norm's gain and bias, and their
+    gradients, pass through the scale."""
+    return v * (1 + scale.float()) if scale is not None else v
 
 
 class _NormAct(torch.autograd.Function):
@@ -181,8 +179,7 @@ class _NormAct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, scale, shift, keep, groups: int, eps: float, keep_prob: float):
         xf = x.float()
         mean, rstd = _group_stats(xf, groups, eps)
-        gamma = _film_gamma(weight, scale, mean)
-        c = bias.float()[None] * (1 + scale.float()) if scale is not None else bias.float()[None].expand_as(mean)
+        gamma, c = _film(weight.float()[None], scale), _film(bias.float()[None], scale)
         if shift is not None:
             c = c + shift.float()
         a = rstd * gamma  # f = (x - mean) * a + c
@@ -197,7 +194,7 @@ class _NormAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, mean, rstd, a, c, weight, bias, scale, keep = ctx.saved_tensors
-        gamma = _film_gamma(weight, scale, mean)
+        gamma = _film(weight.float()[None], scale)
         B, C, H, W = x.shape
         xc = x.float() - mean[:, :, None, None]
         f = xc * a[:, :, None, None] + c[:, :, None, None]
@@ -213,8 +210,7 @@ class _NormAct(torch.autograd.Function):
         k2 = -rstd.pow(3) * _per_group_mean(gamma * s2, ctx.groups) / hw
         dx = df * a[:, :, None, None] + xc * k2[:, :, None, None] + k1[:, :, None, None]
         s2n = s2 * rstd  # sum of df * x_hat
-        d_weight = ((1 + scale.float()) * s2n if scale is not None else s2n).sum(0)
-        d_bias = ((1 + scale.float()) * s1 if scale is not None else s1).sum(0)
+        d_weight, d_bias = _film(s2n, scale).sum(0), _film(s1, scale).sum(0)
         d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if ctx.needs_input_grad[3] else None
         d_shift = s1 if ctx.needs_input_grad[4] else None
         return (dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype),
