@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--mode", default="reduce-overhead", help="torch.compile mode")
     ap.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--top", type=int, default=12, help="kernels listed per batch size in the record")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--streams", type=int, default=0,
                     help="instead of mode=..., split each batch into this many parts, each a CUDA graph of the "
@@ -75,7 +76,7 @@ def main() -> None:
         row = {"eps_eval_ms": 1000 * sec, "ddim_images_per_s": n / (sec * args.steps),
                "tflops": n * flops / sec / 1e12, "compile_s": first}
         if not args.no_profile:
-            prof = kernel_breakdown(call, no_grad=True, top=12)
+            prof = kernel_breakdown(call, no_grad=True, top=args.top)
             row["gpu_ms_per_call"] = prof["gpu_ms_per_call"]
             row["gpu_ms_by_kind"] = {k: prof["gpu_ms_per_call"] * v / 100 for k, v in prof["share_pct"].items()}
             row["top_kernels"] = prof["top_kernels"]
