@@ -1,0 +1,91 @@
+"""The UNet's inference norm step: inductor's two kernels against triton_norm's one, per shape.
+
+One norm-activation step as DDIM sampling runs it (no grad, bf16, channels_last, batch 2000):
+the preceding convolution's bias added, GroupNorm, FiLM, SiLU, bf16 out. Timed for every map
+shape of the paper config's ResBlocks:
+
+- ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet ran before triton_norm
+  (a statistics reduction over the map, then an element-wise pass that reads it again);
+- ``triton BLOCK_C/PROGRAMS_PER_SM/NUM_WARPS``: :func:`triton_norm.norm_act` in several
+  launch configurations (a persistent grid of SMs x programs, each reading a slice once from
+  memory and once more from L2);
+- ``copy``: a compiled read and write of the same bytes, the memory roofline.
+
+Usage (GPU): python benchmarks/norm_act_infer.py [--out results/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def median_ms(fn, iters=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args()
+
+    from jdcl_bench.jdcl import triton_norm
+    from jdcl_bench.jdcl.unet import GroupNorm, norm_act
+    from jdcl_bench.records import atomic_write_bytes, code_version, now
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    B = args.batch
+    rec = {"created_at": now(), "code_version": code_version(), "gpu_name": torch.cuda.get_device_name(dev),
+           "torch": torch.__version__, "batch": B, "rows": []}
+    path = Path(args.out) / f"norm-act-{rec['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    for C, S in ((128, 32), (256, 32), (384, 32), (256, 16), (512, 16), (384, 16), (256, 8), (512, 8), (512, 4)):
+        n = GroupNorm(32, C).to(dev)
+        with torch.no_grad():
+            n.weight.normal_(1, 0.2, generator=g), n.bias.normal_(0, 0.2, generator=g)
+        x = (torch.randn(B, C, S, S, device=dev, generator=g) * 2 + 0.5).to(torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        xb = torch.randn(C, device=dev, generator=g)
+        sc = (torch.randn(B, C, device=dev, generator=g) * 0.1).to(torch.bfloat16)
+        sh = (torch.randn(B, C, device=dev, generator=g) * 0.1).to(torch.bfloat16)
+        nbytes = 2 * x.numel() * x.element_size()
+
+        def reference(x, xb, sc, sh):
+            return norm_act(n, x + xb[:, None, None], sc, sh).to(torch.bfloat16)
+
+        with torch.no_grad():
+            ref32 = norm_act(n, x.float() + xb[:, None, None], sc.float(), sh.float())
+            forms = {"copy": torch.compile(lambda x, xb, sc, sh: x * 1), "compiled": torch.compile(reference)}
+            for bc, pps, nw in itertools.product((32, 64, 128), (1, 2, 4, 8), (4, 8)):
+                def mine(x, xb, sc, sh, bc=bc, pps=pps, nw=nw):
+                    triton_norm.BLOCK_C, triton_norm.PROGRAMS_PER_SM, triton_norm.NUM_WARPS = bc, pps, nw
+                    return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
+                forms[f"triton {bc}/{pps}/{nw}"] = mine
+            for name, fn in forms.items():
+                out = fn(x, xb, sc, sh)
+                ms = median_ms(lambda: fn(x, xb, sc, sh))
+                row = {"shape": [B, C, S, S], "form": name, "ms": ms, "GBps_2x_bytes": nbytes / ms / 1e6,
+                       "max_abs_err_vs_fp32": None if name == "copy" else float((out.float() - ref32).abs().max())}
+                rec["rows"].append(row)
+                print(json.dumps(row), flush=True)
+        atomic_write_bytes(path, json.dumps(rec, indent=1).encode())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
