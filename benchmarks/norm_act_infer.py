@@ -6,7 +6,7 @@ shape of the paper config's ResBlocks:
 
 - ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet ran before triton_norm
   (a statistics reduction over the map, then an element-wise pass that reads it again);
-- ``triton BLOCK_C/PROGRAMS_PER_SM/NUM_WARPS``: :func:`triton_norm.norm_act` in several
+- ``triton BLOCK_C/PROGRAMS_PER_SM/NUM_WARPS/CHUNK``: :func:`triton_norm.norm_act` in several
   launch configurations (a persistent grid of SMs x programs, each reading a slice once from
   memory and once more from L2);
 - ``copy``: a compiled read and write of the same bytes, the memory roofline.
@@ -71,11 +71,12 @@ def main():
         with torch.no_grad():
             ref32 = norm_act(n, x.float() + xb[:, None, None], sc.float(), sh.float())
             forms = {"copy": torch.compile(lambda x, xb, sc, sh: x * 1), "compiled": torch.compile(reference)}
-            for bc, pps, nw in itertools.product((32, 64, 128), (1, 2, 4, 8), (4, 8)):
-                def mine(x, xb, sc, sh, bc=bc, pps=pps, nw=nw):
-                    triton_norm.BLOCK_C, triton_norm.PROGRAMS_PER_SM, triton_norm.NUM_WARPS = bc, pps, nw
+            for bc, pps, nw, chunk in itertools.product((32, 64), (2, 4, 8, 16), (4, 8), (2048, 4096, 8192)):
+                def mine(x, xb, sc, sh, cfg=(bc, pps, nw, chunk)):
+                    (triton_norm.BLOCK_C, triton_norm.PROGRAMS_PER_SM, triton_norm.NUM_WARPS,
+                     triton_norm.CHUNK) = cfg
                     return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
-                forms[f"triton {bc}/{pps}/{nw}"] = mine
+                forms[f"triton {bc}/{pps}/{nw}/{chunk}"] = mine
             for name, fn in forms.items():
                 out = fn(x, xb, sc, sh)
                 ms = median_ms(lambda: fn(x, xb, sc, sh))

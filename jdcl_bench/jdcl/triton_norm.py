@@ -12,8 +12,8 @@ L2 cache, so the second read does not go to HBM; it also walks the slice backwar
 recently loaded rows come first.
 
 The arithmetic is :func:`unet._NormAct`'s forward without dropout: each channel's mean and
-variance over H, W (here a pairwise combination of row-chunk means and sums of squared deviations,
-Chan et al.: no E[x^2] - E[x]^2 cancellation), the group's from its channels' (law of total
+variance over H, W (here Welford's update per element of a row chunk, the rows then combined exactly:
+no E[x^2] - E[x]^2 cancellation), the group's from its channels' (law of total
 variance), then f = (x - mean) * rstd * w * (1 + scale) + b * (1 + scale) + shift in fp32, SiLU,
 one rounding to the output dtype. Optional extras fold in element-wise work that sits just before
 the norm in a ResBlock: a per-channel bias (the preceding convolution's, which it then need not
@@ -41,6 +41,7 @@ enabled = True
 BLOCK_C = 64          # channel lanes per program (a slice uses the largest whole number of groups)
 PROGRAMS_PER_SM = 2   # persistent grid: slices in flight = SMs x this
 NUM_WARPS = 4
+CHUNK = 4096          # elements per step of a program (rows = CHUNK // BLOCK_C)
 
 
 def available(x: torch.Tensor) -> bool:
@@ -88,8 +89,11 @@ if triton is not None:
             base = b.to(tl.int64) * HW * C
             if HAS_XB:
                 xb = tl.load(XB + ch, mask=lane_ok, other=0.0).to(tl.float32)
-            mean = tl.zeros((BLOCK_C,), tl.float32)
-            m2 = tl.zeros((BLOCK_C,), tl.float32)
+            # Welford per element of the [BLOCK_P, BLOCK_C] chunk (every element sees one value
+            # per step, so the count is the step number), rows combined once at the end: no
+            # cross-warp reduction inside the loop
+            acc_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+            acc_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
             for i in range(n_chunks):
                 off = base + (i * BLOCK_P + rows)[:, None] * C + ch[None, :]
                 v = tl.load(X + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
@@ -101,13 +105,12 @@ if triton is not None:
                     vs = v.to(S.dtype.element_ty)
                     tl.store(S + off, vs, mask=lane_ok[None, :])
                     v = vs.to(tl.float32)
-                cm = tl.sum(v, 0) / BLOCK_P
-                d = v - cm[None, :]
-                n_old = i * BLOCK_P
-                n_new = n_old + BLOCK_P
-                delta = cm - mean
-                mean += delta * (BLOCK_P / n_new)
-                m2 += tl.sum(d * d, 0) + delta * delta * (n_old * BLOCK_P / n_new)
+                delta = v - acc_mean
+                acc_mean += delta * (1.0 / (i + 1))
+                acc_m2 += delta * (v - acc_mean)
+            mean = tl.sum(acc_mean, 0) / BLOCK_P
+            dm = acc_mean - mean[None, :]
+            m2 = tl.sum(acc_m2, 0) + n_chunks * tl.sum(dm * dm, 0)
             var = m2 / HW
             g_mean = tl.sum(tl.where(same, mean[None, :], 0.0), 1) / CPG
             dev = var + (mean - g_mean) * (mean - g_mean)
@@ -152,7 +155,7 @@ def _launch(x, weight, bias, scale, shift, x_bias, residual, groups: int, eps: f
     if not ch:
         raise ValueError(f"norm_act: {C} channels in {groups} groups: need whole groups of at most {BLOCK_C} channels")
     hw = H * W
-    block_p = max(1, min(hw, 4096 // BLOCK_C))
+    block_p = max(1, min(hw, CHUNK // BLOCK_C))
     while hw % block_p:
         block_p //= 2
     y = torch.empty_like(x, memory_format=torch.channels_last)
