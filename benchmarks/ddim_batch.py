@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=0,
                     help="instead of mode=..., split each batch into this many parts, each a CUDA graph of the "
                          "default-mode compiled model captured on a stream of its own, replayed concurrently")
+    ap.add_argument("--triton-norm", choices=("on", "off", "both"), default="on",
+                    help="the 8x8-16x16 norm steps through triton_norm (on), inductor's kernels (off), or both, "
+                         "each batch size timed without it first (its row is '<batch>-no-triton-norm')")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
     batches = args.batch or [128, 256, 512, 1000, 2000]
@@ -54,7 +57,12 @@ def main() -> None:
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
     path = Path(args.out) / f"ddim-batch-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    for n in batches:
+    runs = [(n, tn) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
+    for n, tn in runs:
+        for m in model.modules():
+            if hasattr(m, "triton_norm"):
+                m.triton_norm = tn
+        key = str(n) if tn or args.triton_norm == "off" else f"{n}-no-triton-norm"
         torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
         x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev)
         t = torch.full((n,), 500, device=dev, dtype=torch.long)
@@ -80,8 +88,8 @@ def main() -> None:
             row["gpu_ms_per_call"] = prof["gpu_ms_per_call"]
             row["gpu_ms_by_kind"] = {k: prof["gpu_ms_per_call"] * v / 100 for k, v in prof["share_pct"].items()}
             row["top_kernels"] = prof["top_kernels"]
-        record["batches"][str(n)] = row
-        print(f"batch {n:5d}: ε {1000 * sec:8.2f} ms, DDIM-{args.steps} {row['ddim_images_per_s']:6.1f} img/s, "
+        record["batches"][key] = row
+        print(f"batch {key:>5}: ε {1000 * sec:8.2f} ms, DDIM-{args.steps} {row['ddim_images_per_s']:6.1f} img/s, "
               f"{row['tflops']:.0f} TFLOP/s" + ("" if args.no_profile else ", GPU ms by kind " + ", ".join(
                   f"{k.split(' ')[0]} {v:.2f}" for k, v in row["gpu_ms_by_kind"].items())), flush=True)
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured

@@ -15,9 +15,8 @@ The arithmetic is :func:`unet._NormAct`'s forward without dropout: each channel'
 variance over H, W (here Welford's update per element of a row chunk, the rows then combined exactly:
 no E[x^2] - E[x]^2 cancellation), the group's from its channels' (law of total
 variance), then f = (x - mean) * rstd * w * (1 + scale) + b * (1 + scale) + shift in fp32, SiLU,
-one rounding to the output dtype. Optional extras fold in element-wise work that sits just before
-the norm in a ResBlock: a per-channel bias (the preceding convolution's, which it then need not
-add in a pass of its own) and a residual (the sum is written too, as the block's output).
+one rounding to the output dtype. A per-channel bias can be added to the input first: the
+preceding convolution's, which then needs no pass of its own.
 
 Inference only (no autograd), channels_last maps. On CPU the kernel runs only under Triton's
 interpreter (``TRITON_INTERPRET=1``, the tests).
@@ -34,14 +33,16 @@ try:
 except ImportError:  # pragma: no cover - torch builds without triton
     triton = None
 
-# the UNet turns this path on for no-grad, eval-mode, channels_last maps; the bench turns it off
-# to time inductor's two-kernel form against it in one process
-enabled = True
-
 BLOCK_C = 64          # channel lanes per program (a slice uses the largest whole number of groups)
-PROGRAMS_PER_SM = 2   # persistent grid: slices in flight = SMs x this
-NUM_WARPS = 4
-CHUNK = 4096          # elements per step of a program (rows = CHUNK // BLOCK_C)
+PROGRAMS_PER_SM = 16  # persistent grid: SMs x this programs, each looping over slices
+NUM_WARPS = 8
+CHUNK = 2048          # elements per step of a program (rows = CHUNK // BLOCK_C)
+# Map sizes the UNet sends here. The launch settings above and this range come from
+# benchmarks/norm_act_infer.py on an H100 at batch 2000 (results/bench/norm-act-...T102626.json):
+# at 16x16 the kernel took 0.37-0.69 ms where inductor's two kernels took 0.53-1.10 ms, at 8x8
+# the two tie, and at 32x32 (a 128 KB slice per program: the second read misses L2) and 4x4 the
+# compiled form is as fast or faster.
+MIN_HW, MAX_HW = 64, 256
 
 
 def available(x: torch.Tensor) -> bool:
@@ -51,13 +52,15 @@ def available(x: torch.Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def usable(x: torch.Tensor, groups: int, training: bool) -> bool:
-    """Whether the UNet's inference steps take this path for ``x``: switched on, no autograd and
-    no dropout, a channels_last 4-d map on a device the kernel runs on, whole groups per slice."""
+def usable(owner: torch.nn.Module, norm: torch.nn.GroupNorm, x: torch.Tensor) -> bool:
+    """Whether ``owner`` (a ResBlock or attention block, switch ``triton_norm``) runs ``norm`` on
+    ``x`` here: no autograd, eval mode (no dropout), a channels_last map of a size in
+    [MIN_HW, MAX_HW] pixels, a device the kernel runs on, whole groups per slice."""
     from .unet import is_channels_last
 
-    return (enabled and not training and not torch.is_grad_enabled() and is_channels_last(x)
-            and available(x) and _slice_channels(x.shape[1], groups) > 0)
+    return (owner.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
+            and MIN_HW <= x.shape[2] * x.shape[3] <= MAX_HW and available(x)
+            and _slice_channels(x.shape[1], norm.num_groups) > 0)
 
 
 def _slice_channels(channels: int, groups: int) -> int:
@@ -73,9 +76,9 @@ def _slice_channels(channels: int, groups: int) -> int:
 
 if triton is not None:
     @triton.jit
-    def _norm_act_kernel(X, R, XB, Wt, Bn, Sc, Sh, S, Y, n_items, n_blocks, HW, C, CH, eps,
+    def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_items, n_blocks, HW, C, CH, eps,
                          CPG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                         HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, AFFINE: tl.constexpr,
+                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr,
                          FILM: tl.constexpr, SILU: tl.constexpr):
         lane = tl.arange(0, BLOCK_C)
         lane_ok = lane < CH
@@ -97,14 +100,8 @@ if triton is not None:
             for i in range(n_chunks):
                 off = base + (i * BLOCK_P + rows)[:, None] * C + ch[None, :]
                 v = tl.load(X + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
-                if HAS_RES:
-                    v += tl.load(R + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
                 if HAS_XB:
                     v += xb[None, :]
-                if HAS_RES:  # the block's output, stored; the statistics are of the stored values
-                    vs = v.to(S.dtype.element_ty)
-                    tl.store(S + off, vs, mask=lane_ok[None, :])
-                    v = vs.to(tl.float32)
                 delta = v - acc_mean
                 acc_mean += delta * (1.0 / (i + 1))
                 acc_m2 += delta * (v - acc_mean)
@@ -130,12 +127,9 @@ if triton is not None:
             # second pass, last rows first: they are the most likely still in L2
             for j in range(n_chunks):
                 off = base + ((n_chunks - 1 - j) * BLOCK_P + rows)[:, None] * C + ch[None, :]
-                if HAS_RES:
-                    v = tl.load(S + off, mask=lane_ok[None, :], other=0.0, eviction_policy="evict_first").to(tl.float32)
-                else:
-                    v = tl.load(X + off, mask=lane_ok[None, :], other=0.0, eviction_policy="evict_first").to(tl.float32)
-                    if HAS_XB:
-                        v += xb[None, :]
+                v = tl.load(X + off, mask=lane_ok[None, :], other=0.0, eviction_policy="evict_first").to(tl.float32)
+                if HAS_XB:
+                    v += xb[None, :]
                 f = (v - g_mean[None, :]) * a[None, :] + beta[None, :]
                 if SILU:
                     f = f / (1.0 + tl.exp(-f))
@@ -149,7 +143,7 @@ def _num_programs(x: torch.Tensor, items: int) -> int:
     return min(items, 4)
 
 
-def _launch(x, weight, bias, scale, shift, x_bias, residual, groups: int, eps: float, silu: bool):
+def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu: bool):
     B, C, H, W = x.shape
     ch = _slice_channels(C, groups)
     if not ch:
@@ -159,18 +153,16 @@ def _launch(x, weight, bias, scale, shift, x_bias, residual, groups: int, eps: f
     while hw % block_p:
         block_p //= 2
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    s = torch.empty_like(x, memory_format=torch.channels_last) if residual is not None else x.new_empty(0)
     n_blocks = C // ch
     items = B * n_blocks
     dummy = x.new_empty(0)
     _norm_act_kernel[(_num_programs(x, items),)](
-        x, residual if residual is not None else dummy, x_bias if x_bias is not None else dummy,
-        weight if weight is not None else dummy, bias if bias is not None else dummy,
-        scale if scale is not None else dummy, shift if shift is not None else dummy, s, y,
-        items, n_blocks, hw, C, ch, eps,
-        CPG=C // groups, BLOCK_C=BLOCK_C, BLOCK_P=block_p, HAS_RES=residual is not None, HAS_XB=x_bias is not None,
+        x, x_bias if x_bias is not None else dummy, weight if weight is not None else dummy,
+        bias if bias is not None else dummy, scale if scale is not None else dummy,
+        shift if shift is not None else dummy, y, items, n_blocks, hw, C, ch, eps,
+        CPG=C // groups, BLOCK_C=BLOCK_C, BLOCK_P=block_p, HAS_XB=x_bias is not None,
         AFFINE=weight is not None, FILM=scale is not None, SILU=silu, num_warps=NUM_WARPS)
-    return y, s
+    return y
 
 
 # the kernel indexes every map as NHWC: the compiler must hand them over in the strides they were
@@ -182,25 +174,19 @@ _STRIDES = tuple(t for t in (getattr(torch.Tag, "needs_exact_strides", None),
 @torch.library.custom_op("jdcl_bench::norm_act_infer", mutates_args=(), tags=_STRIDES)
 def _norm_act_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                  scale: torch.Tensor | None, shift: torch.Tensor | None, x_bias: torch.Tensor | None,
-                 residual: torch.Tensor | None, groups: int, eps: float,
-                 silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    y, s = _launch(x, weight, bias, scale, shift, x_bias, residual, groups, eps, silu)
-    return y, s
+                 groups: int, eps: float, silu: bool) -> torch.Tensor:
+    return _launch(x, weight, bias, scale, shift, x_bias, groups, eps, silu)
 
 
 @_norm_act_op.register_fake
-def _(x, weight, bias, scale, shift, x_bias, residual, groups, eps, silu):
-    y = torch.empty_like(x, memory_format=torch.channels_last)
-    s = torch.empty_like(x, memory_format=torch.channels_last) if residual is not None else x.new_empty(0)
-    return y, s
+def _(x, weight, bias, scale, shift, x_bias, groups, eps, silu):
+    return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 def norm_act(norm: torch.nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
              shift: torch.Tensor | None = None, *, x_bias: torch.Tensor | None = None,
-             residual: torch.Tensor | None = None, silu: bool = True):
-    """``silu(norm(v) * (1 + scale) + shift)`` of ``v = x (+ residual) (+ x_bias)`` for a
-    channels_last ``x``, in ``x``'s dtype and layout (scale, shift: (B, C) or None; x_bias: (C,)).
-    With ``residual`` it returns ``(v, out)``, v rounded to ``x``'s dtype as stored; else ``out``."""
+             silu: bool = True) -> torch.Tensor:
+    """``silu(norm(x + x_bias) * (1 + scale) + shift)`` (SiLU only with ``silu``) for a
+    channels_last ``x``, in ``x``'s dtype and layout (scale, shift: (B, C) or None; x_bias: (C,))."""
     args = [t.contiguous() if t is not None else None for t in (norm.weight, norm.bias, scale, shift, x_bias)]
-    y, s = _norm_act_op(x, *args, residual, norm.num_groups, norm.eps, silu)
-    return (s, y) if residual is not None else y
+    return _norm_act_op(x, *args, norm.num_groups, norm.eps, silu)

@@ -272,9 +272,14 @@ class ResBlock(nn.Module):
     # channels_last input (the compiled path): norm, FiLM, SiLU and dropout through norm_act, whose
     # written-out backward the compiler turns into two passes; off on the bench's before-path
     fused_norm_act: bool = True
+    # inference on maps triton_norm takes: both norm steps through its one-read kernel
+    triton_norm: bool = True
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if use_norm_act(self, self.in_layers[0], x):
+            from . import triton_norm
+            if triton_norm.usable(self, self.in_layers[0], x):
+                return self._infer(x, emb)
             return self._fused(x, emb)
         h = self.in_layers(x)
         scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
@@ -287,6 +292,17 @@ class ResBlock(nn.Module):
         scale, shift = self.emb_layers(emb).chunk(2, dim=1)
         drop = self.out_layers[1]
         h = self.out_layers[2](norm_act(self.out_norm, h, scale, shift, drop.p, drop.training))
+        return self.skip(x) + h
+
+    def _infer(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The same block for inference, norm steps through :func:`triton_norm.norm_act`; the
+        first convolution's bias is added by the second norm's kernel as it reads the map."""
+        from . import triton_norm
+
+        conv1 = self.in_layers[2]
+        h = F.conv2d(triton_norm.norm_act(self.in_layers[0], x), conv1.weight, None, padding=1)
+        scale, shift = self.emb_layers(emb).chunk(2, dim=1)
+        h = self.out_layers[2](triton_norm.norm_act(self.out_norm, h, scale, shift, x_bias=conv1.bias))
         return self.skip(x) + h
 
 
@@ -321,12 +337,18 @@ class AttentionBlock(nn.Module):
     # cast the norm's output for the qkv matmul right away (autocast_input); off on the bench path
     # that times the blocks as they were before
     cast_early: bool = True
+    # inference on maps triton_norm takes: the norm through its one-read kernel (out in x's dtype)
+    triton_norm: bool = True
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
         if self.layout_preserving and is_channels_last(x):
-            h = self.norm(x)
+            from . import triton_norm
+            if self.cast_early and triton_norm.usable(self, self.norm, x):
+                h = triton_norm.norm_act(self.norm, x, silu=False)
+            else:
+                h = self.norm(x)
             return x + self._tokens(autocast_input(h) if self.cast_early else h)
         # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors, head_dim the unit-stride axis
         qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)

@@ -1,0 +1,92 @@
+"""triton_norm: the inference GroupNorm (+ FiLM) (+ SiLU) kernel the UNet uses for 8x8-16x16 maps
+when sampling. On CPU the kernel runs under Triton's interpreter, which is chosen when the kernel
+is defined, so each check runs in a fresh process with TRITON_INTERPRET=1."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def _interpreted(code: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_kernel_matches_the_norm_act_composition():
+    _interpreted("""
+        import torch, torch.nn.functional as F
+        from jdcl_bench.jdcl import triton_norm
+        from jdcl_bench.jdcl.unet import GroupNorm, group_norm_channels_last
+        triton_norm.CHUNK = 256  # several steps per slice, so the row-chunk statistics are combined
+        g = torch.Generator().manual_seed(0)
+        # 4 channels per group in 2 slices; 12 per group (48 of 64 lanes used); one group per slice
+        for B, C, G, H in ((2, 128, 32, 8), (3, 96, 8, 8), (2, 64, 1, 4)):
+            n = GroupNorm(G, C)
+            with torch.no_grad():
+                n.weight.normal_(1, 0.3, generator=g), n.bias.normal_(0, 0.3, generator=g)
+            # a large mean: the variance must not come from E[x^2] - E[x]^2
+            x = (torch.randn(B, C, H, H, generator=g) * 2 + 50).contiguous(memory_format=torch.channels_last)
+            xb = torch.randn(C, generator=g)
+            sc, sh = torch.randn(B, C, generator=g) * 0.2, torch.randn(B, C, generator=g) * 0.2
+            with torch.no_grad():
+                y = triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
+                ref = F.silu(group_norm_channels_last(x + xb[:, None, None], G, n.weight, n.bias, n.eps)
+                             * (1 + sc[:, :, None, None]) + sh[:, :, None, None])
+                assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == x.dtype
+                assert torch.allclose(y, ref, atol=2e-5, rtol=1e-5), (C, G, (y - ref).abs().max())
+                y2 = triton_norm.norm_act(n, x, silu=False)  # the attention block's plain norm
+                ref2 = F.group_norm(x.contiguous(), G, n.weight, n.bias, n.eps)
+                assert torch.allclose(y2, ref2, atol=2e-5, rtol=1e-5), (C, G, (y2 - ref2).abs().max())
+        torch.library.opcheck(triton_norm._norm_act_op, (x, n.weight.detach(), n.bias.detach(), sc, sh, xb, G, n.eps, True))
+    """)
+
+
+def test_blocks_take_the_kernel_only_for_inference_and_match_their_compiled_form():
+    _interpreted("""
+        import torch
+        from jdcl_bench.jdcl import triton_norm
+        from jdcl_bench.jdcl.unet import AttentionBlock, ResBlock
+        g = torch.Generator().manual_seed(1)
+        def cl(t):
+            return t.contiguous(memory_format=torch.channels_last)
+        for blk, c_in in ((ResBlock(64, 128, 32, dropout=0.1), 64), (ResBlock(128, 128, 32, dropout=0.1), 128),
+                          (AttentionBlock(128, 4), 128)):
+            blk.eval()
+            with torch.no_grad():
+                for p in blk.parameters():
+                    p.normal_(0, 0.1, generator=g)
+            x, emb = cl(torch.randn(2, c_in, 16, 16, generator=g)), torch.randn(2, 32, generator=g)
+            norm = blk.norm if isinstance(blk, AttentionBlock) else blk.in_layers[0]
+            with torch.no_grad():
+                assert triton_norm.usable(blk, norm, x)
+                ours = blk(x, emb)
+                blk.triton_norm = False
+                ref = blk(x, emb)
+            assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (type(blk), (ours - ref).abs().max())
+            blk.triton_norm = True
+            assert not triton_norm.usable(blk, norm, x)  # grad enabled: training keeps norm_act's backward
+            with torch.no_grad():
+                assert not triton_norm.usable(blk.train(), norm, x)  # dropout is the composition's
+                blk.eval()
+                assert not triton_norm.usable(blk, norm, cl(torch.randn(2, c_in, 32, 32)))  # 32x32: inductor's
+                assert not triton_norm.usable(blk, norm, torch.randn(2, c_in, 16, 16))  # NCHW
+    """)
+
+
+def test_no_kernel_path_on_cpu_without_the_interpreter():
+    import torch
+
+    from jdcl_bench.jdcl import triton_norm
+    from jdcl_bench.jdcl.unet import ResBlock
+
+    blk = ResBlock(64, 64, 32, dropout=0.0).eval()
+    x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with torch.no_grad():
+            assert not triton_norm.usable(blk, blk.in_layers[0], x)
