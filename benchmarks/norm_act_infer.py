@@ -6,9 +6,9 @@ shape of the paper config's ResBlocks:
 
 - ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet ran before triton_norm
   (a statistics reduction over the map, then an element-wise pass that reads it again);
-- ``triton BLOCK_C/PROGRAMS_PER_SM/NUM_WARPS/CHUNK``: :func:`triton_norm.norm_act` in several
-  launch configurations (a persistent grid of SMs x programs, each reading a slice once from
-  memory and once more from L2);
+- ``triton streamed|resident BLOCK_C/PROGRAMS_PER_SM/NUM_WARPS``: :func:`triton_norm.norm_act`,
+  its slices streamed through a persistent grid of SMs x programs (read once from memory and once
+  more from L2) or each kept in one program's registers (read once);
 - ``copy``: a compiled read and write of the same bytes, the memory roofline.
 
 Usage (GPU): python benchmarks/norm_act_infer.py [--out results/bench]
@@ -16,7 +16,6 @@ Usage (GPU): python benchmarks/norm_act_infer.py [--out results/bench]
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import time
@@ -71,12 +70,16 @@ def main():
         with torch.no_grad():
             ref32 = norm_act(n, x.float() + xb[:, None, None], sc.float(), sh.float())
             forms = {"copy": torch.compile(lambda x, xb, sc, sh: x * 1), "compiled": torch.compile(reference)}
-            for bc, pps, nw, chunk in itertools.product((32, 64), (2, 4, 8, 16), (4, 8), (2048, 4096, 8192)):
-                def mine(x, xb, sc, sh, cfg=(bc, pps, nw, chunk)):
-                    (triton_norm.BLOCK_C, triton_norm.PROGRAMS_PER_SM, triton_norm.NUM_WARPS,
-                     triton_norm.CHUNK) = cfg
+            # streamed through the persistent grid (the launch settings the UNet uses), then kept
+            # in registers, one program per slice, in several widths and warp counts
+            configs = [(False, 64, 16, 8)] + [(True, bc, 0, nw) for bc in (16, 32, 64) for nw in (4, 8, 16)]
+            for resident, bc, pps, nw in configs:
+                def mine(x, xb, sc, sh, cfg=(resident, bc, pps or triton_norm.PROGRAMS_PER_SM, nw)):
+                    (triton_norm.RESIDENT, triton_norm.BLOCK_C, triton_norm.PROGRAMS_PER_SM,
+                     triton_norm.NUM_WARPS) = cfg
+                    triton_norm.RESIDENT_MAX = 65536
                     return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
-                forms[f"triton {bc}/{pps}/{nw}/{chunk}"] = mine
+                forms[f"triton {'resident' if resident else 'streamed'} {bc}/{pps}/{nw}"] = mine
             for name, fn in forms.items():
                 out = fn(x, xb, sc, sh)
                 ms = median_ms(lambda: fn(x, xb, sc, sh))

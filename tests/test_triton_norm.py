@@ -23,26 +23,28 @@ def test_kernel_matches_the_norm_act_composition():
         import torch, torch.nn.functional as F
         from jdcl_bench.jdcl import triton_norm
         from jdcl_bench.jdcl.unet import GroupNorm, group_norm_channels_last
-        triton_norm.CHUNK = 256  # several steps per slice, so the row-chunk statistics are combined
-        g = torch.Generator().manual_seed(0)
-        # 4 channels per group in 2 slices; 12 per group (48 of 64 lanes used); one group per slice
-        for B, C, G, H in ((2, 128, 32, 8), (3, 96, 8, 8), (2, 64, 1, 4)):
-            n = GroupNorm(G, C)
-            with torch.no_grad():
-                n.weight.normal_(1, 0.3, generator=g), n.bias.normal_(0, 0.3, generator=g)
-            # a large mean: the variance must not come from E[x^2] - E[x]^2
-            x = (torch.randn(B, C, H, H, generator=g) * 2 + 50).contiguous(memory_format=torch.channels_last)
-            xb = torch.randn(C, generator=g)
-            sc, sh = torch.randn(B, C, generator=g) * 0.2, torch.randn(B, C, generator=g) * 0.2
-            with torch.no_grad():
-                y = triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
-                ref = F.silu(group_norm_channels_last(x + xb[:, None, None], G, n.weight, n.bias, n.eps)
-                             * (1 + sc[:, :, None, None]) + sh[:, :, None, None])
-                assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == x.dtype
-                assert torch.allclose(y, ref, atol=2e-5, rtol=1e-5), (C, G, (y - ref).abs().max())
-                y2 = triton_norm.norm_act(n, x, silu=False)  # the attention block's plain norm
-                ref2 = F.group_norm(x.contiguous(), G, n.weight, n.bias, n.eps)
-                assert torch.allclose(y2, ref2, atol=2e-5, rtol=1e-5), (C, G, (y2 - ref2).abs().max())
+        triton_norm.CHUNK = 256  # streamed: several steps per slice, so the row-chunk statistics are combined
+        for resident in (True, False):  # the slice kept in registers, or streamed through the persistent grid
+            triton_norm.RESIDENT = resident
+            g = torch.Generator().manual_seed(0)
+            # 4 channels per group in 2 slices; 12 per group (48 of 64 lanes used); one group per slice
+            for B, C, G, H in ((2, 128, 32, 8), (3, 96, 8, 8), (2, 64, 1, 4)):
+                n = GroupNorm(G, C)
+                with torch.no_grad():
+                    n.weight.normal_(1, 0.3, generator=g), n.bias.normal_(0, 0.3, generator=g)
+                # a large mean: the variance must not come from E[x^2] - E[x]^2
+                x = (torch.randn(B, C, H, H, generator=g) * 2 + 50).contiguous(memory_format=torch.channels_last)
+                xb = torch.randn(C, generator=g)
+                sc, sh = torch.randn(B, C, generator=g) * 0.2, torch.randn(B, C, generator=g) * 0.2
+                with torch.no_grad():
+                    y = triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
+                    ref = F.silu(group_norm_channels_last(x + xb[:, None, None], G, n.weight, n.bias, n.eps)
+                                 * (1 + sc[:, :, None, None]) + sh[:, :, None, None])
+                    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == x.dtype
+                    assert torch.allclose(y, ref, atol=2e-5, rtol=1e-5), (C, G, resident, (y - ref).abs().max())
+                    y2 = triton_norm.norm_act(n, x, silu=False)  # the attention block's plain norm
+                    ref2 = F.group_norm(x.contiguous(), G, n.weight, n.bias, n.eps)
+                    assert torch.allclose(y2, ref2, atol=2e-5, rtol=1e-5), (C, G, resident, (y2 - ref2).abs().max())
         torch.library.opcheck(triton_norm._norm_act_op, (x, n.weight.detach(), n.bias.detach(), sc, sh, xb, G, n.eps, True))
     """)
 

@@ -37,6 +37,10 @@ BLOCK_C = 64          # channel lanes per program (a slice uses the largest whol
 PROGRAMS_PER_SM = 16  # persistent grid: SMs x this programs, each looping over slices
 NUM_WARPS = 8
 CHUNK = 2048          # elements per step of a program (rows = CHUNK // BLOCK_C)
+# a slice of at most RESIDENT_MAX elements is loaded once and kept in registers (one program
+# per slice); larger ones stream through the persistent grid
+RESIDENT = True
+RESIDENT_MAX = 32768
 # Map sizes the UNet sends here. The launch settings above and this range come from
 # benchmarks/norm_act_infer.py on an H100 at batch 2000 (results/bench/norm-act-...T102626.json):
 # at 16x16 the kernel took 0.37-0.69 ms where inductor's two kernels took 0.53-1.10 ms, at 8x8
@@ -76,9 +80,36 @@ def _slice_channels(channels: int, groups: int) -> int:
 
 if triton is not None:
     @triton.jit
+    def _coefficients(mean, var, same, b, ch, lane_ok, Wt, Bn, Sc, Sh, C, eps, CPG: tl.constexpr,
+                      AFFINE: tl.constexpr, FILM: tl.constexpr):
+        """Per-channel statistics -> the group mean g and f = (x - g) * a + beta's a and beta."""
+        g_mean = tl.sum(tl.where(same, mean[None, :], 0.0), 1) / CPG
+        dev = var + (mean - g_mean) * (mean - g_mean)  # law of total variance over the group's channels
+        g_var = tl.sum(tl.where(same, dev[None, :], 0.0), 1) / CPG
+        rstd = 1.0 / tl.sqrt(g_var + eps)
+        if AFFINE:
+            gamma = tl.load(Wt + ch, mask=lane_ok, other=0.0).to(tl.float32)
+            beta = tl.load(Bn + ch, mask=lane_ok, other=0.0).to(tl.float32)
+        else:
+            gamma = tl.full(mean.shape, 1.0, tl.float32)
+            beta = tl.zeros(mean.shape, tl.float32)
+        if FILM:
+            s1 = 1 + tl.load(Sc + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
+            gamma = gamma * s1
+            beta = beta * s1 + tl.load(Sh + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
+        return g_mean, rstd * gamma, beta
+
+    @triton.jit
+    def _act(v, g_mean, a, beta, SILU: tl.constexpr):
+        f = (v - g_mean[None, :]) * a[None, :] + beta[None, :]
+        if SILU:
+            f = f / (1.0 + tl.exp(-f))
+        return f
+
+    @triton.jit
     def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_items, n_blocks, HW, C, CH, eps,
                          CPG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr,
+                         RESIDENT: tl.constexpr, HAS_XB: tl.constexpr, AFFINE: tl.constexpr,
                          FILM: tl.constexpr, SILU: tl.constexpr):
         lane = tl.arange(0, BLOCK_C)
         lane_ok = lane < CH
@@ -92,48 +123,44 @@ if triton is not None:
             base = b.to(tl.int64) * HW * C
             if HAS_XB:
                 xb = tl.load(XB + ch, mask=lane_ok, other=0.0).to(tl.float32)
-            # Welford per element of the [BLOCK_P, BLOCK_C] chunk (every element sees one value
-            # per step, so the count is the step number), rows combined once at the end: no
-            # cross-warp reduction inside the loop
-            acc_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-            acc_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-            for i in range(n_chunks):
-                off = base + (i * BLOCK_P + rows)[:, None] * C + ch[None, :]
+            if RESIDENT:  # the whole slice in registers: one load, exact two-pass statistics
+                off = base + rows[:, None] * C + ch[None, :]
                 v = tl.load(X + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
                 if HAS_XB:
                     v += xb[None, :]
-                delta = v - acc_mean
-                acc_mean += delta * (1.0 / (i + 1))
-                acc_m2 += delta * (v - acc_mean)
-            mean = tl.sum(acc_mean, 0) / BLOCK_P
-            dm = acc_mean - mean[None, :]
-            m2 = tl.sum(acc_m2, 0) + n_chunks * tl.sum(dm * dm, 0)
-            var = m2 / HW
-            g_mean = tl.sum(tl.where(same, mean[None, :], 0.0), 1) / CPG
-            dev = var + (mean - g_mean) * (mean - g_mean)
-            g_var = tl.sum(tl.where(same, dev[None, :], 0.0), 1) / CPG
-            rstd = 1.0 / tl.sqrt(g_var + eps)
-            if AFFINE:
-                gamma = tl.load(Wt + ch, mask=lane_ok, other=0.0).to(tl.float32)
-                beta = tl.load(Bn + ch, mask=lane_ok, other=0.0).to(tl.float32)
+                mean = tl.sum(v, 0) / HW
+                d = v - mean[None, :]
+                var = tl.sum(d * d, 0) / HW
+                g_mean, a, beta = _coefficients(mean, var, same, b, ch, lane_ok, Wt, Bn, Sc, Sh, C, eps,
+                                                CPG, AFFINE, FILM)
+                tl.store(Y + off, _act(v, g_mean, a, beta, SILU).to(Y.dtype.element_ty), mask=lane_ok[None, :])
             else:
-                gamma = tl.full((BLOCK_C,), 1.0, tl.float32)
-                beta = tl.zeros((BLOCK_C,), tl.float32)
-            if FILM:
-                s1 = 1 + tl.load(Sc + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
-                gamma = gamma * s1
-                beta = beta * s1 + tl.load(Sh + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
-            a = rstd * gamma
-            # second pass, last rows first: they are the most likely still in L2
-            for j in range(n_chunks):
-                off = base + ((n_chunks - 1 - j) * BLOCK_P + rows)[:, None] * C + ch[None, :]
-                v = tl.load(X + off, mask=lane_ok[None, :], other=0.0, eviction_policy="evict_first").to(tl.float32)
-                if HAS_XB:
-                    v += xb[None, :]
-                f = (v - g_mean[None, :]) * a[None, :] + beta[None, :]
-                if SILU:
-                    f = f / (1.0 + tl.exp(-f))
-                tl.store(Y + off, f.to(Y.dtype.element_ty), mask=lane_ok[None, :])
+                # Welford per element of the [BLOCK_P, BLOCK_C] chunk (every element sees one value
+                # per step, so the count is the step number), rows combined once at the end: no
+                # cross-warp reduction inside the loop
+                acc_mean = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+                acc_m2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+                for i in range(n_chunks):
+                    off = base + (i * BLOCK_P + rows)[:, None] * C + ch[None, :]
+                    v = tl.load(X + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
+                    if HAS_XB:
+                        v += xb[None, :]
+                    delta = v - acc_mean
+                    acc_mean += delta * (1.0 / (i + 1))
+                    acc_m2 += delta * (v - acc_mean)
+                mean = tl.sum(acc_mean, 0) / BLOCK_P
+                dm = acc_mean - mean[None, :]
+                var = (tl.sum(acc_m2, 0) + n_chunks * tl.sum(dm * dm, 0)) / HW
+                g_mean, a, beta = _coefficients(mean, var, same, b, ch, lane_ok, Wt, Bn, Sc, Sh, C, eps,
+                                                CPG, AFFINE, FILM)
+                # second pass, last rows first: they are the most likely still in L2
+                for j in range(n_chunks):
+                    off = base + ((n_chunks - 1 - j) * BLOCK_P + rows)[:, None] * C + ch[None, :]
+                    v = tl.load(X + off, mask=lane_ok[None, :], other=0.0,
+                                eviction_policy="evict_first").to(tl.float32)
+                    if HAS_XB:
+                        v += xb[None, :]
+                    tl.store(Y + off, _act(v, g_mean, a, beta, SILU).to(Y.dtype.element_ty), mask=lane_ok[None, :])
 
 
 def _num_programs(x: torch.Tensor, items: int) -> int:
@@ -149,18 +176,19 @@ def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu
     if not ch:
         raise ValueError(f"norm_act: {C} channels in {groups} groups: need whole groups of at most {BLOCK_C} channels")
     hw = H * W
-    block_p = max(1, min(hw, CHUNK // BLOCK_C))
+    resident = RESIDENT and hw * BLOCK_C <= RESIDENT_MAX
+    block_p = hw if resident else max(1, min(hw, CHUNK // BLOCK_C))
     while hw % block_p:
         block_p //= 2
     y = torch.empty_like(x, memory_format=torch.channels_last)
     n_blocks = C // ch
     items = B * n_blocks
     dummy = x.new_empty(0)
-    _norm_act_kernel[(_num_programs(x, items),)](
+    _norm_act_kernel[(items if resident else _num_programs(x, items),)](
         x, x_bias if x_bias is not None else dummy, weight if weight is not None else dummy,
         bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, y, items, n_blocks, hw, C, ch, eps,
-        CPG=C // groups, BLOCK_C=BLOCK_C, BLOCK_P=block_p, HAS_XB=x_bias is not None,
+        CPG=C // groups, BLOCK_C=BLOCK_C, BLOCK_P=block_p, RESIDENT=resident, HAS_XB=x_bias is not None,
         AFFINE=weight is not None, FILM=scale is not None, SILU=silu, num_warps=NUM_WARPS)
     return y
 
