@@ -169,7 +169,7 @@ class Path:
                 m.cast_early = not prev_blocks
             if isinstance(m, (ResBlock, JointUNet)):
                 m.fused_norm_act = not prev_blocks
-            if isinstance(m, (ResBlock, AttentionBlock)):
+            if isinstance(m, ResBlock):
                 m.triton_norm = not prev_blocks
             if isinstance(m, Upsample):  # the reference keeps the official arithmetic: interpolate, then conv
                 m.subpixel = optimised and not prev_blocks

@@ -272,13 +272,13 @@ class ResBlock(nn.Module):
     # channels_last input (the compiled path): norm, FiLM, SiLU and dropout through norm_act, whose
     # written-out backward the compiler turns into two passes; off on the bench's before-path
     fused_norm_act: bool = True
-    # inference on maps triton_norm takes: both norm steps through its one-read kernel
+    # inference on the maps triton_norm takes: the norm steps through its one-read kernel
     triton_norm: bool = True
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if use_norm_act(self, self.in_layers[0], x):
             from . import triton_norm
-            if triton_norm.usable(self, self.in_layers[0], x):
+            if triton_norm.usable(self, self.in_layers[0], x) and triton_norm.usable(self, self.out_norm, x):
                 return self._infer(x, emb)
             return self._fused(x, emb)
         h = self.in_layers(x)
@@ -295,12 +295,17 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
     def _infer(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The same block for inference, norm steps through :func:`triton_norm.norm_act`; the
-        first convolution's bias is added by the second norm's kernel as it reads the map."""
+        """The same block for inference, norm steps through :func:`triton_norm.norm_act`: the
+        second always (its input is the first convolution's output, whose bias the kernel adds as
+        it reads the map), the first when ``x`` is in memory anyway because the 1x1 skip
+        convolution reads it (a decoder concatenation, a downsampled map). Otherwise ``x`` is a
+        residual sum, which the compiler folds into its own norm kernels rather than write it out,
+        and which this opaque kernel would make it write (measured: a net loss, results/bench/)."""
         from . import triton_norm
 
-        conv1 = self.in_layers[2]
-        h = F.conv2d(triton_norm.norm_act(self.in_layers[0], x), conv1.weight, None, padding=1)
+        n1, conv1 = self.in_layers[0], self.in_layers[2]
+        a = triton_norm.norm_act(n1, x) if isinstance(self.skip, nn.Conv2d) else norm_act(n1, x)
+        h = F.conv2d(a, conv1.weight, None, padding=1)
         scale, shift = self.emb_layers(emb).chunk(2, dim=1)
         h = self.out_layers[2](triton_norm.norm_act(self.out_norm, h, scale, shift, x_bias=conv1.bias))
         return self.skip(x) + h
@@ -337,18 +342,11 @@ class AttentionBlock(nn.Module):
     # cast the norm's output for the qkv matmul right away (autocast_input); off on the bench path
     # that times the blocks as they were before
     cast_early: bool = True
-    # inference on maps triton_norm takes: the norm through its one-read kernel (out in x's dtype)
-    triton_norm: bool = True
-
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
         if self.layout_preserving and is_channels_last(x):
-            from . import triton_norm
-            if self.cast_early and triton_norm.usable(self, self.norm, x):
-                h = triton_norm.norm_act(self.norm, x, silu=False)
-            else:
-                h = self.norm(x)
+            h = self.norm(x)
             return x + self._tokens(autocast_input(h) if self.cast_early else h)
         # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors, head_dim the unit-stride axis
         qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)
