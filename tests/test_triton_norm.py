@@ -24,8 +24,9 @@ def test_kernel_matches_the_norm_act_composition():
         from jdcl_bench.jdcl import triton_norm
         from jdcl_bench.jdcl.unet import GroupNorm, group_norm_channels_last
         g = torch.Generator().manual_seed(0)
-        # 4 channels per group in 4 slices; 12 per group (24 of 32 lanes used); one group per slice
-        for B, C, G, H in ((2, 128, 32, 8), (3, 96, 8, 16), (2, 32, 1, 8)):
+        # 8x8 (64-channel slices): 4 channels per group, 2 slices; one group per slice;
+        # 16x16 (32-channel slices): 16 channels per group, 2 slices
+        for B, C, G, H in ((2, 128, 32, 8), (2, 64, 1, 8), (3, 64, 4, 16)):
             n = GroupNorm(G, C)
             with torch.no_grad():
                 n.weight.normal_(1, 0.3, generator=g), n.bias.normal_(0, 0.3, generator=g)
@@ -43,12 +44,14 @@ def test_kernel_matches_the_norm_act_composition():
                 ref2 = F.group_norm(x.contiguous(), G, n.weight, n.bias, n.eps)
                 assert torch.allclose(y2, ref2, atol=2e-5, rtol=1e-5), (C, G, (y2 - ref2).abs().max())
         torch.library.opcheck(triton_norm._norm_act_op, (x, n.weight.detach(), n.bias.detach(), sc, sh, xb, G, n.eps, True))
-        try:  # 32x32: the compiled form's; a clear error, not a wrong result
-            triton_norm.norm_act(n, torch.randn(2, 32, 32, 32).contiguous(memory_format=torch.channels_last))
-        except ValueError as exc:
-            assert "at most 256" in str(exc), exc
-        else:
-            raise AssertionError("a 32x32 map was accepted")
+        # 32x32, and 12-channel groups (idle lanes): the compiled form's; a clear error, not a wrong result
+        for C, G, H in ((64, 4, 32), (384, 32, 16)):
+            try:
+                triton_norm.norm_act(GroupNorm(G, C), torch.randn(2, C, H, H).contiguous(memory_format=torch.channels_last))
+            except ValueError as exc:
+                assert "not supported" in str(exc), exc
+            else:
+                raise AssertionError(f"{C} channels in {G} groups at {H}x{H} were accepted")
     """)
 
 

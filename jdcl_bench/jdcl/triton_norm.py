@@ -32,13 +32,15 @@ try:
 except ImportError:  # pragma: no cover - torch builds without triton
     triton = None
 
-BLOCK_C = 32     # channel lanes per program; a slice is the most whole groups that fit
+SLICE = 8192     # values per program: 32 channels of a 16x16 map, 64 of an 8x8 one
+MAX_LANES = 64
 NUM_WARPS = 4
-# Maps the UNet sends here: a slice of at most 256 pixels x 32 channels stays in registers. The
+# Maps the UNet sends here, each (sample, channel slice) held in one program's registers. The
 # settings and the range come from benchmarks/norm_act_infer.py on an H100 at batch 2000
-# (results/bench/norm-act-...T104056.json): at 16x16 and 8x8 this took 0.16-0.62 ms where
-# inductor's two kernels took 0.22-1.03 ms; at 32x32 (a 1024-pixel slice: in registers it spills,
-# streamed its second read misses L2, ...T102626) and at 4x4 the compiled form is as fast or faster.
+# (results/bench/norm-act-...T104056.json and ...T104759.json): at 16x16 and 8x8 this took
+# 0.16-0.58 ms where inductor's two kernels took 0.20-1.03 ms; at 32x32 (a 1024-pixel slice: in
+# registers it spills; streamed through L2 its second read missed, ...T102626) and at 4x4 the
+# compiled form was as fast or faster.
 MIN_HW, MAX_HW = 64, 256
 
 
@@ -61,73 +63,72 @@ def usable(owner: torch.nn.Module, norm: torch.nn.GroupNorm, x: torch.Tensor) ->
 
     return (owner.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
             and _fits(x.shape[2] * x.shape[3]) and available(x)
-            and _slice_channels(norm.num_channels, norm.num_groups) > 0)
+            and _slice_channels(norm.num_channels, norm.num_groups, x.shape[2] * x.shape[3]) > 0)
 
 
-def _slice_channels(channels: int, groups: int) -> int:
-    """Channels per program: the most whole groups that fit BLOCK_C lanes and divide the width."""
-    cpg = channels // groups
-    if cpg == 0 or cpg > BLOCK_C or channels % groups:
+def _slice_channels(channels: int, groups: int, hw: int) -> int:
+    """Channels per program (a power of two, whole groups, dividing the width), or 0 where the
+    width does not split so: 12-channel groups (384 = 32 x 12) would leave lanes idle, and
+    the compiled form was faster there (results/bench/norm-act-...T104759.json)."""
+    lanes = min(MAX_LANES, SLICE // hw)
+    if channels % groups or lanes % (channels // groups) or channels % lanes:
         return 0
-    k = BLOCK_C // cpg
-    while groups % k:
-        k -= 1
-    return k * cpg
+    return lanes
 
 
 if triton is not None:
     @triton.jit
-    def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_blocks, C, CH, eps,
+    def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_blocks, C, eps,
                          HW: tl.constexpr, CPG: tl.constexpr, BLOCK_C: tl.constexpr,
                          HAS_XB: tl.constexpr, AFFINE: tl.constexpr, FILM: tl.constexpr, SILU: tl.constexpr):
         item = tl.program_id(0)
         b = item // n_blocks
         lane = tl.arange(0, BLOCK_C)
-        lane_ok = lane < CH
-        ch = (item % n_blocks) * CH + lane
+        ch = (item % n_blocks) * BLOCK_C + lane
         off = b.to(tl.int64) * HW * C + tl.arange(0, HW)[:, None] * C + ch[None, :]
-        v = tl.load(X + off, mask=lane_ok[None, :], other=0.0).to(tl.float32)
+        v = tl.load(X + off).to(tl.float32)
         if HAS_XB:
-            v += tl.load(XB + ch, mask=lane_ok, other=0.0).to(tl.float32)[None, :]
+            v += tl.load(XB + ch).to(tl.float32)[None, :]
         # per-channel mean and variance, two passes over the registers (no E[x^2] - E[x]^2)
         mean = tl.sum(v, 0) / HW
         d = v - mean[None, :]
         var = tl.sum(d * d, 0) / HW
         # the group's from its channels' (law of total variance); "same" marks one group's lanes
-        same = ((lane[:, None] // CPG) == (lane[None, :] // CPG)) & lane_ok[None, :]
+        same = (lane[:, None] // CPG) == (lane[None, :] // CPG)
         g_mean = tl.sum(tl.where(same, mean[None, :], 0.0), 1) / CPG
         dev = var + (mean - g_mean) * (mean - g_mean)
         rstd = 1.0 / tl.sqrt(tl.sum(tl.where(same, dev[None, :], 0.0), 1) / CPG + eps)
         if AFFINE:
-            gamma = tl.load(Wt + ch, mask=lane_ok, other=0.0).to(tl.float32)
-            beta = tl.load(Bn + ch, mask=lane_ok, other=0.0).to(tl.float32)
+            gamma = tl.load(Wt + ch).to(tl.float32)
+            beta = tl.load(Bn + ch).to(tl.float32)
         else:
             gamma = tl.full((BLOCK_C,), 1.0, tl.float32)
             beta = tl.zeros((BLOCK_C,), tl.float32)
         if FILM:
-            s1 = 1 + tl.load(Sc + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
+            s1 = 1 + tl.load(Sc + b * C + ch).to(tl.float32)
             gamma = gamma * s1
-            beta = beta * s1 + tl.load(Sh + b * C + ch, mask=lane_ok, other=0.0).to(tl.float32)
+            beta = beta * s1 + tl.load(Sh + b * C + ch).to(tl.float32)
         f = (v - g_mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
         if SILU:
             f = f / (1.0 + tl.exp(-f))
-        tl.store(Y + off, f.to(Y.dtype.element_ty), mask=lane_ok[None, :])
+        tl.store(Y + off, f.to(Y.dtype.element_ty))
 
 
 def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu: bool):
     B, C, H, W = x.shape
-    ch = _slice_channels(C, groups)
-    if not ch or not _fits(H * W):
-        raise ValueError(f"norm_act: a {H}x{W} map of {C} channels in {groups} groups: need whole groups of at "
-                         f"most {BLOCK_C} channels and a power-of-two pixel count of at most {MAX_HW}")
+    lanes = _slice_channels(C, groups, H * W) if _fits(H * W) else 0
+    if not lanes:
+        raise ValueError(f"norm_act: a {H}x{W} map of {C} channels in {groups} groups is not supported: the "
+                         f"pixel count must be a power of two in [{MIN_HW}, {MAX_HW}] and the channels split into "
+                         f"slices of {min(MAX_LANES, SLICE // (H * W))} holding whole groups")
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    n_blocks = C // ch
+    n_blocks = C // lanes
     dummy = x.new_empty(0)
     _norm_act_kernel[(B * n_blocks,)](
         x, x_bias if x_bias is not None else dummy, weight if weight is not None else dummy,
         bias if bias is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, y, n_blocks, C, ch, eps,
-        HW=H * W, CPG=C // groups, BLOCK_C=BLOCK_C, HAS_XB=x_bias is not None, AFFINE=weight is not None,
+        shift if shift is not None else dummy, y, n_blocks, C, eps,
+        HW=H * W, CPG=C // groups, BLOCK_C=lanes, HAS_XB=x_bias is not None, AFFINE=weight is not None,
         FILM=scale is not None, SILU=silu, num_warps=NUM_WARPS)
     return y
 
