@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +51,9 @@ FORMS = {"copy": copy, "native": native, "group_view": group_view, "per_channel"
 
 
 def median_ms(fn, iters=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
+    from jdcl_bench.bench import median_time
+
+    return 1000 * median_time(fn, torch.device("cuda"), warmup, iters)
 
 
 def main():

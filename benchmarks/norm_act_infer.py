@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -24,16 +23,9 @@ import torch
 
 
 def median_ms(fn, iters=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
+    from jdcl_bench.bench import median_time
+
+    return 1000 * median_time(fn, torch.device("cuda"), warmup, iters)
 
 
 def main():
