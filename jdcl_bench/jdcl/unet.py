@@ -342,6 +342,7 @@ class AttentionBlock(nn.Module):
     # cast the norm's output for the qkv matmul right away (autocast_input); off on the bench path
     # that times the blocks as they were before
     cast_early: bool = True
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
