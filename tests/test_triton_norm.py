@@ -95,14 +95,39 @@ def test_resblocks_take_the_kernel_only_for_inference_and_match_their_compiled_f
     """)
 
 
-def test_no_kernel_path_on_cpu_without_the_interpreter():
+def test_unet_eps_is_the_same_with_and_without_the_kernel():
+    _interpreted("""
+        import torch
+        from jdcl_bench.jdcl import triton_norm
+        from jdcl_bench.jdcl.unet import JointUNet, ResBlock, UNetConfig
+        calls = []
+        kernel = triton_norm.norm_act
+        triton_norm.norm_act = lambda norm, x, *a, **kw: calls.append(x.shape) or kernel(norm, x, *a, **kw)
+        torch.manual_seed(0)
+        model = JointUNet(UNetConfig.smoke()).eval().to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for p in model.parameters():  # the zero-initialised output convolutions too
+                p.add_(torch.randn_like(p) * 0.05)
+            x = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+            t = torch.tensor([10, 500, 990])
+            ours = model(x, t)
+            assert calls and all(s[2] == 16 for s in calls), calls  # the 16x16 level only
+            for m in model.modules():
+                if isinstance(m, ResBlock):
+                    m.triton_norm = False
+            ref = model(x, t)
+        assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (ours - ref).abs().max()
+    """)
+
+
+def test_no_kernel_path_on_cpu_without_the_interpreter(monkeypatch):
     import torch
 
     from jdcl_bench.jdcl import triton_norm
     from jdcl_bench.jdcl.unet import ResBlock
 
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     blk = ResBlock(64, 64, 32, dropout=0.0).eval()
     x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        with torch.no_grad():
-            assert not triton_norm.usable(blk, blk.in_layers[0], x)
+    with torch.no_grad():
+        assert not triton_norm.usable(blk, blk.in_layers[0], x)
