@@ -22,12 +22,6 @@ import torch
 import torch.nn.functional as F
 
 
-def median_ms(fn, iters=20, warmup=3):
-    from jdcl_bench.bench import median_time
-
-    return 1000 * median_time(fn, torch.device("cuda"), warmup, iters)
-
-
 def nhwc_stride(n, c, h, w):
     return [c * h * w, 1, w * c, c]
 
@@ -71,6 +65,7 @@ def main():
     args = ap.parse_args()
     import cudnn
 
+    from jdcl_bench.bench import median_time
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
     dev = torch.device("cuda")
@@ -89,8 +84,9 @@ def main():
         b = torch.randn(1, K, 1, 1, device=dev, generator=gen)
         r = torch.randn(N, K, H, W, device=dev, generator=gen).to(torch.bfloat16).contiguous(memory_format=cl)
         ref_conv = lambda: F.conv2d(x, w, b.view(-1).to(torch.bfloat16), padding=1)  # noqa: E731
-        ms_torch = median_ms(ref_conv)
-        ms_torch_stats = median_ms(lambda: torch.var_mean(ref_conv().float() + r.float(), dim=(2, 3)))
+        ms_torch = 1000 * median_time(ref_conv, dev, 3, 20)
+        ms_torch_stats = 1000 * median_time(lambda: torch.var_mean(ref_conv().float() + r.float(), dim=(2, 3)),
+                                            dev, 3, 20)
         row0 = {"shape": [N, C, K, H, W], "form": "torch conv2d (cuDNN) + bias", "ms": ms_torch,
                 "ms_with_separate_stats_and_residual": ms_torch_stats}
         rec["rows"].append(row0)
@@ -123,7 +119,7 @@ def main():
                         s2r = y.float().pow(2).sum(dims)
                         row["sum_rel_err"] = float((s1.view(-1) - s1r.view(-1)).norm() / s1r.norm())
                         row["sqsum_rel_err"] = float((s2.view(-1) - s2r.view(-1)).norm() / s2r.norm())
-                    row["ms"] = median_ms(run)
+                    row["ms"] = 1000 * median_time(run, dev, 3, 20)
                     row["engine"] = str(g.get_plan_name_at_index(0)) if hasattr(g, "get_plan_name_at_index") else None
                 except Exception as exc:  # a pattern cuDNN does not support: record why
                     row["error"] = f"{type(exc).__name__}: {exc}"[:600]

@@ -50,16 +50,13 @@ def copy(x, G, w, b, scale, shift):  # the roofline: read x, write one tensor of
 FORMS = {"copy": copy, "native": native, "group_view": group_view, "per_channel": per_channel}
 
 
-def median_ms(fn, iters=20, warmup=3):
-    from jdcl_bench.bench import median_time
-
-    return 1000 * median_time(fn, torch.device("cuda"), warmup, iters)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     args = ap.parse_args()
+
+    from jdcl_bench.bench import median_time
+
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     rows = []
@@ -77,7 +74,7 @@ def main():
             cfn = torch.compile(fn)
             out = cfn(x, G, w, b, scale, shift)
             err = None if name == "copy" else float((out.float() - ref).abs().max())
-            fwd = median_ms(lambda: cfn(x, G, w, b, scale, shift))
+            fwd = 1000 * median_time(lambda: cfn(x, G, w, b, scale, shift), dev, 3, 20)
             xg = x.detach().requires_grad_(True)
             gy = torch.randn_like(out, memory_format=torch.channels_last)
 
@@ -85,7 +82,7 @@ def main():
                 y = cfn(xg, G, w, b, scale, shift)
                 y.backward(gy)
             step()
-            fwdbwd = median_ms(step)
+            fwdbwd = 1000 * median_time(step, dev, 3, 20)
             row = {"shape": [B, C, S, S], "form": name, "fwd_ms": fwd, "fwd_bwd_ms": fwdbwd,
                    "fwd_GBps_2x_bytes": 2 * nbytes / fwd / 1e6, "max_abs_err_vs_fp32_native": err,
                    "out_channels_last": out.is_contiguous(memory_format=torch.channels_last),

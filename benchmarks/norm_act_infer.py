@@ -22,18 +22,13 @@ from pathlib import Path
 import torch
 
 
-def median_ms(fn, iters=20, warmup=3):
-    from jdcl_bench.bench import median_time
-
-    return 1000 * median_time(fn, torch.device("cuda"), warmup, iters)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
+    from jdcl_bench.bench import median_time
     from jdcl_bench.jdcl import triton_norm
     from jdcl_bench.jdcl.unet import GroupNorm, norm_act
     from jdcl_bench.records import atomic_write_bytes, code_version, now
@@ -73,7 +68,7 @@ def main():
                 except ValueError as exc:  # a width the kernel does not split (12-channel groups)
                     print(json.dumps({"shape": [B, C, S, S], "form": name, "error": str(exc)}), flush=True)
                     continue
-                ms = median_ms(lambda: fn(x, xb, sc, sh))
+                ms = 1000 * median_time(lambda: fn(x, xb, sc, sh), dev, 3, 20)
                 row = {"shape": [B, C, S, S], "form": name, "ms": ms, "GBps_2x_bytes": nbytes / ms / 1e6,
                        "max_abs_err_vs_fp32": None if name == "copy" else float((out.float() - ref32).abs().max())}
                 rec["rows"].append(row)
