@@ -44,10 +44,6 @@ NUM_WARPS = 4
 MIN_HW, MAX_HW = 64, 256
 
 
-def _fits(hw: int) -> bool:
-    return MIN_HW <= hw <= MAX_HW and hw & (hw - 1) == 0
-
-
 def available(x: torch.Tensor) -> bool:
     """Whether the kernel can run on ``x``'s device: CUDA with Triton, or Triton's interpreter."""
     if triton is None:
@@ -62,15 +58,21 @@ def usable(owner: torch.nn.Module, norm: torch.nn.GroupNorm, x: torch.Tensor) ->
     from .unet import is_channels_last
 
     return (owner.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
-            and _fits(x.shape[2] * x.shape[3]) and available(x)
-            and _slice_channels(norm.num_channels, norm.num_groups, x.shape[2] * x.shape[3]) > 0)
+            and available(x) and _slice_channels(norm.num_channels, norm.num_groups, x.shape[2] * x.shape[3]) > 0)
+
+
+def _lanes(hw: int) -> int:
+    return min(MAX_LANES, SLICE // hw)
 
 
 def _slice_channels(channels: int, groups: int, hw: int) -> int:
-    """Channels per program (a power of two, whole groups, dividing the width), or 0 where the
-    width does not split so: 12-channel groups (384 = 32 x 12) would leave lanes idle, and
-    the compiled form was faster there (results/bench/norm-act-...T104759.json)."""
-    lanes = min(MAX_LANES, SLICE // hw)
+    """Channels per program (a power of two, whole groups, dividing the width) for maps of ``hw``
+    pixels, or 0 where the kernel does not take them: a pixel count that is not a power of two in
+    [MIN_HW, MAX_HW], or a width that does not split so (12-channel groups, 384 = 32 x 12, would
+    leave lanes idle, and the compiled form was faster there: results/bench/norm-act-...T104759.json)."""
+    if not (MIN_HW <= hw <= MAX_HW and hw & (hw - 1) == 0):
+        return 0
+    lanes = _lanes(hw)
     if channels % groups or lanes % (channels // groups) or channels % lanes:
         return 0
     return lanes
@@ -116,11 +118,11 @@ if triton is not None:
 
 def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu: bool):
     B, C, H, W = x.shape
-    lanes = _slice_channels(C, groups, H * W) if _fits(H * W) else 0
+    lanes = _slice_channels(C, groups, H * W)
     if not lanes:
         raise ValueError(f"norm_act: a {H}x{W} map of {C} channels in {groups} groups is not supported: the "
                          f"pixel count must be a power of two in [{MIN_HW}, {MAX_HW}] and the channels split into "
-                         f"slices of {min(MAX_LANES, SLICE // (H * W))} holding whole groups")
+                         f"slices of {_lanes(H * W)} holding whole groups")
     y = torch.empty_like(x, memory_format=torch.channels_last)
     n_blocks = C // lanes
     dummy = x.new_empty(0)
