@@ -3,10 +3,10 @@
 A rate measured on one machine cannot be compared with one from another (H100s of one kind
 differ by a few percent, results/bench/). This builds the joint model from the current
 ``jdcl_bench/jdcl/unet.py`` and from another file (e.g. an older commit's, via ``git show``),
-with the same weights and batch, compiles both as the methods do (bf16 autocast, channels_last,
-fused AdamW, ``torch.compile(mode="reduce-overhead")``) and times their training steps
-(forward_joint, ε and classifier losses, backward, optimizer step; no EMA) alternately in one
-process: A, B, A, B.
+with the same weights and batch, and times the training step of ``jdcl-bench bench``'s CUDA-graph
+path (``bench.Path``: bf16 autocast, channels_last, fused AdamW, ``torch.compile(mode=
+"reduce-overhead")``; forward_joint, ε and classifier losses, backward, optimizer step, EMA)
+for both alternately in one process: A, B, A, B.
 
 Usage (GPU): git show e760edd:jdcl_bench/jdcl/unet.py > /tmp/unet_old.py
              python benchmarks/train_ab.py --other /tmp/unet_old.py --label e760edd
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def load_module(path: str, name: str):
@@ -30,25 +29,6 @@ def load_module(path: str, name: str):
     sys.modules[name] = mod  # dataclasses look their module up while the file runs
     spec.loader.exec_module(mod)
     return mod
-
-
-def compiled_step(unet_module, cfg, state, batch, dev):
-    model = unet_module.JointUNet(cfg).to(dev)
-    model.load_state_dict(state)
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01, fused=True)
-    joint = torch.compile(lambda x_t, t, x_cls: model.forward_joint(x_t, t, x_cls), mode="reduce-overhead")
-    x_t, t, noise, x_cls, y = batch
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            eps, logits = joint(x_t, t, x_cls)
-        loss = F.mse_loss(eps.float(), noise) + 0.001 * F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def main() -> None:
@@ -60,6 +40,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
+    from jdcl_bench.bench import Path as BenchPath
     from jdcl_bench.bench import batch_for, device_info, median_time, trained_looking_model, unet_config
     from jdcl_bench.jdcl import unet as current
     from jdcl_bench.records import atomic_write_bytes, code_version, now
@@ -72,7 +53,9 @@ def main() -> None:
     steps, compile_s = {}, {}
     for name, mod in versions.items():
         t0 = time.perf_counter()
-        steps[name] = compiled_step(mod, cfg, state, batch, dev)
+        bench_path = BenchPath(cfg, state, dev, optimised=True, compile=True, mode="reduce-overhead",
+                               model_cls=mod.JointUNet)
+        steps[name] = lambda p=bench_path: p.train_step(batch)
         steps[name](), steps[name]()
         torch.cuda.synchronize()
         compile_s[name] = time.perf_counter() - t0

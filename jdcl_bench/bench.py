@@ -158,9 +158,11 @@ class Path:
 
     def __init__(self, cfg: UNetConfig, state: dict, device: torch.device, *, optimised: bool, compile: bool,
                  mode: str | None = None, channels_last: bool = True, options: dict | None = None,
-                 nchw_blocks: bool = False, prev_blocks: bool = False):
+                 nchw_blocks: bool = False, prev_blocks: bool = False, model_cls: type = JointUNet):
+        # model_cls: another version's JointUNet with the same parameters (benchmarks/train_ab.py);
+        # the switches below reach only this module's block classes, others keep their defaults
         self.device, self.optimised = device, optimised
-        self.model = JointUNet(cfg).to(device)
+        self.model = model_cls(cfg).to(device)
         self.model.load_state_dict(state)
         for m in self.model.modules():
             if isinstance(m, (GroupNorm, AttentionBlock)):
