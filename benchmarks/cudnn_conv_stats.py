@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import traceback
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +63,7 @@ def main():
     args = ap.parse_args()
     import cudnn
 
-    from jdcl_bench.bench import median_time
+    from jdcl_bench.bench import median_time, record_path
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
     dev = torch.device("cuda")
@@ -75,7 +73,7 @@ def main():
     rec = {"created_at": now(), "code_version": code_version(), "gpu_name": torch.cuda.get_device_name(dev),
            "torch": torch.__version__, "cudnn_backend": torch.backends.cudnn.version(),
            "cudnn_frontend": cudnn.__version__, "rows": []}
-    path = Path(args.out) / f"cudnn-conv-stats-{rec['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = record_path(args.out, "cudnn-conv-stats", rec["gpu_name"])
     for N, C, K, H in ((args.batch, 128, 128, 32), (args.batch, 256, 256, 16)):
         W = H
         cl = torch.channels_last

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -42,7 +41,7 @@ def main() -> None:
 
     import torch._inductor.config as icfg
 
-    from jdcl_bench.bench import (device_info, flops_per_image, kernel_breakdown, median_time,
+    from jdcl_bench.bench import (device_info, flops_per_image, kernel_breakdown, median_time, record_path,
                                   trained_looking_model, unet_config)
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
@@ -56,7 +55,7 @@ def main() -> None:
     flops = flops_per_image(cfg, dev)["eps_eval"]
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
-    path = Path(args.out) / f"ddim-batch-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = record_path(args.out, "ddim-batch", record["gpu_name"])
     runs = [(n, tn) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
     for n, tn in runs:
         for m in model.modules():

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from pathlib import Path
 
 import torch
 
@@ -28,7 +26,7 @@ def main():
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
-    from jdcl_bench.bench import median_time
+    from jdcl_bench.bench import median_time, record_path
     from jdcl_bench.jdcl import triton_norm
     from jdcl_bench.jdcl.unet import GroupNorm, norm_act
     from jdcl_bench.records import atomic_write_bytes, code_version, now
@@ -38,7 +36,7 @@ def main():
     B = args.batch
     rec = {"created_at": now(), "code_version": code_version(), "gpu_name": torch.cuda.get_device_name(dev),
            "torch": torch.__version__, "batch": B, "rows": []}
-    path = Path(args.out) / f"norm-act-{rec['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = record_path(args.out, "norm-act", rec["gpu_name"])
     for C, S in ((128, 16), (256, 16), (512, 16), (384, 16), (256, 8), (512, 8)):
         n = GroupNorm(32, C).to(dev)
         with torch.no_grad():

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -41,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from jdcl_bench.bench import Path as BenchPath
-    from jdcl_bench.bench import batch_for, device_info, median_time, trained_looking_model, unet_config
+    from jdcl_bench.bench import (batch_for, device_info, median_time, record_path, trained_looking_model,
+                                  unet_config)
     from jdcl_bench.jdcl import unet as current
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
@@ -68,7 +68,7 @@ def main() -> None:
             print(json.dumps(rounds[-1]), flush=True)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "config": "paper"}, "compile_s": compile_s, "rounds": rounds}
-    path = Path(args.out) / f"train-ab-{record['gpu_name'].replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = record_path(args.out, "train-ab", record["gpu_name"])
     atomic_write_bytes(path, json.dumps(record, indent=2).encode())
     print(f"wrote {path}")
 

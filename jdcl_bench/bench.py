@@ -33,6 +33,7 @@ multiply measured on the same device in the same process.
 """
 from __future__ import annotations
 
+import pathlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -454,3 +455,8 @@ def device_info(device: torch.device) -> dict:
         info["gpu_name"] = torch.cuda.get_device_name(device)
         info["bf16_matmul_tflops_measured"] = matmul_tflops(device)
     return info
+
+
+def record_path(out, kind: str, gpu_name: str) -> pathlib.Path:
+    """Where a speed record goes: ``<out>/<kind>-<GPU name>-<timestamp>.json``, results/bench/'s naming."""
+    return pathlib.Path(out) / f"{kind}-{gpu_name.replace(' ', '_')}-{time.strftime('%Y%m%dT%H%M%S')}.json"

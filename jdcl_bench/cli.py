@@ -309,9 +309,8 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
           out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
-    import time as _time
 
-    from .bench import BenchSettings, check_paths, device_info, run_bench
+    from .bench import BenchSettings, check_paths, device_info, record_path, run_bench
     from .records import atomic_write_bytes, code_version, now
     from .runner import resolve_device
 
@@ -322,7 +321,7 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
         raise click.BadParameter(str(exc), param_hint="--path") from None
     dev = resolve_device(device)
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
-    path = Path(out) / f"bench-{record.get('gpu_name', 'cpu').replace(' ', '_')}-{_time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = record_path(out, "bench", record.get("gpu_name", "cpu"))
 
     def save(partial=None):  # after every timed path: a bench stopped later keeps what it measured
         runs = record["runs"] + ([partial] if partial is not None else [])
