@@ -23,6 +23,13 @@ import torch
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--maps", default="128@16,256@16,512@16,384@16,256@8,512@8",
+                    help="channels@size of the maps to time, comma-separated")
+    ap.add_argument("--slices", default="4096,8192,16384", help="SLICE values (values per program) to try")
+    ap.add_argument("--warps", default="4,8")
+    ap.add_argument("--compact", choices=("off", "on", "both"), default="off",
+                    help="also (or only) hold the slice in bf16 (triton_norm.COMPACT)")
+    ap.add_argument("--maxnreg", default="0", help="register caps to try (0 = none), comma-separated")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
@@ -37,7 +44,10 @@ def main():
     rec = {"created_at": now(), "code_version": code_version(), "gpu_name": torch.cuda.get_device_name(dev),
            "torch": torch.__version__, "batch": B, "rows": []}
     path = record_path(args.out, "norm-act", rec["gpu_name"])
-    for C, S in ((128, 16), (256, 16), (512, 16), (384, 16), (256, 8), (512, 8)):
+    maps = [tuple(int(v) for v in m.split("@")) for m in args.maps.split(",")]
+    triton_norm.MAX_HW = max(triton_norm.MAX_HW, max(S * S for _, S in maps))  # let 32x32 maps through
+    compacts = {"off": (False,), "on": (True,), "both": (False, True)}[args.compact]
+    for C, S in maps:
         n = GroupNorm(32, C).to(dev)
         with torch.no_grad():
             n.weight.normal_(1, 0.2, generator=g), n.bias.normal_(0, 0.2, generator=g)
@@ -54,12 +64,15 @@ def main():
         with torch.no_grad():
             ref32 = norm_act(n, x.float() + xb[:, None, None], sc.float(), sh.float())
             forms = {"copy": torch.compile(lambda x, xb, sc, sh: x * 1), "compiled": torch.compile(reference)}
-            for slice_ in (4096, 8192, 16384):
-                for nw in (4, 8):
-                    def mine(x, xb, sc, sh, cfg=(slice_, nw)):
-                        triton_norm.SLICE, triton_norm.NUM_WARPS = cfg
-                        return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
-                    forms[f"triton {slice_}/{nw}"] = mine
+            for slice_ in map(int, args.slices.split(",")):
+                for nw in map(int, args.warps.split(",")):
+                    for compact in compacts:
+                        for mr in map(int, args.maxnreg.split(",")):
+                            def mine(x, xb, sc, sh, cfg=(slice_, nw, compact, mr or None)):
+                                (triton_norm.SLICE, triton_norm.NUM_WARPS, triton_norm.COMPACT,
+                                 triton_norm.MAXNREG) = cfg
+                                return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
+                            forms[f"triton {slice_}/{nw}" + (" bf16" if compact else "") + (f" r{mr}" if mr else "")] = mine
             for name, fn in forms.items():
                 try:
                     out = fn(x, xb, sc, sh)

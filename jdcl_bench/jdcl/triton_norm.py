@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - torch builds without triton
 SLICE = 8192     # values per program: 32 channels of a 16x16 map, 64 of an 8x8 one
 MAX_LANES = 64
 NUM_WARPS = 4
+COMPACT = False  # hold the slice in the input's dtype (bf16) rather than fp32 (benchmarks only, for now)
+MAXNREG = None   # a register cap for more programs per SM (benchmarks only, for now)
 # Maps the UNet sends here, each (sample, channel slice) held in one program's registers. The
 # settings and the range come from benchmarks/norm_act_infer.py on an H100 at batch 2000
 # (results/bench/norm-act-...T104056.json and ...T104759.json): at 16x16 and 8x8 this took
@@ -80,19 +82,30 @@ def _slice_channels(channels: int, groups: int, hw: int) -> int:
 
 if triton is not None:
     @triton.jit
+    def _widen(raw):
+        # bf16 -> fp32 (the bits shifted up) through an impure asm, which the compiler may neither
+        # merge with another conversion of the same tile nor hoist: each use converts afresh, and
+        # only the bf16 tile stays live between the passes
+        return tl.inline_asm_elementwise("{ .reg .b32 t; cvt.u32.u16 t, $1; shl.b32 $0, t, 16; }", "=r,h",
+                                         [raw], dtype=tl.float32, is_pure=False, pack=1)
+
+    @triton.jit
     def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_blocks, C, eps,
                          HW: tl.constexpr, CPG: tl.constexpr, BLOCK_C: tl.constexpr,
-                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr, FILM: tl.constexpr, SILU: tl.constexpr):
+                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr, FILM: tl.constexpr, SILU: tl.constexpr,
+                         COMPACT: tl.constexpr = False):
         item = tl.program_id(0)
         b = item // n_blocks
         lane = tl.arange(0, BLOCK_C)
         ch = (item % n_blocks) * BLOCK_C + lane
         off = b.to(tl.int64) * HW * C + tl.arange(0, HW)[:, None] * C + ch[None, :]
-        v = tl.load(X + off).to(tl.float32)
-        if HAS_XB:
-            v += tl.load(XB + ch).to(tl.float32)[None, :]
+        raw = tl.load(X + off)
+        xb = tl.load(XB + ch).to(tl.float32)[None, :] if HAS_XB else 0.0
+        v = (_widen(raw) if COMPACT else raw.to(tl.float32)) + xb
         # per-channel mean and variance, two passes over the registers (no E[x^2] - E[x]^2)
         mean = tl.sum(v, 0) / HW
+        if COMPACT:
+            v = _widen(raw) + xb
         d = v - mean[None, :]
         var = tl.sum(d * d, 0) / HW
         # the group's from its channels' (law of total variance); "same" marks one group's lanes
@@ -110,6 +123,11 @@ if triton is not None:
             s1 = 1 + tl.load(Sc + b * C + ch).to(tl.float32)
             gamma = gamma * s1
             beta = beta * s1 + tl.load(Sh + b * C + ch).to(tl.float32)
+        if COMPACT:
+            # keep only the input-dtype tile live across the statistics (half the registers of an
+            # fp32 one, so more programs per SM): convert it again here, through an impure asm the
+            # compiler may not merge with the first conversion
+            v = _widen(raw) + xb
         f = (v - g_mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
         if SILU:
             f = f / (1.0 + tl.exp(-f))
@@ -131,7 +149,8 @@ def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu
         bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, y, n_blocks, C, eps,
         HW=H * W, CPG=C // groups, BLOCK_C=lanes, HAS_XB=x_bias is not None, AFFINE=weight is not None,
-        FILM=scale is not None, SILU=silu, num_warps=NUM_WARPS)
+        FILM=scale is not None, SILU=silu, COMPACT=COMPACT, num_warps=NUM_WARPS,
+        **({"maxnreg": MAXNREG} if MAXNREG else {}))
     return y
 
 
