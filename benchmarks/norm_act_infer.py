@@ -1,16 +1,20 @@
 """The UNet's inference norm step: inductor's two kernels against triton_norm's one, per shape.
 
 One norm-activation step as DDIM sampling runs it (no grad, bf16, channels_last, batch 2000):
-the preceding convolution's bias added, GroupNorm, FiLM, SiLU, bf16 out. Timed for every map
-shape of the paper config's ResBlocks at 16x16 and 8x8 (the maps triton_norm takes):
+the preceding convolution's bias added, GroupNorm, FiLM, SiLU, bf16 out. Timed for map shapes of
+the paper config's ResBlocks (``--maps``):
 
-- ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet ran before triton_norm
-  (a statistics reduction over the map, then an element-wise pass that reads it again);
-- ``triton SLICE/NUM_WARPS``: :func:`triton_norm.norm_act`, one program per (sample, channel
-  slice), the slice held in registers (read once), in several slice sizes and warp counts;
+- ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet runs where triton_norm does
+  not (a statistics reduction over the map, then an element-wise pass that reads it again);
+- ``triton LANES/WARPS``: :func:`triton_norm.norm_act`, one program per (sample, LANES channels),
+  the slice held in registers (read once), for each slice width and warp count asked for
+  (``triton_norm.LAUNCH`` holds the chosen ones);
 - ``copy``: a compiled read and write of the same bytes, the memory roofline.
 
-Usage (GPU): python benchmarks/norm_act_infer.py [--out results/bench]
+(The record ...T124207 was made by this script's form at 7b1410b, with ``--slices`` in values per
+program and two switches since removed.)
+
+Usage (GPU): python benchmarks/norm_act_infer.py [--maps 128@32,256@16] [--lanes 16,32] [--warps 4,8]
 """
 from __future__ import annotations
 
@@ -25,11 +29,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--maps", default="128@16,256@16,512@16,384@16,256@8,512@8",
                     help="channels@size of the maps to time, comma-separated")
-    ap.add_argument("--slices", default="4096,8192,16384", help="SLICE values (values per program) to try")
+    ap.add_argument("--lanes", default="16,32,64", help="channels per program to try, comma-separated")
     ap.add_argument("--warps", default="4,8")
-    ap.add_argument("--compact", choices=("off", "on", "both"), default="off",
-                    help="also (or only) hold the slice in bf16 (triton_norm.COMPACT)")
-    ap.add_argument("--maxnreg", default="0", help="register caps to try (0 = none), comma-separated")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
@@ -45,8 +46,6 @@ def main():
            "torch": torch.__version__, "batch": B, "rows": []}
     path = record_path(args.out, "norm-act", rec["gpu_name"])
     maps = [tuple(int(v) for v in m.split("@")) for m in args.maps.split(",")]
-    triton_norm.MAX_HW = max(triton_norm.MAX_HW, max(S * S for _, S in maps))  # let 32x32 maps through
-    compacts = {"off": (False,), "on": (True,), "both": (False, True)}[args.compact]
     for C, S in maps:
         n = GroupNorm(32, C).to(dev)
         with torch.no_grad():
@@ -64,15 +63,12 @@ def main():
         with torch.no_grad():
             ref32 = norm_act(n, x.float() + xb[:, None, None], sc.float(), sh.float())
             forms = {"copy": torch.compile(lambda x, xb, sc, sh: x * 1), "compiled": torch.compile(reference)}
-            for slice_ in map(int, args.slices.split(",")):
+            for lanes in map(int, args.lanes.split(",")):
                 for nw in map(int, args.warps.split(",")):
-                    for compact in compacts:
-                        for mr in map(int, args.maxnreg.split(",")):
-                            def mine(x, xb, sc, sh, cfg=(slice_, nw, compact, mr or None)):
-                                (triton_norm.SLICE, triton_norm.NUM_WARPS, triton_norm.COMPACT,
-                                 triton_norm.MAXNREG) = cfg
-                                return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
-                            forms[f"triton {slice_}/{nw}" + (" bf16" if compact else "") + (f" r{mr}" if mr else "")] = mine
+                    def mine(x, xb, sc, sh, launch=(lanes, nw), hw=S * S):
+                        triton_norm.LAUNCH[hw] = launch
+                        return triton_norm.norm_act(n, x, sc, sh, x_bias=xb)
+                    forms[f"triton {lanes}/{nw}"] = mine
             for name, fn in forms.items():
                 try:
                     out = fn(x, xb, sc, sh)

@@ -4,9 +4,8 @@ Compiled, each norm-activation step of the UNet is two kernels: a reduction that
 map for the per-channel statistics, then an element-wise kernel that reads it again and writes
 the activated map. At DDIM's batch of 2000 the reductions were half of the element-wise GPU time
 of an ε evaluation (18.8 of 37.6 ms on an H100, results/bench/ddim-batch-...T101829.json).
-GroupNorm's statistics are per sample, so for the small maps of the lower UNet levels (8x8 and
-16x16) one program holds a (sample, whole groups of channels) slice in registers: one read, the
-statistics, the normalisation, one write.
+GroupNorm's statistics are per sample, so one program holds a (sample, whole groups of channels)
+slice of a map in registers: one read, the statistics, the normalisation, one write.
 
 The arithmetic is :func:`unet._NormAct`'s forward without dropout: each channel's mean and
 variance over H, W (two passes over the registers: no E[x^2] - E[x]^2 cancellation), the group's
@@ -32,18 +31,15 @@ try:
 except ImportError:  # pragma: no cover - torch builds without triton
     triton = None
 
-SLICE = 8192     # values per program: 32 channels of a 16x16 map, 64 of an 8x8 one
-MAX_LANES = 64
-NUM_WARPS = 4
-COMPACT = False  # hold the slice in the input's dtype (bf16) rather than fp32 (benchmarks only, for now)
-MAXNREG = None   # a register cap for more programs per SM (benchmarks only, for now)
-# Maps the UNet sends here, each (sample, channel slice) held in one program's registers. The
-# settings and the range come from benchmarks/norm_act_infer.py on an H100 at batch 2000
-# (results/bench/norm-act-...T104056.json and ...T104759.json): at 16x16 and 8x8 this took
-# 0.16-0.58 ms where inductor's two kernels took 0.20-1.03 ms; at 32x32 (a 1024-pixel slice: in
-# registers it spills; streamed through L2 its second read missed, ...T102626) and at 4x4 the
-# compiled form was as fast or faster.
-MIN_HW, MAX_HW = 64, 256
+# (lanes, warps) per map size in pixels: each program holds a (sample, `lanes` channels) slice,
+# whole groups of channels, in registers. Measured with benchmarks/norm_act_infer.py on H100s at
+# batch 2000 against inductor's two kernels (statistics, then normalise): 8x8 and 16x16 with
+# 8192-value slices and 4 warps, 0.16-0.58 ms against 0.20-1.03 (results/bench/norm-act-...T104056,
+# ...T104759); 32x32 with 16-channel slices (32 bytes of each pixel, one memory sector) and 8
+# warps, 0.572 against 0.793 ms at 128 channels (...T124207; 8- and 32-channel slices, 4 or 16
+# warps, a bf16-held slice and register caps were slower there). 4x4 maps: the compiled form was
+# as fast. Other sizes do not occur in the UNet.
+LAUNCH = {64: (64, 4), 256: (32, 4), 1024: (16, 8)}
 
 
 def available(x: torch.Tensor) -> bool:
@@ -55,26 +51,22 @@ def available(x: torch.Tensor) -> bool:
 
 def usable(owner: torch.nn.Module, norm: torch.nn.GroupNorm, x: torch.Tensor) -> bool:
     """Whether ``owner`` (a ResBlock, switch ``triton_norm``) runs ``norm`` here on maps the size of
-    ``x``: no autograd, eval mode (no dropout), a channels_last map of a power-of-two size in
-    [MIN_HW, MAX_HW] pixels, a device the kernel runs on, whole groups of ``norm`` per slice."""
+    ``x``: no autograd, eval mode (no dropout), a channels_last map of a size in LAUNCH, a device
+    the kernel runs on, whole groups of ``norm`` per slice."""
     from .unet import is_channels_last
 
     return (owner.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
             and available(x) and _slice_channels(norm.num_channels, norm.num_groups, x.shape[2] * x.shape[3]) > 0)
 
 
-def _lanes(hw: int) -> int:
-    return min(MAX_LANES, SLICE // hw)
-
-
 def _slice_channels(channels: int, groups: int, hw: int) -> int:
-    """Channels per program (a power of two, whole groups, dividing the width) for maps of ``hw``
-    pixels, or 0 where the kernel does not take them: a pixel count that is not a power of two in
-    [MIN_HW, MAX_HW], or a width that does not split so (12-channel groups, 384 = 32 x 12, would
-    leave lanes idle, and the compiled form was faster there: results/bench/norm-act-...T104759.json)."""
-    if not (MIN_HW <= hw <= MAX_HW and hw & (hw - 1) == 0):
+    """Channels per program for maps of ``hw`` pixels (whole groups, dividing the width), or 0
+    where the kernel does not take them: a size not in LAUNCH, or a width that does not split so
+    (12-channel groups, 384 = 32 x 12, would leave lanes idle, and the compiled form was faster
+    there: results/bench/norm-act-...T104759.json)."""
+    if hw not in LAUNCH:
         return 0
-    lanes = _lanes(hw)
+    lanes = LAUNCH[hw][0]
     if channels % groups or lanes % (channels // groups) or channels % lanes:
         return 0
     return lanes
@@ -82,30 +74,19 @@ def _slice_channels(channels: int, groups: int, hw: int) -> int:
 
 if triton is not None:
     @triton.jit
-    def _widen(raw):
-        # bf16 -> fp32 (the bits shifted up) through an impure asm, which the compiler may neither
-        # merge with another conversion of the same tile nor hoist: each use converts afresh, and
-        # only the bf16 tile stays live between the passes
-        return tl.inline_asm_elementwise("{ .reg .b32 t; cvt.u32.u16 t, $1; shl.b32 $0, t, 16; }", "=r,h",
-                                         [raw], dtype=tl.float32, is_pure=False, pack=1)
-
-    @triton.jit
     def _norm_act_kernel(X, XB, Wt, Bn, Sc, Sh, Y, n_blocks, C, eps,
                          HW: tl.constexpr, CPG: tl.constexpr, BLOCK_C: tl.constexpr,
-                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr, FILM: tl.constexpr, SILU: tl.constexpr,
-                         COMPACT: tl.constexpr = False):
+                         HAS_XB: tl.constexpr, AFFINE: tl.constexpr, FILM: tl.constexpr, SILU: tl.constexpr):
         item = tl.program_id(0)
         b = item // n_blocks
         lane = tl.arange(0, BLOCK_C)
         ch = (item % n_blocks) * BLOCK_C + lane
         off = b.to(tl.int64) * HW * C + tl.arange(0, HW)[:, None] * C + ch[None, :]
-        raw = tl.load(X + off)
-        xb = tl.load(XB + ch).to(tl.float32)[None, :] if HAS_XB else 0.0
-        v = (_widen(raw) if COMPACT else raw.to(tl.float32)) + xb
+        v = tl.load(X + off).to(tl.float32)
+        if HAS_XB:
+            v += tl.load(XB + ch).to(tl.float32)[None, :]
         # per-channel mean and variance, two passes over the registers (no E[x^2] - E[x]^2)
         mean = tl.sum(v, 0) / HW
-        if COMPACT:
-            v = _widen(raw) + xb
         d = v - mean[None, :]
         var = tl.sum(d * d, 0) / HW
         # the group's from its channels' (law of total variance); "same" marks one group's lanes
@@ -123,11 +104,6 @@ if triton is not None:
             s1 = 1 + tl.load(Sc + b * C + ch).to(tl.float32)
             gamma = gamma * s1
             beta = beta * s1 + tl.load(Sh + b * C + ch).to(tl.float32)
-        if COMPACT:
-            # keep only the input-dtype tile live across the statistics (half the registers of an
-            # fp32 one, so more programs per SM): convert it again here, through an impure asm the
-            # compiler may not merge with the first conversion
-            v = _widen(raw) + xb
         f = (v - g_mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
         if SILU:
             f = f / (1.0 + tl.exp(-f))
@@ -138,9 +114,9 @@ def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu
     B, C, H, W = x.shape
     lanes = _slice_channels(C, groups, H * W)
     if not lanes:
+        sizes = ", ".join(f"{hw} ({n} channels)" for hw, (n, _) in sorted(LAUNCH.items()))
         raise ValueError(f"norm_act: a {H}x{W} map of {C} channels in {groups} groups is not supported: the "
-                         f"pixel count must be a power of two in [{MIN_HW}, {MAX_HW}] and the channels split into "
-                         f"slices of {_lanes(H * W)} holding whole groups")
+                         f"kernel takes maps of these pixel counts, in slices of whole groups this wide: {sizes}")
     y = torch.empty_like(x, memory_format=torch.channels_last)
     n_blocks = C // lanes
     dummy = x.new_empty(0)
@@ -149,8 +125,7 @@ def _launch(x, weight, bias, scale, shift, x_bias, groups: int, eps: float, silu
         bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, y, n_blocks, C, eps,
         HW=H * W, CPG=C // groups, BLOCK_C=lanes, HAS_XB=x_bias is not None, AFFINE=weight is not None,
-        FILM=scale is not None, SILU=silu, COMPACT=COMPACT, num_warps=NUM_WARPS,
-        **({"maxnreg": MAXNREG} if MAXNREG else {}))
+        FILM=scale is not None, SILU=silu, num_warps=LAUNCH[H * W][1])
     return y
 
 
