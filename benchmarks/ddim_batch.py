@@ -33,8 +33,11 @@ def main() -> None:
                     help="instead of mode=..., split each batch into this many parts, each a CUDA graph of the "
                          "default-mode compiled model captured on a stream of its own, replayed concurrently")
     ap.add_argument("--triton-norm", choices=("on", "off", "both"), default="on",
-                    help="the 8x8-16x16 norm steps through triton_norm (on), inductor's kernels (off), or both, "
+                    help="the ResBlock norm steps through triton_norm (on), inductor's kernels (off), or both, "
                          "each batch size timed without it first (its row is '<batch>-no-triton-norm')")
+    ap.add_argument("--norm-variant", action="append", default=[], choices=sorted(NORM_VARIANTS),
+                    help="after the --triton-norm runs, also time the kernel with this change (repeatable; "
+                         "row '<batch>-<variant>')")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
     batches = args.batch or [128, 256, 512, 1000, 2000]
@@ -56,12 +59,14 @@ def main() -> None:
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
     path = record_path(args.out, "ddim-batch", record["gpu_name"])
-    runs = [(n, tn) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
-    for n, tn in runs:
+    runs = [(n, tn, None) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
+    runs += [(n, True, v) for n in batches for v in args.norm_variant]
+    for n, tn, variant in runs:
         for m in model.modules():
             if hasattr(m, "triton_norm"):
                 m.triton_norm = tn
-        key = str(n) if tn or args.triton_norm == "off" else f"{n}-no-triton-norm"
+        undo = NORM_VARIANTS[variant]() if variant else None
+        key = f"{n}-{variant}" if variant else str(n) if tn or args.triton_norm == "off" else f"{n}-no-triton-norm"
         torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
         x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev)
         t = torch.full((n,), 500, device=dev, dtype=torch.long)
@@ -93,7 +98,35 @@ def main() -> None:
                   f"{k.split(' ')[0]} {v:.2f}" for k, v in row["gpu_ms_by_kind"].items())), flush=True)
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured
         del call
+        if undo:
+            undo()
     print(f"wrote {path}")
+
+
+def _without_32x32():
+    """triton_norm as it was before it took 32x32 maps (8x8 and 16x16 only)."""
+    from jdcl_bench.jdcl import triton_norm
+    saved = triton_norm.LAUNCH.pop(1024)
+    return lambda: triton_norm.LAUNCH.__setitem__(1024, saved)
+
+
+def _second_norm_only_at_32x32():
+    """At 32x32, only the ResBlocks' second norm through the kernel. A first norm goes there when a
+    1x1 skip convolution reads the block input anyway; at 32x32 that input is a decoder
+    concatenation, which inductor otherwise writes from inside its own norm-statistics kernel."""
+    from jdcl_bench.jdcl import triton_norm
+    from jdcl_bench.jdcl.unet import norm_act
+    kernel = triton_norm.norm_act
+
+    def routed(norm, x, scale=None, shift=None, **kw):
+        if x.shape[-1] == 32 and scale is None:  # the first norm: no FiLM
+            return norm_act(norm, x)
+        return kernel(norm, x, scale, shift, **kw)
+    triton_norm.norm_act = routed
+    return lambda: setattr(triton_norm, "norm_act", kernel)
+
+
+NORM_VARIANTS = {"no-32x32": _without_32x32, "second-only-at-32x32": _second_norm_only_at_32x32}
 
 
 def concurrent_graphs(model, x, t, parts: int):
