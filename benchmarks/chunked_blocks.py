@@ -118,7 +118,7 @@ def main() -> None:
             row = {"ms_per_call": 1000 * sec, "compile_s": first, "max_rel_diff_vs_whole": diff}
             if args.profile:
                 prof = kernel_breakdown(call, no_grad=True, top=8)
-                row["gpu_ms_by_kind"] = {k: prof["gpu_ms_per_call"] * v / 100 for k, v in prof["share_pct"].items()}
+                row["gpu_ms_by_kind"] = prof["gpu_ms_by_kind"]
                 row["top_kernels"] = prof["top_kernels"]
             record["stages"].setdefault(stage, {})[str(c)] = row
             print(f"{stage} chunk {c:5d}: {1000 * sec:7.2f} ms (compiled in {first:.0f} s, diff {diff:.1e})"

@@ -414,8 +414,10 @@ def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 25)
         kernels.append((us, e.key, kind, e.count / repeats))
     total = sum(kinds.values()) or 1.0
     kernels.sort(reverse=True)
+    by_kind = sorted(kinds.items(), key=lambda kv: -kv[1])
     return {"gpu_ms_per_call": total / repeats / 1000,
-            "share_pct": {k: 100 * v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "share_pct": {k: 100 * v / total for k, v in by_kind},
+            "gpu_ms_by_kind": {k: v / repeats / 1000 for k, v in by_kind},
             # launches per call: inductor reuses one kernel for every block of the same shape
             "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kind, "launches": c}
                             for us, n, kind, c in kernels[:top]],
