@@ -126,7 +126,24 @@ def _second_norm_only_at_32x32():
     return lambda: setattr(triton_norm, "norm_act", kernel)
 
 
-NORM_VARIANTS = {"no-32x32": _without_32x32, "second-only-at-32x32": _second_norm_only_at_32x32}
+def _both_norms_required():
+    """The rule before per-norm routing: a ResBlock takes the kernel only if it takes both of its
+    norms, so the 384-channel decoder block at 32x32 (12-channel groups) kept its second norm
+    compiled too."""
+    from jdcl_bench.jdcl import triton_norm
+    from jdcl_bench.jdcl.unet import ResBlock, use_norm_act
+    forward = ResBlock.forward
+
+    def old_rule(self, x, emb):
+        if use_norm_act(self, self.in_layers[0], x) and not triton_norm.usable(self, self.in_layers[0], x):
+            return self._fused(x, emb)
+        return forward(self, x, emb)
+    ResBlock.forward = old_rule
+    return lambda: setattr(ResBlock, "forward", forward)
+
+
+NORM_VARIANTS = {"no-32x32": _without_32x32, "second-only-at-32x32": _second_norm_only_at_32x32,
+                 "both-norms-required": _both_norms_required}
 
 
 def concurrent_graphs(model, x, t, parts: int):

@@ -278,7 +278,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if use_norm_act(self, self.in_layers[0], x):
             from . import triton_norm
-            if triton_norm.usable(self, self.in_layers[0], x) and triton_norm.usable(self, self.out_norm, x):
+            if triton_norm.usable(self, self.out_norm, x):
                 return self._infer(x, emb)
             return self._fused(x, emb)
         h = self.in_layers(x)
@@ -298,13 +298,16 @@ class ResBlock(nn.Module):
         """The same block for inference, norm steps through :func:`triton_norm.norm_act`: the
         second always (its input is the first convolution's output, whose bias the kernel adds as
         it reads the map), the first when ``x`` is in memory anyway because the 1x1 skip
-        convolution reads it (a decoder concatenation, a downsampled map). Otherwise ``x`` is a
-        residual sum, which the compiler folds into its own norm kernels rather than write it out,
-        and which this opaque kernel would make it write (measured: a net loss, results/bench/)."""
+        convolution reads it (a decoder concatenation, a downsampled map) and the kernel takes its
+        groups. Otherwise ``x`` is a residual sum, which the compiler folds into its own norm
+        kernels rather than write it out, and which this opaque kernel would make it write
+        (measured: a net loss, results/bench/); or its groups do not fit the kernel's slices (the
+        384-channel decoder concatenation at 32x32), and the compiler keeps the first norm."""
         from . import triton_norm
 
         n1, conv1 = self.in_layers[0], self.in_layers[2]
-        a = triton_norm.norm_act(n1, x) if isinstance(self.skip, nn.Conv2d) else norm_act(n1, x)
+        first = isinstance(self.skip, nn.Conv2d) and triton_norm.usable(self, n1, x)
+        a = triton_norm.norm_act(n1, x) if first else norm_act(n1, x)
         h = F.conv2d(a, conv1.weight, None, padding=1)
         scale, shift = self.emb_layers(emb).chunk(2, dim=1)
         h = self.out_layers[2](triton_norm.norm_act(self.out_norm, h, scale, shift, x_bias=conv1.bias))
