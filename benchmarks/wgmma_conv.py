@@ -314,7 +314,276 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
 # compile-time switches; "no-build" and "no-mma" compute wrong maps: they time what is left
 VARIANTS = {"plain": {}, "swizzle": {"SWIZZLE": 1}, "tanh": {"TANH_SILU": 1},
             "swizzle-tanh": {"SWIZZLE": 1, "TANH_SILU": 1},
-            "no-build": {"SKIP_BUILD": 1, "SWIZZLE": 1}, "no-mma": {"SKIP_MMA": 1, "SWIZZLE": 1}}
+            "no-build": {"SKIP_BUILD": 1, "SWIZZLE": 1}, "no-mma": {"SKIP_MMA": 1, "SWIZZLE": 1},
+            "ws": {}}  # warp-specialised: WS_SOURCE
+
+
+# Warp-specialised form: one producer warpgroup streams the weights (one bulk copy per (chunk,
+# tap) tile, pre-swizzled in global memory, completing on an mbarrier) and builds the halos; two
+# consumer warpgroups only load fragments and multiply. No CTA-wide barrier in the main loop.
+WS_SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef unsigned short u16;
+
+#define HALO_W (W_ + 2)
+#define HALO_PX ((ROWS + 2) * HALO_W)
+#define HALO_BYTES (HALO_PX * HALO_STRIDE)
+#define N_CHUNK (CIN / 64)
+#define N_IT (N_CHUNK * 9)
+#define TILES_PER_IMG (H_ / ROWS)
+#define HALO_ITEMS (HALO_PX * 8)
+#define PART ((HALO_ITEMS + 8) / 9)
+#define PSLOTS ((PART + 127) / 128)              // pieces per producer thread per ninth
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 r; asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p)); return r;
+}
+__device__ __forceinline__ float bf16_lo(u32 v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
+}
+__device__ __forceinline__ float silu(float v) {
+    float t; asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.5f * v));
+    return 0.5f * v * (1.0f + t);
+}
+__device__ __forceinline__ void wgmma_128(float* d, const u32* a, u64 desc, int scale_d) {
+    WGMMA_ASM
+}
+__device__ __forceinline__ u64 b_desc(u32 addr) {   // 128-byte swizzled K-major tile
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+// mbarriers
+__device__ __forceinline__ void mb_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mb_arrive(u32 bar) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [%0]; }" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mb_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" :: "r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
+    u32 ok;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
+    } while (!ok);
+}
+
+struct Item { int b, row0, n; bool ok; };
+__device__ __forceinline__ Item item_at(int k) {
+    int idx = blockIdx.x + k * gridDim.x;
+    Item I; I.ok = idx < N_ITEMS;
+    int m = idx / (COUT / 128), n = idx - m * (COUT / 128);
+    I.b = m / TILES_PER_IMG; I.row0 = (m - I.b * TILES_PER_IMG) * ROWS; I.n = n;
+    return I;
+}
+
+__device__ __forceinline__ bool piece_pos(int q, int row0, int& hp, int& g, int& pix) {
+    hp = q >> 3; g = q & 7;
+    int hr = hp / HALO_W, hc = hp - hr * HALO_W;
+    int r = row0 - 1 + hr, col = hc - 1;
+    pix = r * W_ + col;
+    return q < HALO_ITEMS && r >= 0 && r < H_ && col >= 0 && col < W_;
+}
+struct Pieces { uint4 v[PSLOTS]; };
+struct HaloSrc { const u16* xb; int row0, c; const float* as; bool ok; };
+
+__device__ __forceinline__ void halo_load(Pieces& P, const HaloSrc& S, int part, int pt) {
+    #pragma unroll
+    for (int s = 0; s < PSLOTS; ++s) {
+        int q = part * PART + s * 128 + pt, hp, g, pix;
+        P.v[s] = make_uint4(0, 0, 0, 0);
+        if (S.ok && s * 128 + pt < PART && piece_pos(q, S.row0, hp, g, pix))
+            P.v[s] = *reinterpret_cast<const uint4*>(S.xb + (size_t)pix * CIN + S.c * 64 + g * 8);
+    }
+}
+__device__ __forceinline__ void halo_store(const Pieces& P, unsigned char* halo, const HaloSrc& S, int part, int pt) {
+    if (!S.ok) return;
+    #pragma unroll
+    for (int s = 0; s < PSLOTS; ++s) {
+        int q = part * PART + s * 128 + pt, hp, g, pix;
+        if (s * 128 + pt >= PART || q >= HALO_ITEMS) continue;
+        uint4 o = make_uint4(0, 0, 0, 0);
+        if (piece_pos(q, S.row0, hp, g, pix)) {
+            const float* as = S.as + S.c * 64 + g * 8;       // scale, then shift CIN floats later
+            const float* ds = as + CIN;
+            uint4 v = P.v[s];
+            o.x = pack_bf16(silu(bf16_lo(v.x) * as[0] + ds[0]), silu(bf16_hi(v.x) * as[1] + ds[1]));
+            o.y = pack_bf16(silu(bf16_lo(v.y) * as[2] + ds[2]), silu(bf16_hi(v.y) * as[3] + ds[3]));
+            o.z = pack_bf16(silu(bf16_lo(v.z) * as[4] + ds[4]), silu(bf16_hi(v.z) * as[5] + ds[5]));
+            o.w = pack_bf16(silu(bf16_lo(v.w) * as[6] + ds[6]), silu(bf16_hi(v.w) * as[7] + ds[7]));
+        }
+        *reinterpret_cast<uint4*>(halo + hp * HALO_STRIDE + g * 16) = o;
+    }
+}
+
+// shared memory: weight stages | 2 halos | 2 x (scale, shift) | mbarriers
+#define OFF_HALO (STAGES * W_STAGE)
+#define OFF_ASD (OFF_HALO + 2 * HALO_BYTES)
+#define OFF_BAR (OFF_ASD + 2 * 2 * CIN * 4)
+// barriers: full_w[STAGES], empty_w[STAGES], full_h[2], empty_h[2]
+
+template <int PAR>
+__device__ __forceinline__ void consume(int g, u32 smem0, const unsigned char* halo, u32 bars, int lr[2], int lc[2], int lane,
+                                        float (&acc)[2][64], u32 (&frag)[2][2][4][4], const float* bias, u16* y, int wgc, int wq) {
+    const int k = g / N_IT, it = g - k * N_IT;
+    const int c = it / 9, t = it - c * 9, dy = t / 3, dx = t - dy * 3;
+    const int gc = k * N_CHUNK + c, s = g % STAGES;
+    const u32 full_w = bars + s * 8, empty_w0 = bars + STAGES * 8;
+    const u32 full_h = bars + 2 * STAGES * 8 + (gc & 1) * 8, empty_h = bars + 2 * STAGES * 8 + 16 + (gc & 1) * 8;
+    if (t == 0) mb_wait(full_h, (gc >> 1) & 1);
+    const unsigned char* hb = halo + (gc & 1) * HALO_BYTES;
+    #pragma unroll
+    for (int m = 0; m < 2; ++m) {
+        u32 base = smem_addr(hb + ((lr[m] + dy) * HALO_W + lc[m] + dx) * HALO_STRIDE + (lane >> 4) * 16);
+        #pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+            asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(frag[PAR][m][kk][0]), "=r"(frag[PAR][m][kk][1]), "=r"(frag[PAR][m][kk][2]), "=r"(frag[PAR][m][kk][3])
+                         : "r"(base + kk * 32));
+    }
+    if (t == 8) mb_arrive(empty_h);   // the fragments are in registers: the halo may be rebuilt
+    mb_wait(full_w, (g / STAGES) & 1);
+    const u32 wst = smem0 + s * W_STAGE;
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+    #pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+        #pragma unroll
+        for (int m = 0; m < 2; ++m)
+            wgmma_128(acc[m], frag[PAR][m][kk], b_desc(wst + kk * 32), 1);
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+    if (it > 0) mb_arrive(empty_w0 + ((g - 1) % STAGES) * 8);   // the previous tap's weights are read
+    if (it == N_IT - 1) {
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        mb_arrive(empty_w0 + s * 8);
+        Item I = item_at(k);
+        #pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            int p0 = (I.b * TILES_PER_IMG + I.row0 / ROWS) * 256 + wgc * 128 + m * 64 + wq * 16 + (lane >> 2);
+            #pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                int col = I.n * 128 + j * 8 + (lane & 3) * 2;
+                float b0 = bias[col], b1 = bias[col + 1];
+                *reinterpret_cast<u32*>(y + (size_t)p0 * COUT + col) = pack_bf16(acc[m][4 * j] + b0, acc[m][4 * j + 1] + b1);
+                *reinterpret_cast<u32*>(y + (size_t)(p0 + 8) * COUT + col) = pack_bf16(acc[m][4 * j + 2] + b0, acc[m][4 * j + 3] + b1);
+                acc[m][4 * j] = acc[m][4 * j + 1] = acc[m][4 * j + 2] = acc[m][4 * j + 3] = 0.f;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const float* __restrict__ dsh,
+                  const u16* __restrict__ wtiles, const float* __restrict__ bias, u16* __restrict__ y) {
+    extern __shared__ __align__(1024) unsigned char smem[];
+    unsigned char* halo = smem + OFF_HALO;
+    float* asd = reinterpret_cast<float*>(smem + OFF_ASD);
+    const u32 smem0 = smem_addr(smem), bars = smem0 + OFF_BAR;
+    const int tid = threadIdx.x;
+    const int n_items = (N_ITEMS - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+    const int G = n_items * N_IT;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) { mb_init(bars + s * 8, 1); mb_init(bars + (STAGES + s) * 8, 256); }
+        for (int i = 0; i < 2; ++i) { mb_init(bars + 2 * STAGES * 8 + i * 8, 128); mb_init(bars + 2 * STAGES * 8 + 16 + i * 8, 256); }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (G == 0) return;
+
+    if (tid < 128) {   // producer
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 PRODUCER_REGS;");
+        const int pt = tid;
+        Pieces P;
+        for (int g = -1; g < G; ++g) {
+            // g = -1: the first item's first halo; then per iteration: its weights, a ninth of the next halo
+            int k = 0, c = 0, t = 8, gc = -1;
+            if (g >= 0) {
+                k = g / N_IT; int it = g - k * N_IT; c = it / 9; t = it - c * 9; gc = k * N_CHUNK + c;
+                if (pt == 0) {
+                    const int s = g % STAGES;
+                    mb_wait(bars + (STAGES + s) * 8, ((g / STAGES) & 1) ^ 1);
+                    mb_expect_tx(bars + s * 8, W_STAGE);
+                    Item I = item_at(k);
+                    const u16* src = wtiles + ((size_t)(I.n * N_CHUNK + c) * 9 + t) * (W_STAGE / 2);
+                    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                                 :: "r"(smem0 + s * W_STAGE), "l"(src), "r"(W_STAGE), "r"(bars + s * 8) : "memory");
+                }
+            }
+            // next halo: chunk gc + 1 (this item's next chunk or the next item's first)
+            const int nk = (g < 0) ? 0 : (c + 1 < N_CHUNK ? k : k + 1), nc = (g < 0) ? 0 : (c + 1 < N_CHUNK ? c + 1 : 0);
+            const int ngc = gc + 1;
+            Item N = item_at(nk);
+            HaloSrc S; S.ok = N.ok; S.xb = x + (size_t)N.b * H_ * W_ * CIN; S.row0 = N.row0; S.c = nc;
+            S.as = asd + (nk & 1) * 2 * CIN;
+            unsigned char* hn = halo + (ngc & 1) * HALO_BYTES;
+            const u32 full_h = bars + 2 * STAGES * 8 + (ngc & 1) * 8, empty_h = bars + 2 * STAGES * 8 + 16 + (ngc & 1) * 8;
+            if (g < 0) {   // all nine ninths now, three in flight at a time
+                mb_wait(empty_h, ((ngc >> 1) & 1) ^ 1);
+                for (int i = pt; i < CIN; i += 128) { asd[i] = a[(size_t)N.b * CIN + i]; asd[CIN + i] = dsh[(size_t)N.b * CIN + i]; }
+                asm volatile("bar.sync 1, 128;" ::: "memory");
+                for (int part = 0; part < 9; ++part) {
+                    halo_load(P, S, part, pt);
+                    halo_store(P, hn, S, part, pt);
+                }
+                mb_arrive(full_h);
+                continue;
+            }
+            if (!N.ok) continue;
+            if (t == 0) {
+                mb_wait(empty_h, ((ngc >> 1) & 1) ^ 1);
+                if (nc == 0) {   // a new item: its scale and shift
+                    float* dst = asd + (nk & 1) * 2 * CIN;
+                    for (int i = pt; i < CIN; i += 128) { dst[i] = a[(size_t)N.b * CIN + i]; dst[CIN + i] = dsh[(size_t)N.b * CIN + i]; }
+                    asm volatile("bar.sync 1, 128;" ::: "memory");
+                }
+            } else {
+                halo_store(P, hn, S, t - 1, pt);
+            }
+            halo_load(P, S, t, pt);
+            if (t == 8) { halo_store(P, hn, S, 8, pt); mb_arrive(full_h); }
+        }
+    } else {           // consumers
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 CONSUMER_REGS;");
+        const int ctid = tid - 128, lane = ctid & 31, wgc = ctid >> 7, wq = (ctid >> 5) & 3;
+        int lr[2], lc[2];
+        #pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            int p = wgc * 128 + m * 64 + wq * 16 + (lane & 15);
+            lr[m] = p / W_; lc[m] = p - lr[m] * W_;
+        }
+        float acc[2][64];
+        #pragma unroll
+        for (int m = 0; m < 2; ++m)
+            #pragma unroll
+            for (int i = 0; i < 64; ++i) acc[m][i] = 0.f;
+        u32 frag[2][2][4][4];
+        for (int g = 0; g < G; g += 2) {
+            consume<0>(g, smem0, halo, bars, lr, lc, lane, acc, frag, bias, y, wgc, wq);
+            consume<1>(g + 1, smem0, halo, bars, lr, lc, lane, acc, frag, bias, y, wgc, wq);
+        }
+    }
+}
+"""
+
+
+def ws_tiles(weight: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) -> the warp-specialised kernel's weight tiles: for each (128 output
+    channels, 64 input channels, tap), 128 rows of 64 bf16 whose 16-byte pieces are XOR-swizzled by
+    row (the 128-byte mode the wgmma descriptor reads), contiguous, so one bulk copy moves a tile."""
+    cout, cin = weight.shape[:2]
+    w = weight.permute(0, 2, 3, 1).reshape(cout // 128, 128, 9, cin // 64, 8, 8)   # n, co, tap, c, piece, 8
+    w = w.permute(0, 3, 2, 1, 4, 5)                                                  # n, c, tap, co, piece, 8
+    co = torch.arange(128, device=weight.device)[:, None]
+    dst = torch.arange(8, device=weight.device)[None, :] ^ (co % 8)                 # piece p goes to p ^ (co % 8)
+    out = torch.empty_like(w)
+    out[:, :, :, co, dst] = w[:, :, :, co, torch.arange(8, device=weight.device)[None, :]]
+    return out.contiguous().to(torch.bfloat16)
+
 
 
 def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo: int = 128, sbo: int = 1024,
@@ -324,14 +593,20 @@ def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo
     defs = (f"#define CIN {cin}\n#define COUT {cout}\n#define H_ {h}\n#define W_ {w}\n#define ROWS {rows}\n"
             f"#define N_ITEMS {batch * h * w // TILE_M * (cout // TILE_N)}\n#define STAGES {stages}\n#define W_STAGE {W_STAGE}\n#define HALO_STRIDE {HALO_STRIDE}\n"
             f"#define LBO {lbo}\n#define SBO {sbo}\n")
+    if variant == "ws":
+        return defs + WS_SOURCE.replace("WGMMA_ASM", _wgmma_asm()).replace(
+            "PRODUCER_REGS", str(WS_REGS[0])).replace("CONSUMER_REGS", str(WS_REGS[1]))
     flags = {"SKIP_BUILD": 0, "SKIP_MMA": 0, "SWIZZLE": 0, "TANH_SILU": 0, **VARIANTS[variant]}
     defs += "".join(f"#define {k} {v}\n" for k, v in flags.items())
     return defs + SOURCE.replace("WGMMA_ASM", _wgmma_asm())
 
 
+WS_REGS = (72, 216)  # producer, consumer registers per thread: 128 x 72 + 256 x 216 <= 64K (fewer spill)
+
+
 def smem_bytes(h: int, w: int, stages: int, cin: int) -> int:
     rows = TILE_M // w
-    return stages * W_STAGE + 2 * (rows + 2) * (w + 2) * HALO_STRIDE + 2 * 2 * 4 * cin  # + scale/shift of 2 items
+    return stages * W_STAGE + 2 * (rows + 2) * (w + 2) * HALO_STRIDE + 2 * 2 * 4 * cin + 8 * (2 * stages + 4)
 
 
 class FusedConv:
@@ -340,7 +615,7 @@ class FusedConv:
     def __init__(self, cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo: int = 128, sbo: int = 1024,
                  variant: str = "swizzle-tanh"):
         from torch.cuda import _compile_kernel
-        self.shape, self.batch = (cin, cout, h, w), batch
+        self.shape, self.batch, self.ws = (cin, cout, h, w), batch, variant == "ws"
         self.items = batch * h * w // TILE_M * (cout // TILE_N)
         self.smem = smem_bytes(h, w, stages, cin)
         self.kernel = _compile_kernel(source(cin, cout, h, w, batch, stages, lbo, sbo, variant), "norm_silu_conv3x3",
@@ -352,6 +627,10 @@ class FusedConv:
             max_dynamic_smem = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
             assert _get_gpu_runtime_library().cuFuncSetAttribute(self.kernel.func, max_dynamic_smem, self.smem) == 0
 
+    def prepare(self, weight: torch.Tensor) -> torch.Tensor:
+        """The conv weight (Cout, Cin, 3, 3) in the order this kernel reads."""
+        return ws_tiles(weight) if self.ws else nhwc_weight(weight)
+
     def __call__(self, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, weight_nhwc: torch.Tensor,
                  bias: torch.Tensor) -> torch.Tensor:
         cin, cout, h, w = self.shape
@@ -359,7 +638,7 @@ class FusedConv:
         assert B == self.batch and x.shape == (B, cin, h, w) and x.is_contiguous(memory_format=torch.channels_last)
         y = torch.empty((B, cout, h, w), device=x.device, dtype=torch.bfloat16, memory_format=torch.channels_last)
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        self.kernel(grid=(min(self.items, sms), 1, 1), block=(256, 1, 1),
+        self.kernel(grid=(min(self.items, sms), 1, 1), block=(384 if self.ws else 256, 1, 1),
                     args=[x, a, d, weight_nhwc, bias, y], shared_mem=self.smem)
         return y
 
@@ -459,6 +738,7 @@ def main() -> None:
                 row[f"fused_{variant}"] = f"compile failed: {str(e)[:2000]}"
                 print(row[f"fused_{variant}"], flush=True)
                 continue
+            wk = fc.prepare(conv.weight.detach())
             out = fc(x, a, d, wk, bk).float()
             torch.cuda.synchronize()
             ms = _time(lambda: fc(x, a, d, wk, bk))
