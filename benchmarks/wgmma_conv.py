@@ -315,7 +315,8 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
 VARIANTS = {"plain": {}, "swizzle": {"SWIZZLE": 1}, "tanh": {"TANH_SILU": 1},
             "swizzle-tanh": {"SWIZZLE": 1, "TANH_SILU": 1},
             "no-build": {"SKIP_BUILD": 1, "SWIZZLE": 1}, "no-mma": {"SKIP_MMA": 1, "SWIZZLE": 1},
-            "ws": {}}  # warp-specialised: WS_SOURCE
+            "ws": {}, "ws-rotate": {"WS_ROTATE": 1}, "ws-rotate-no-build": {"WS_ROTATE": 1, "WS_NO_BUILD": 1},
+            "ws-no-build": {"WS_NO_BUILD": 1}}  # warp-specialised: WS_SOURCE
 
 
 # Warp-specialised form: one producer warpgroup streams the weights (one bulk copy per (chunk,
@@ -431,7 +432,8 @@ template <int PAR>
 __device__ __forceinline__ void consume(int g, u32 smem0, const unsigned char* halo, u32 bars, int lr[2], int lc[2], int lane,
                                         float (&acc)[2][64], u32 (&frag)[2][2][4][4], const float* bias, u16* y, int wgc, int wq) {
     const int k = g / N_IT, it = g - k * N_IT;
-    const int c = it / 9, t = it - c * 9, dy = t / 3, dx = t - dy * 3;
+    const int c = it / 9, t = it - c * 9;
+    const int tap = WS_ROTATE ? (t + blockIdx.x) % 9 : t, dy = tap / 3, dx = tap - dy * 3;
     const int gc = k * N_CHUNK + c, s = g % STAGES;
     const u32 full_w = bars + s * 8, empty_w0 = bars + STAGES * 8;
     const u32 full_h = bars + 2 * STAGES * 8 + (gc & 1) * 8, empty_h = bars + 2 * STAGES * 8 + 16 + (gc & 1) * 8;
@@ -509,7 +511,10 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
                     mb_wait(bars + (STAGES + s) * 8, ((g / STAGES) & 1) ^ 1);
                     mb_expect_tx(bars + s * 8, W_STAGE);
                     Item I = item_at(k);
-                    const u16* src = wtiles + ((size_t)(I.n * N_CHUNK + c) * 9 + t) * (W_STAGE / 2);
+                    // with WS_ROTATE each CTA starts its taps at its own offset, so that the 132
+                    // CTAs do not all read the same weight tile (the same L2 lines) at once
+                    const int tap = WS_ROTATE ? (t + blockIdx.x) % 9 : t;
+                    const u16* src = wtiles + ((size_t)(I.n * N_CHUNK + c) * 9 + tap) * (W_STAGE / 2);
                     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                                  :: "r"(smem0 + s * W_STAGE), "l"(src), "r"(W_STAGE), "r"(bars + s * 8) : "memory");
                 }
@@ -541,11 +546,11 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
                     for (int i = pt; i < CIN; i += 128) { dst[i] = a[(size_t)N.b * CIN + i]; dst[CIN + i] = dsh[(size_t)N.b * CIN + i]; }
                     asm volatile("bar.sync 1, 128;" ::: "memory");
                 }
-            } else {
+            } else if (!WS_NO_BUILD) {
                 halo_store(P, hn, S, t - 1, pt);
             }
-            halo_load(P, S, t, pt);
-            if (t == 8) { halo_store(P, hn, S, 8, pt); mb_arrive(full_h); }
+            if (!WS_NO_BUILD) halo_load(P, S, t, pt);
+            if (t == 8) { if (!WS_NO_BUILD) halo_store(P, hn, S, 8, pt); mb_arrive(full_h); }
         }
     } else {           // consumers
         asm volatile("setmaxnreg.inc.sync.aligned.u32 CONSUMER_REGS;");
@@ -593,7 +598,8 @@ def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo
     defs = (f"#define CIN {cin}\n#define COUT {cout}\n#define H_ {h}\n#define W_ {w}\n#define ROWS {rows}\n"
             f"#define N_ITEMS {batch * h * w // TILE_M * (cout // TILE_N)}\n#define STAGES {stages}\n#define W_STAGE {W_STAGE}\n#define HALO_STRIDE {HALO_STRIDE}\n"
             f"#define LBO {lbo}\n#define SBO {sbo}\n")
-    if variant == "ws":
+    if variant.startswith("ws"):
+        defs += "".join(f"#define {k} {v}\n" for k, v in {"WS_ROTATE": 0, "WS_NO_BUILD": 0, **VARIANTS[variant]}.items())
         return defs + WS_SOURCE.replace("WGMMA_ASM", _wgmma_asm()).replace(
             "PRODUCER_REGS", str(WS_REGS[0])).replace("CONSUMER_REGS", str(WS_REGS[1]))
     flags = {"SKIP_BUILD": 0, "SKIP_MMA": 0, "SWIZZLE": 0, "TANH_SILU": 0, **VARIANTS[variant]}
@@ -615,7 +621,7 @@ class FusedConv:
     def __init__(self, cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo: int = 128, sbo: int = 1024,
                  variant: str = "swizzle-tanh"):
         from torch.cuda import _compile_kernel
-        self.shape, self.batch, self.ws = (cin, cout, h, w), batch, variant == "ws"
+        self.shape, self.batch, self.ws = (cin, cout, h, w), batch, variant.startswith("ws")
         self.items = batch * h * w // TILE_M * (cout // TILE_N)
         self.smem = smem_bytes(h, w, stages, cin)
         self.kernel = _compile_kernel(source(cin, cout, h, w, batch, stages, lbo, sbo, variant), "norm_silu_conv3x3",
