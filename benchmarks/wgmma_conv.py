@@ -316,7 +316,7 @@ VARIANTS = {"plain": {}, "swizzle": {"SWIZZLE": 1}, "tanh": {"TANH_SILU": 1},
             "swizzle-tanh": {"SWIZZLE": 1, "TANH_SILU": 1},
             "no-build": {"SKIP_BUILD": 1, "SWIZZLE": 1}, "no-mma": {"SKIP_MMA": 1, "SWIZZLE": 1},
             "ws": {}, "ws-rotate": {"WS_ROTATE": 1}, "ws-rotate-no-build": {"WS_ROTATE": 1, "WS_NO_BUILD": 1},
-            "ws-no-build": {"WS_NO_BUILD": 1}}  # warp-specialised: WS_SOURCE
+            "ws-no-build": {"WS_NO_BUILD": 1}, "ws-raw": {"WS_RAW": 1}}  # warp-specialised: WS_SOURCE
 
 
 # Warp-specialised form: one producer warpgroup streams the weights (one bulk copy per (chunk,
@@ -422,11 +422,51 @@ __device__ __forceinline__ void halo_store(const Pieces& P, unsigned char* halo,
     }
 }
 
-// shared memory: weight stages | 2 halos | 2 x (scale, shift) | mbarriers
+// WS_RAW: the next halo's raw pieces come by cp.async into a staging buffer, all nine ninths
+// issued at once (one commit group each), so one memory latency is paid per chunk, not per tap;
+// each producer thread converts the pieces it fetched, a ninth per tap
+__device__ __forceinline__ void raw_issue(const HaloSrc& S, u32 raw, int pt) {
+    #pragma unroll 1
+    for (int part = 0; part < 9; ++part) {
+        #pragma unroll
+        for (int s = 0; s < PSLOTS; ++s) {
+            int q = part * PART + s * 128 + pt, hp, g, pix;
+            if (s * 128 + pt < PART && piece_pos(q, S.row0, hp, g, pix))
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                             :: "r"(raw + q * 16), "l"(S.xb + (size_t)pix * CIN + S.c * 64 + g * 8));
+        }
+        asm volatile("cp.async.commit_group;");
+    }
+}
+__device__ __forceinline__ void raw_wait(int part) {   // ninths 0..part of this thread have landed
+    switch (part) {
+        case 0: asm volatile("cp.async.wait_group 8;" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+        case 3: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+        case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+        case 5: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+        case 6: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+        case 7: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    }
+}
+__device__ __forceinline__ void raw_convert(const HaloSrc& S, const unsigned char* raw, unsigned char* halo, int part, int pt) {
+    Pieces P;
+    #pragma unroll
+    for (int s = 0; s < PSLOTS; ++s) {
+        int q = part * PART + s * 128 + pt;
+        P.v[s] = (s * 128 + pt < PART && q < HALO_ITEMS) ? *reinterpret_cast<const uint4*>(raw + q * 16) : make_uint4(0, 0, 0, 0);
+    }
+    halo_store(P, halo, S, part, pt);
+}
+
+// shared memory: weight stages | 2 halos | 2 x (scale, shift) | mbarriers | raw staging (WS_RAW)
 #define OFF_HALO (STAGES * W_STAGE)
 #define OFF_ASD (OFF_HALO + 2 * HALO_BYTES)
 #define OFF_BAR (OFF_ASD + 2 * 2 * CIN * 4)
 // barriers: full_w[STAGES], empty_w[STAGES], full_h[2], empty_h[2]
+#define OFF_RAW (OFF_BAR + 8 * (2 * STAGES + 4))
 
 template <int PAR>
 __device__ __forceinline__ void consume(int g, u32 smem0, const unsigned char* halo, u32 bars, int lr[2], int lc[2], int lane,
@@ -527,7 +567,27 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
             S.as = asd + (nk & 1) * 2 * CIN;
             unsigned char* hn = halo + (ngc & 1) * HALO_BYTES;
             const u32 full_h = bars + 2 * STAGES * 8 + (ngc & 1) * 8, empty_h = bars + 2 * STAGES * 8 + 16 + (ngc & 1) * 8;
-            if (g < 0) {   // all nine ninths now, three in flight at a time
+#if WS_RAW
+            if (!N.ok || (g >= 0 && WS_NO_BUILD)) { if (g >= 0 && t == 8 && N.ok) mb_arrive(full_h); continue; }
+            if (g < 0 || t == 0) {
+                raw_issue(S, smem0 + OFF_RAW, pt);   // the staging buffer's last ninth was converted at t == 8
+                mb_wait(empty_h, ((ngc >> 1) & 1) ^ 1);
+                if (nc == 0) {   // a new item: its scale and shift
+                    float* dst = asd + (nk & 1) * 2 * CIN;
+                    for (int i = pt; i < CIN; i += 128) { dst[i] = a[(size_t)N.b * CIN + i]; dst[CIN + i] = dsh[(size_t)N.b * CIN + i]; }
+                    asm volatile("bar.sync 1, 128;" ::: "memory");
+                }
+            }
+            if (g < 0) {
+                for (int part = 0; part < 9; ++part) { raw_wait(part); raw_convert(S, smem + OFF_RAW, hn, part, pt); }
+                mb_arrive(full_h);
+                continue;
+            }
+            if (t < 8) { raw_wait(t); raw_convert(S, smem + OFF_RAW, hn, t, pt); }
+            else { raw_wait(8); raw_convert(S, smem + OFF_RAW, hn, 8, pt); mb_arrive(full_h); }
+            continue;
+#endif
+            if (g < 0) {   // all nine ninths now
                 mb_wait(empty_h, ((ngc >> 1) & 1) ^ 1);
                 for (int i = pt; i < CIN; i += 128) { asd[i] = a[(size_t)N.b * CIN + i]; asd[CIN + i] = dsh[(size_t)N.b * CIN + i]; }
                 asm volatile("bar.sync 1, 128;" ::: "memory");
@@ -599,7 +659,7 @@ def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo
             f"#define N_ITEMS {batch * h * w // TILE_M * (cout // TILE_N)}\n#define STAGES {stages}\n#define W_STAGE {W_STAGE}\n#define HALO_STRIDE {HALO_STRIDE}\n"
             f"#define LBO {lbo}\n#define SBO {sbo}\n")
     if variant.startswith("ws"):
-        defs += "".join(f"#define {k} {v}\n" for k, v in {"WS_ROTATE": 0, "WS_NO_BUILD": 0, **VARIANTS[variant]}.items())
+        defs += "".join(f"#define {k} {v}\n" for k, v in {"WS_ROTATE": 0, "WS_NO_BUILD": 0, "WS_RAW": 0, **VARIANTS[variant]}.items())
         return defs + WS_SOURCE.replace("WGMMA_ASM", _wgmma_asm()).replace(
             "PRODUCER_REGS", str(WS_REGS[0])).replace("CONSUMER_REGS", str(WS_REGS[1]))
     flags = {"SKIP_BUILD": 0, "SKIP_MMA": 0, "SWIZZLE": 0, "TANH_SILU": 0, **VARIANTS[variant]}
@@ -610,9 +670,13 @@ def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo
 WS_REGS = (72, 216)  # producer, consumer registers per thread: 128 x 72 + 256 x 216 <= 64K (fewer spill)
 
 
-def smem_bytes(h: int, w: int, stages: int, cin: int) -> int:
+def smem_bytes(h: int, w: int, stages: int, cin: int, raw: bool = False) -> int:
     rows = TILE_M // w
-    return stages * W_STAGE + 2 * (rows + 2) * (w + 2) * HALO_STRIDE + 2 * 2 * 4 * cin + 8 * (2 * stages + 4)
+    halo_px = (rows + 2) * (w + 2)
+    return stages * W_STAGE + 2 * halo_px * HALO_STRIDE + 2 * 2 * 4 * cin + 8 * (2 * stages + 4) + raw * halo_px * 128
+
+
+SMEM_LIMIT = 227 * 1024  # per block, H100
 
 
 class FusedConv:
@@ -623,7 +687,10 @@ class FusedConv:
         from torch.cuda import _compile_kernel
         self.shape, self.batch, self.ws = (cin, cout, h, w), batch, variant.startswith("ws")
         self.items = batch * h * w // TILE_M * (cout // TILE_N)
-        self.smem = smem_bytes(h, w, stages, cin)
+        raw = bool(VARIANTS[variant].get("WS_RAW"))
+        while smem_bytes(h, w, stages, cin, raw) > SMEM_LIMIT:   # fewer weight stages where the raw halo needs room
+            stages -= 1
+        self.stages, self.smem = stages, smem_bytes(h, w, stages, cin, raw)
         self.kernel = _compile_kernel(source(cin, cout, h, w, batch, stages, lbo, sbo, variant), "norm_silu_conv3x3",
                                       compute_capability="90a", nvcc_options=["-std=c++17"])
         if hasattr(self.kernel, "set_shared_memory_config"):
@@ -748,7 +815,7 @@ def main() -> None:
             out = fc(x, a, d, wk, bk).float()
             torch.cuda.synchronize()
             ms = _time(lambda: fc(x, a, d, wk, bk))
-            row[f"fused_{variant}"] = {"compile_s": time.perf_counter() - t0,
+            row[f"fused_{variant}"] = {"compile_s": time.perf_counter() - t0, "stages": fc.stages,
                                        "rel_err": ((out - ref).norm() / ref.norm()).item(),
                                        "ms": ms, "tflops": flops / ms / 1e9, "with_stats_ms": ms + row["stats_fold_ms"]}
         print(json.dumps(row), flush=True)
