@@ -316,7 +316,8 @@ VARIANTS = {"plain": {}, "swizzle": {"SWIZZLE": 1}, "tanh": {"TANH_SILU": 1},
             "swizzle-tanh": {"SWIZZLE": 1, "TANH_SILU": 1},
             "no-build": {"SKIP_BUILD": 1, "SWIZZLE": 1}, "no-mma": {"SKIP_MMA": 1, "SWIZZLE": 1},
             "ws": {}, "ws-rotate": {"WS_ROTATE": 1}, "ws-rotate-no-build": {"WS_ROTATE": 1, "WS_NO_BUILD": 1},
-            "ws-no-build": {"WS_NO_BUILD": 1}, "ws-raw": {"WS_RAW": 1}}  # warp-specialised: WS_SOURCE
+            "ws-no-build": {"WS_NO_BUILD": 1}, "ws-raw": {"WS_RAW": 1},
+            "ws-raw-late": {"WS_RAW": 1, "WS_LATE": 1}}  # warp-specialised: WS_SOURCE
 
 
 # Warp-specialised form: one producer warpgroup streams the weights (one bulk copy per (chunk,
@@ -569,8 +570,11 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
             const u32 full_h = bars + 2 * STAGES * 8 + (ngc & 1) * 8, empty_h = bars + 2 * STAGES * 8 + 16 + (ngc & 1) * 8;
 #if WS_RAW
             if (!N.ok || (g >= 0 && WS_NO_BUILD)) { if (g >= 0 && t == 8 && N.ok) mb_arrive(full_h); continue; }
-            if (g < 0 || t == 0) {
-                raw_issue(S, smem0 + OFF_RAW, pt);   // the staging buffer's last ninth was converted at t == 8
+            if (g < 0 || t == 0) raw_issue(S, smem0 + OFF_RAW, pt);   // the staging buffer's last ninth was converted at t == 8
+            // the halo buffer frees when the consumers finish the chunk before this one; the
+            // producer runs up to STAGES - 1 taps ahead, so from tap 4 on that has happened
+            // (with WS_LATE): convert then, two ninths a tap, rather than wait at tap 0
+            if (g < 0 || t == (WS_LATE ? 4 : 0)) {
                 mb_wait(empty_h, ((ngc >> 1) & 1) ^ 1);
                 if (nc == 0) {   // a new item: its scale and shift
                     float* dst = asd + (nk & 1) * 2 * CIN;
@@ -583,7 +587,15 @@ norm_silu_conv3x3(const u16* __restrict__ x, const float* __restrict__ a, const 
                 mb_arrive(full_h);
                 continue;
             }
-            if (t < 8) { raw_wait(t); raw_convert(S, smem + OFF_RAW, hn, t, pt); }
+            if (WS_LATE) {
+                if (t >= 4) {
+                    const int p0 = 2 * (t - 4), p1 = t == 8 ? 8 : p0 + 1;
+                    raw_wait(p1);
+                    raw_convert(S, smem + OFF_RAW, hn, p0, pt);
+                    if (p1 != p0) raw_convert(S, smem + OFF_RAW, hn, p1, pt);
+                    if (t == 8) mb_arrive(full_h);
+                }
+            } else if (t < 8) { raw_wait(t); raw_convert(S, smem + OFF_RAW, hn, t, pt); }
             else { raw_wait(8); raw_convert(S, smem + OFF_RAW, hn, 8, pt); mb_arrive(full_h); }
             continue;
 #endif
@@ -659,7 +671,7 @@ def source(cin: int, cout: int, h: int, w: int, batch: int, stages: int = 6, lbo
             f"#define N_ITEMS {batch * h * w // TILE_M * (cout // TILE_N)}\n#define STAGES {stages}\n#define W_STAGE {W_STAGE}\n#define HALO_STRIDE {HALO_STRIDE}\n"
             f"#define LBO {lbo}\n#define SBO {sbo}\n")
     if variant.startswith("ws"):
-        defs += "".join(f"#define {k} {v}\n" for k, v in {"WS_ROTATE": 0, "WS_NO_BUILD": 0, "WS_RAW": 0, **VARIANTS[variant]}.items())
+        defs += "".join(f"#define {k} {v}\n" for k, v in {"WS_ROTATE": 0, "WS_NO_BUILD": 0, "WS_RAW": 0, "WS_LATE": 0, **VARIANTS[variant]}.items())
         return defs + WS_SOURCE.replace("WGMMA_ASM", _wgmma_asm()).replace(
             "PRODUCER_REGS", str(WS_REGS[0])).replace("CONSUMER_REGS", str(WS_REGS[1]))
     flags = {"SKIP_BUILD": 0, "SKIP_MMA": 0, "SWIZZLE": 0, "TANH_SILU": 0, **VARIANTS[variant]}
