@@ -376,9 +376,12 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
 # "conv" match would count fused element-wise work as convolution. cuDNN/CUTLASS convolution
 # kernels are named for their pass (fprop/dgrad/wgrad); "gemm"/"nvjet"/"cutlass" covers the
 # matrix multiplies of linear layers; flash/efficient attention; copies are named as such.
-KERNEL_KINDS = (("triton (fused norm / element-wise)", ("triton",)),
+# First match wins. Attention comes before convolution because cuDNN's fused attention kernels are
+# named like its convolutions ("cudnn_generated_..._sdpa_sm90_flash_fprop_wgmma..."); "_norm_act" is
+# jdcl_bench.jdcl.triton_norm's kernel, a Triton kernel whose name does not say so.
+KERNEL_KINDS = (("triton (fused norm / element-wise)", ("triton", "_norm_act")),
+                ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
                 ("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),
-                ("attention", ("flash", "fmha", "attention", "attn")),
                 ("matmul", ("gemm", "nvjet", "cutlass", "cublas")),
                 ("copy / layout", ("copy", "memcpy", "memset")))
 

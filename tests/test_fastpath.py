@@ -57,6 +57,10 @@ def test_kernel_names_are_sorted_into_kinds():
     assert kernel_kind("sm90_xmma_wgrad_implicit_gemm_indexed_bf16") == "convolution"
     assert kernel_kind("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
     assert kernel_kind("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    # cuDNN's attention kernels carry "fprop" like its convolutions (seen in an H200 profile)
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_0") \
+        == "attention"
+    assert kernel_kind("_norm_act_kernel") == "triton (fused norm / element-wise)"
     assert kernel_kind("triton_red_fused_native_group_norm_silu_3") == "triton (fused norm / element-wise)"
     # inductor names fused kernels after what they absorbed: still Triton, not a convolution
     assert kernel_kind("triton_poi_fused__to_copy_add_convolution_mul_native_group_norm_silu_17") == \
