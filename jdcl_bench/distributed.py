@@ -73,8 +73,14 @@ def init(device: str = "auto") -> torch.device:
     return dev
 
 
-def shutdown() -> None:
+def shutdown(wait_for_all: bool = False) -> None:
+    """End the process group. ``wait_for_all`` (after a run that ended well on this rank) first
+    waits for every rank, so that a rank that is done does not tear its connections down while
+    rank 0 still evaluates and writes the record. After an error there is no waiting: the other
+    ranks may be blocked in another collective, and torchrun stops them."""
     if is_initialized():
+        if wait_for_all and is_distributed():
+            dist.barrier(group=_state["ctrl"])
         dist.destroy_process_group()
     _state["ctrl"] = None
 

@@ -16,6 +16,7 @@ or a file (stop, checkpoint, resume) is rank 0's, broadcast to the others.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -213,11 +214,19 @@ class Runner:
         self.device = D.init(cfg.device)
         if not D.is_main():
             self.reporter = Reporter(quiet=True)  # one log: rank 0's
+        ok = False
         try:
-            return self._run(protocol, method_cls, mcfg, preset)
+            path = self._run(protocol, method_cls, mcfg, preset)
+            ok = True
+            return path
         finally:
             if started_group:
-                D.shutdown()
+                # The method's DDP wrappers hold the process group; left alive, they are freed at
+                # interpreter exit, where gloo's worker threads can abort the process (SIGABRT
+                # after a complete run). Free them first, while Python is fully alive.
+                self.method = self.ctx = None
+                gc.collect()
+                D.shutdown(wait_for_all=ok)
 
     def _run(self, protocol: Protocol, method_cls: type[Method], mcfg, preset: str) -> Path:
         cfg = self.cfg

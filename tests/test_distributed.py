@@ -3,6 +3,7 @@
 The step-equality test spawns its workers with torch.multiprocessing; the run tests launch the
 real command under torchrun (``python -m torch.distributed.run``), as a user would.
 """
+import gc
 import json
 import os
 import socket
@@ -57,7 +58,9 @@ def _jdcl_local_step(rank: int, world: int, port: int, out: str) -> None:
         torch.save({"params": {k: v.detach().clone() for k, v in m.net.named_parameters()},
                     "grads": {k: v.grad.clone() for k, v in m.net.named_parameters()},
                     "ema": m.ema.module.state_dict()}, Path(out) / f"world{world}.pt")
-    D.shutdown()
+    del m  # its DDP wrapper holds the process group: free it first, as the runner does
+    gc.collect()
+    D.shutdown(wait_for_all=True)
 
 
 def test_ddp_step_on_two_ranks_equals_one_process_step_on_the_global_batch(tmp_path):
