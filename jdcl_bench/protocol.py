@@ -19,6 +19,9 @@ Schema (every table but [dataset] and [tasks] is optional)::
     [labels]    regime = "full" | "per_class" | "fraction" | "index_file"
                 per_class = 40 | fraction = 0.1 | index_file = "subsets/..."
     [eval]      metrics = ["final_acc", ...]
+    [augment]   hflip = true                # may augmentation mirror images left-right? Default:
+                                            # true, but false for digits (a mirrored digit is
+                                            # another symbol, so the flip would corrupt labels)
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from .registry import RegistryError
 
 KNOWN_DATASETS = ("cifar10", "cifar100", "imagenet100", "digits", "synthetic")
 KNOWN_METRICS = ("final_acc", "avg_acc", "avg_inc_acc", "forgetting", "seen_acc")
+# datasets whose images change class (or stop being one) when mirrored: no horizontal flips by default
+NO_HFLIP_DATASETS = ("digits",)
 REGIMES = ("full", "per_class", "fraction", "index_file")
 
 
@@ -60,6 +65,7 @@ class Protocol:
     fraction: float | None = None
     index_file: str | None = None
     metrics: list[str] = field(default_factory=lambda: ["final_acc", "avg_acc", "avg_inc_acc", "forgetting"])
+    hflip: bool = True  # whether augmentations may mirror images left-right
     source: str = ""  # where the file came from (path or "jdcl-bench")
     path: str = ""
 
@@ -103,7 +109,7 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 def parse_protocol(data: dict, name: str, where: str) -> Protocol:
     """Validate a parsed TOML document; every error names the field and the problem."""
-    known_top = {"description", "dataset", "tasks", "labels", "eval", "name"}
+    known_top = {"description", "dataset", "tasks", "labels", "eval", "augment", "name"}
     unknown = set(data) - known_top
     _require(not unknown, where, f"unknown top-level field(s) {sorted(unknown)}; allowed: {sorted(known_top)}")
     ds = data.get("dataset")
@@ -151,12 +157,20 @@ def parse_protocol(data: dict, name: str, where: str) -> Protocol:
     bad = [m for m in metrics if m not in KNOWN_METRICS]
     _require(not bad, where, f"[eval].metrics has unknown metric(s) {bad}; known: {', '.join(KNOWN_METRICS)}")
 
+    aug = data.get("augment", {})
+    _require(isinstance(aug, dict), where, "[augment] must be a table (hflip = true or false)")
+    unknown = set(aug) - {"hflip"}
+    _require(not unknown, where, f"[augment] has unknown field(s) {sorted(unknown)}; allowed: ['hflip']")
+    hflip = aug.get("hflip", ds["name"] not in NO_HFLIP_DATASETS)
+    _require(isinstance(hflip, bool), where, f"[augment].hflip must be true or false, got {hflip!r}")
+
     return Protocol(
         name=data.get("name", name), description=data.get("description", ""), dataset=ds["name"],
         image_size=image_size, class_names=classes, synthetic=ds.get("synthetic"),
         num_tasks=num_tasks if num_tasks is not None else len(task_classes), task_classes=task_classes,
         class_order=order, label_regime=regime, per_class=per_class,
         fraction=float(fraction) if fraction is not None else None, index_file=index_file, metrics=list(metrics),
+        hflip=hflip,
     )
 
 

@@ -281,7 +281,7 @@ class Runner:
 
             self.ctx = RunContext(self, self.device, cfg.seed, self.run_dir, self.reporter)
             info = ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
-                                protocol.semi_supervised)
+                                protocol.semi_supervised, protocol.hflip)
             self.method = method_cls(mcfg, self.ctx)
             # global generators (init, dropout) get a seed per rank; rank 0's is the one-process seed
             seed_globals(D.rank_seed(derive_seed(cfg.seed, "setup")))

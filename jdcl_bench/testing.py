@@ -166,7 +166,8 @@ def _build(runner: Runner, cls, base: dict, ds):
     ctx = RunContext(runner, runner.device, 0, runner.run_dir, runner.reporter)
     m = cls(mcfg, ctx)
     shape = (ds.train_x.shape[3], ds.train_x.shape[1], ds.train_x.shape[2])
-    m.setup(ProtocolInfo(proto.name, len(ds.classes), shape, proto.tasks(len(ds.classes)), proto.semi_supervised))
+    m.setup(ProtocolInfo(proto.name, len(ds.classes), shape, proto.tasks(len(ds.classes)), proto.semi_supervised,
+                         proto.hflip))
     runner.method = m
     return m
 

@@ -450,3 +450,17 @@ def test_same_result_on_cpu_and_gpu():
         gpu = op(x.cuda(), _gen(7))
         assert gpu.device.type == "cuda"
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-5), name
+
+
+@pytest.mark.parametrize("view", ["weak_view", "strong_view"])
+def test_views_without_flips_draw_the_same_numbers(view):
+    """flip_p=0 (protocols whose images must not be mirrored, like digits) turns the flip off and
+    leaves every other random choice as it was: a left-right symmetric image gets the same view."""
+    op = getattr(A, view)
+    sym = _images(b=16)
+    sym = torch.cat([sym[..., :8], sym[..., :8].flip(3)], dim=3)  # 16x16, symmetric about the middle
+    g0, g5 = _gen(7), _gen(7)
+    assert torch.equal(op(sym, g0, flip_p=0.0), op(sym, g5, flip_p=0.5))
+    assert torch.equal(g0.get_state(), g5.get_state())
+    asym = _images(b=16)
+    assert not torch.equal(op(asym, _gen(7), flip_p=0.0), op(asym, _gen(7), flip_p=0.5))

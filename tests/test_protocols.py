@@ -100,3 +100,25 @@ def test_user_protocol_by_path_with_explicit_classes(tmp_path):
     f.write_text('description = "x"\n[dataset]\nname = "digits"\n[tasks]\nclasses = [[3, 1], [0]]\n')
     p = get_protocol(str(f))
     assert p.name == "mine" and p.tasks(10) == [[3, 1], [0]] and p.num_tasks == 2
+
+
+def test_hflip_is_off_for_digits_and_on_elsewhere_unless_the_file_says(tmp_path):
+    assert get_protocol("digits-t5").hflip is False and get_protocol("digits-semi-10pct").hflip is False
+    assert get_protocol("cifar10-t5").hflip is True and get_protocol("synthetic-t2").hflip is True
+    f = tmp_path / "d.toml"
+    f.write_text('[dataset]\nname = "digits"\n[tasks]\nnum_tasks = 5\n')
+    assert load_protocol_file(f).hflip is False  # the dataset's default, without an [augment] table
+    f.write_text('[dataset]\nname = "digits"\n[tasks]\nnum_tasks = 5\n[augment]\nhflip = true\n')
+    assert load_protocol_file(f).hflip is True
+    f.write_text('[dataset]\nname = "cifar10"\n[tasks]\nnum_tasks = 5\n[augment]\nhflip = false\n')
+    assert load_protocol_file(f).hflip is False and load_protocol_file(f).to_dict()["hflip"] is False
+
+
+@pytest.mark.parametrize("aug,needle", [('hflip = "no"', "[augment].hflip must be true or false"),
+                                        ("vflip = true", "[augment] has unknown field(s) ['vflip']")])
+def test_malformed_augment_table(tmp_path, aug, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(f'[dataset]\nname = "cifar10"\n[tasks]\nnum_tasks = 2\n[augment]\n{aug}\n')
+    with pytest.raises(ProtocolError) as e:
+        load_protocol_file(f)
+    assert needle in str(e.value) and str(f) in str(e.value)

@@ -141,3 +141,23 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
     assert ma["acc_matrix"] == mb["acc_matrix"]
     assert (torch.load(a / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"] !=
             torch.load(c / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"]).any()
+
+
+@pytest.mark.parametrize("method", ["finetune", "jdcl"])
+def test_a_protocol_without_hflip_reaches_every_flip_of_the_method(tmp_path, monkeypatch, method):
+    """[augment] hflip = false (the digits default) sets every flip the method draws to p = 0;
+    the same protocol with flips allowed keeps the usual 0.5."""
+    from jdcl_bench.data import augment as A
+
+    seen = []
+    real = A._hflip
+    monkeypatch.setattr(A, "_hflip", lambda x, u, p: seen.append(p) or real(x, u, p))
+    from jdcl_bench.protocol import get_protocol
+
+    text = Path(get_protocol("synthetic-t2").path).read_text()
+    for hflip in (False, True):
+        f = tmp_path / f"flip-{hflip}.toml"
+        f.write_text(text + f"[augment]\nhflip = {str(hflip).lower()}\n")
+        seen.clear()
+        run(RunConfig(str(f), method, preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+        assert seen and set(seen) == ({0.5} if hflip else {0.0}), (hflip, set(seen))

@@ -291,8 +291,9 @@ class GeneratorStage:
                 li = torch.randint(len(task.x), (bl,), generator=rng).to(self.device)
                 ui = torch.randint(len(task.unlabelled_x), (bu,), generator=rng).to(self.device)
                 xu = A.to_unit(task.unlabelled_x[ui])
-                x = torch.cat([A.weak_view(A.to_unit(task.x[li]), rng), A.weak_view(xu, rng),
-                               A.strong_view(xu, rng)]) * 2 - 1
+                fp = self.gen.info.flip_p
+                x = torch.cat([A.weak_view(A.to_unit(task.x[li]), rng, fp), A.weak_view(xu, rng, fp),
+                               A.strong_view(xu, rng, fp)]) * 2 - 1
                 with self.gen.autocast():
                     logits = self.lab(self._layout(x)).float()
                 l_sup = F.cross_entropy(logits[:bl], y_local[li])
@@ -362,8 +363,8 @@ class GeneratorStage:
             while self.step < self.total:
                 idx = torch.randint(len(data_x), (c.batch_size,), generator=self.rng).to(self.device)
                 x = A.to_unit(data_x[idx])
-                if c.hflip:
-                    x = A.hflip(x, self.rng)
+                if c.hflip:  # the recipe's flip, unless the protocol forbids mirroring (digits)
+                    x = A.hflip(x, self.rng, self.gen.info.flip_p)
                 x_t, t, noise = diffusion.sample_t_and_noise(x * 2 - 1, self.dev_rng)
                 with self.gen.autocast():
                     eps = net(x_t.contiguous(memory_format=self.gen.memory_format), t, data_y[idx])

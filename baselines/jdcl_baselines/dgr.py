@@ -82,10 +82,11 @@ PRESETS = {
 }
 
 
-def classifier_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.5) -> torch.Tensor:
     """GUIDE's classifier augmentation on [0, 1] images, batched: RandomCrop (zero padding H/8),
-    RandomRotation(±30°), h-flip, ColorJitter(0.1, 0.1, 0.1, 0.1), RandomErasing(p=0.5, scale
-    0.1-0.5, ratio 0.3-3.3, black). Random numbers come from the CPU generator ``gen``."""
+    RandomRotation(±30°), h-flip (probability ``flip_p``), ColorJitter(0.1, 0.1, 0.1, 0.1),
+    RandomErasing(p=0.5, scale 0.1-0.5, ratio 0.3-3.3, black). Random numbers come from the CPU
+    generator ``gen``."""
     b, c, h, w = x.shape
     x = A.random_crop(x, gen, padding=max(1, h // 8), mode="constant")
     u = torch.rand(b, 11, generator=gen, dtype=torch.float64)
@@ -96,7 +97,7 @@ def classifier_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = torch.where(dev(u[:, 1] < 0.5).bool(), x.flip(3), x)
+    x = torch.where(dev(u[:, 1] < flip_p).bool(), x.flip(3), x)
     # colour jitter, fixed order: brightness, contrast, saturation, hue
     grey = lambda v: v if c == 1 else (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3])
     x = (x * dev(1 + 0.1 * (2 * u[:, 2] - 1))).clamp(0, 1)
@@ -275,11 +276,12 @@ class DGR(Method):
                 if n_replay:
                     x, y = torch.cat([x, self.replay["x"]]), torch.cat([y, self.replay["y"]])
                 x = A.to_unit(x)
-                views = [classifier_augment(x, rng) if c.augment else x]
+                fp = self.info.flip_p
+                views = [classifier_augment(x, rng, fp) if c.augment else x]
                 if semi:
                     ui = torch.randint(len(task.unlabelled_x), (c.ssl_unlabelled_batch,), generator=rng)
                     xu = A.to_unit(task.unlabelled_x[ui.to(self.device)])
-                    views += [A.weak_view(xu, rng), A.strong_view(xu, rng)]
+                    views += [A.weak_view(xu, rng, fp), A.strong_view(xu, rng, fp)]
                 with self.autocast():
                     logits = self.classifier(self._layout(torch.cat(views) * 2 - 1))
                 logits = logits.float().masked_fill(~seen, float("-inf"))  # CE over the seen classes

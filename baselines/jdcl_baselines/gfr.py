@@ -233,7 +233,8 @@ class GFR(Method):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """RandomCrop(pad H/8, zero fill) + h-flip, on uint8 -> [-1, 1]."""
         rng = self.ctx.rng
-        x = A.hflip(A.random_crop(A.to_unit(x), rng, padding=x.shape[2] // 8, mode="constant"), rng)
+        x = A.random_crop(A.to_unit(x), rng, padding=x.shape[2] // 8, mode="constant")
+        x = A.hflip(x, rng, self.info.flip_p)
         return x * 2 - 1
 
     def _train_extractor(self, task: TaskData) -> None:
@@ -265,7 +266,7 @@ class GFR(Method):
         if semi:
             ui = sample_indices(len(task.unlabelled_x), c.batch_size * c.unlabelled_ratio, rng, dev)
             xu = task.unlabelled_x[ui]
-            views += [self._augment(xu), A.strong_view(A.to_unit(xu), rng) * 2 - 1]
+            views += [self._augment(xu), A.strong_view(A.to_unit(xu), rng, self.info.flip_p) * 2 - 1]
         x = torch.cat(views)
         nl, nu = len(xl), (len(x) - len(xl)) // 2
         self.counters["images_seen"] += nl + nu

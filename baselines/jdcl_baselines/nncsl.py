@@ -280,12 +280,13 @@ class NNCSL(Method):
 
     def _global_view(self, x: torch.Tensor) -> torch.Tensor:
         rng, c = self.ctx.rng, self.cfg
-        x = A.random_resized_crop(A.hflip(x, rng), rng, scale=tuple(c.global_scale))
+        x = A.random_resized_crop(A.hflip(x, rng, self.info.flip_p), rng, scale=tuple(c.global_scale))
         return color_distort(x, rng, c.color_strength)
 
     def _multicrop(self, x: torch.Tensor) -> torch.Tensor:
         rng, c = self.ctx.rng, self.cfg
-        x = resize(A.random_resized_crop(A.hflip(x, rng), rng, scale=tuple(c.multicrop_scale)), self.mc_px)
+        x = A.random_resized_crop(A.hflip(x, rng, self.info.flip_p), rng, scale=tuple(c.multicrop_scale))
+        x = resize(x, self.mc_px)
         return color_distort(x, rng, c.color_strength)
 
     # ---- the loss -----------------------------------------------------------------------------------

@@ -327,18 +327,18 @@ def _smooth(x):
 
 # ---- the two views used by semi-supervised methods ---------------------------------------------
 
-def weak_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip + reflect-padded random crop; padding H // 8 (4 pixels at 32x32)."""
+def weak_view(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.5) -> torch.Tensor:
+    """Flip (probability ``flip_p``) + reflect-padded random crop; padding H // 8 (4 pixels at 32x32)."""
     u = _uniforms(x, gen, 3)
-    return _random_crop(_hflip(x, u[:, 0], 0.5), u[:, 1:3], x.shape[2] // 8, "reflect")
+    return _random_crop(_hflip(x, u[:, 0], flip_p), u[:, 1:3], x.shape[2] // 8, "reflect")
 
 
-def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def strong_view(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.5) -> torch.Tensor:
     """Weak view, then RandAugment(2, 10) and cutout of H // 2 (FixMatch's strong augmentation)."""
     n, m = 2, 10
     # one draw for everything, so that the prefix property holds for the whole view
     u = _uniforms(x, gen, 3 + 4 * n + 2)
     h = x.shape[2]
-    x = _random_crop(_hflip(x, u[:, 0], 0.5), u[:, 1:3], h // 8, "reflect")
+    x = _random_crop(_hflip(x, u[:, 0], flip_p), u[:, 1:3], h // 8, "reflect")
     x = _rand_augment(x, u[:, 3:3 + 4 * n], n, m)
     return _cutout(x, u[:, 3 + 4 * n:], h // 2, CUTOUT_FILL)

@@ -288,9 +288,9 @@ class JDCL(Method):
     def _sup_loss(self, fwd, task: TaskData):
         c = self.cfg
         idx = torch.randint(len(task.x), (c.batch_size,), generator=self.ctx.rng).to(self.device)
-        x = A.to_unit(task.x[idx])
-        x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
-        x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
+        x, rng, fp = A.to_unit(task.x[idx]), self.ctx.rng, self.info.flip_p
+        x_diff = A.random_resized_crop(A.hflip(x, rng, fp), rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
+        x_cls = A.strong_view(x, rng, fp) * 2 - 1
         x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
         # this rank's slice of the global batch (all of it in one process)
         x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, task.y[idx]))
@@ -308,8 +308,9 @@ class JDCL(Method):
         li = torch.randint(len(task.x), (bl,), generator=self.ctx.rng).to(self.device)
         ui = torch.randint(len(task.unlabelled_x), (bu,), generator=self.ctx.rng).to(self.device)
         xl, xu = A.to_unit(task.x[li]), A.to_unit(task.unlabelled_x[ui])
-        u_diff = A.random_resized_crop(A.hflip(xu, self.ctx.rng), self.ctx.rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
-        wl, wu, su = A.weak_view(xl, self.ctx.rng), A.weak_view(xu, self.ctx.rng), A.strong_view(xu, self.ctx.rng)
+        rng, fp = self.ctx.rng, self.info.flip_p
+        u_diff = A.random_resized_crop(A.hflip(xu, rng, fp), rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
+        wl, wu, su = A.weak_view(xl, rng, fp), A.weak_view(xu, rng, fp), A.strong_view(xu, rng, fp)
         x_t, t, noise = self.diffusion.sample_t_and_noise(u_diff, self.dev_rng)
         # this rank's slice of each part of the global batch (all of it in one process)
         wl, wu, su, yl, x_t, t, noise = map(D.shard, (wl, wu, su, task.y[li], x_t, t, noise))
@@ -386,7 +387,8 @@ class JDCL(Method):
             accepted = len(got)
             if 0 < accepted < quota:  # official fallback: flipped/cropped duplicates of accepted samples
                 idx = torch.randint(accepted, (quota - accepted,), generator=self.ctx.rng).to(self.device)
-                dup = A.random_resized_crop(A.hflip(A.to_unit(got[idx]), self.ctx.rng), self.ctx.rng,
+                rng = self.ctx.rng
+                dup = A.random_resized_crop(A.hflip(A.to_unit(got[idx]), rng, self.info.flip_p), rng,
                                             scale=(crop_scale, 1.0))
                 got = torch.cat([got, (dup * 255).round().to(torch.uint8)])
             counts[int(k)] = {"accepted": int(accepted), "duplicated": int(len(got) - accepted)}
@@ -460,9 +462,9 @@ class JDCL(Method):
             while self.step < c.global_steps:
                 idx = torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng).to(self.device)
                 x, y = A.to_unit(rx[idx]), ry[idx]
-                x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng), self.ctx.rng,
+                x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng, self.info.flip_p), self.ctx.rng,
                                                scale=(c.global_crop_scale, 1.0)) * 2 - 1
-                x_cls = A.strong_view(x, self.ctx.rng) * 2 - 1
+                x_cls = A.strong_view(x, self.ctx.rng, self.info.flip_p) * 2 - 1
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
                 # this rank's slice of the global batch (all of it in one process)
                 x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, y))

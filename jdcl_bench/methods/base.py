@@ -39,6 +39,13 @@ class ProtocolInfo:
     image_shape: tuple[int, int, int]  # (C, H, W)
     task_classes: list[list[int]]
     semi_supervised: bool
+    hflip: bool = True  # the protocol's [augment].hflip: may augmentations mirror images?
+
+    @property
+    def flip_p(self) -> float:
+        """Probability of a horizontal flip in augmentations: the usual 0.5, or 0 where mirroring
+        changes the class (digits). The random draws stay the same either way."""
+        return 0.5 if self.hflip else 0.0
 
 
 @dataclass

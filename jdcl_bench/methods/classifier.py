@@ -35,8 +35,10 @@ class ClassifierConfig:
 
 
 class ClassifierTrainer:
-    def __init__(self, cfg: ClassifierConfig, num_classes: int, in_chans: int, device: torch.device):
+    def __init__(self, cfg: ClassifierConfig, num_classes: int, in_chans: int, device: torch.device,
+                 flip_p: float = 0.5):
         self.cfg = cfg
+        self.flip_p = flip_p  # the protocol's (ProtocolInfo.flip_p): 0 where mirroring changes the class
         self.device = device
         self.model = cifar_resnet(num_classes, in_chans, cfg.width, cfg.layers).to(device)
         if device.type == "cuda":
@@ -69,7 +71,7 @@ class ClassifierTrainer:
                 idx = torch.randint(len(x), (min(self.cfg.batch_size, len(x)),), generator=ctx.rng).to(x.device)
                 xb = to_unit(x[idx])
                 if self.cfg.augment:
-                    xb = weak_view(xb, ctx.rng)
+                    xb = weak_view(xb, ctx.rng, self.flip_p)
                 loss = self.loss(D.shard(xb) * 2 - 1, D.shard(y[idx]))  # this rank's slice (all of it in one process)
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)

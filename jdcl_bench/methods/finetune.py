@@ -31,7 +31,8 @@ class Finetune(Method):
 
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
-        self.trainer = ClassifierTrainer(self.cfg.classifier, info.num_classes, info.image_shape[0], self.device)
+        self.trainer = ClassifierTrainer(self.cfg.classifier, info.num_classes, info.image_shape[0], self.device,
+                                         info.flip_p)
 
     def training_data(self, task: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
         return task.x, task.y
