@@ -148,9 +148,12 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     label = str(metrics.get("method_label") or config["method"])
     if label == config["method"]:  # records written before methods had display names
         label = display
+    bare = label == config["method"]  # no display name recorded or installed: see _adopt_recorded_labels
     if bound:
         label += f" ({bound} bound)"
     return {
+        "_bare_label": bare,
+        "_method_config": _flat(config.get("method_config")),
         "protocol": config["protocol"],
         "method": config["method"],
         # Rows of a table are labels ("NNCSL (M=500)"), so two configs of one method stay apart.
@@ -246,6 +249,7 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
         row["_mtime"] = metrics_path.stat().st_mtime
         rows.append(row)
 
+    _adopt_recorded_labels(rows)
     if incomplete:
         warnings.append(f"{len(incomplete)} run(s) in progress or incomplete, not in tables: "
                         f"{_short_list(incomplete)}")
@@ -257,6 +261,37 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     df.attrs["warnings"] = warnings
     df.attrs["incomplete"] = incomplete
     return df
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"a.b": value}."""
+    if not isinstance(d, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _adopt_recorded_labels(rows: list[dict]) -> None:
+    """Give a record labelled by its bare method name the label that records of the same method
+    and a matching config carry.
+
+    Records written before methods had display names say "dgr"; where the method's plugin is not
+    installed, nothing can turn that into "DGR (diffusion)", and the table would split one
+    method's seeds over two rows. A label is a function of the method and its config ("NNCSL
+    (M=500)"), so it is taken from records whose config agrees on every setting both have (a
+    setting added to the method later, such as a speed switch, is in one of them only). Where
+    those records disagree, or there are none, the bare name stays."""
+    named = [r for r in rows if not r["_bare_label"]]
+    for r in rows:
+        if not r["_bare_label"]:
+            continue
+        mine = r["_method_config"]
+        labels = {o["method_label"] for o in named if o["method"] == r["method"]
+                  and all(o["_method_config"][k] == v for k, v in mine.items() if k in o["_method_config"])}
+        if len(labels) == 1:
+            r["method_label"] = labels.pop()
 
 
 def _drop_duplicate_seeds(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:

@@ -382,3 +382,23 @@ def test_times_from_a_shared_gpu_are_marked_and_not_ranked(results):
     cell = table.at["GFR", (P10, "gpu_minutes")]
     assert cell.shared_gpu and not any(c.best for c in table[(P10, "gpu_minutes")] if c is not None)
     assert "§" in render_markdown(table)
+
+
+def test_bare_method_name_takes_the_label_of_records_with_a_matching_config(tmp_path):
+    """Old records name an uninstalled plugin's method bare ("oldm"); a newer record of the same
+    config names its label, and the seeds then share one row. A setting only one of them has (added
+    later) does not count against a match; a setting they both have and disagree on does."""
+    root = tmp_path / "r"
+
+    def run(label, seed, **config):
+        d = write_run(root, P10, "oldm", label, seed, 50.0 + seed)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["method_config"].update(config)
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    run("Old (M=500)", 0, buffer=500, compile=True)  # written after display names and `compile` came in
+    run("oldm", 1, buffer=500)                       # before both: the same config, so the same label
+    run("oldm", 2, buffer=5120)                      # another buffer: no record names its label
+    labels = dict(zip(load_records(root)["seed"], load_records(root)["method_label"]))
+    assert labels == {0: "Old (M=500)", 1: "Old (M=500)", 2: "oldm"}
+    assert leaderboard(load_records(root)).loc["Old (M=500)", P10].n == 2
