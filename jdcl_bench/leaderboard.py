@@ -153,7 +153,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         label += f" ({bound} bound)"
     return {
         "_bare_label": bare,
-        "_method_config": _flat(config.get("method_config")),
+        "_method_config": dict(_flatten(_dict(config.get("method_config")))),
         "protocol": config["protocol"],
         "method": config["method"],
         # Rows of a table are labels ("NNCSL (M=500)"), so two configs of one method stay apart.
@@ -261,16 +261,6 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     df.attrs["warnings"] = warnings
     df.attrs["incomplete"] = incomplete
     return df
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {"a.b": value}."""
-    if not isinstance(d, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def _adopt_recorded_labels(rows: list[dict]) -> None:
