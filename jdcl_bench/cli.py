@@ -109,6 +109,30 @@ def run(protocol, method, seed, preset, sets, data_dir, download, out, device, t
 
 
 @main.command()
+@click.option("--protocol", required=True, help="Protocol name or .toml path: its dataset's reference classifier.")
+@click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
+@click.option("--device", default="auto", show_default=True)
+def reference(protocol, data_dir, device) -> None:
+    """Train (or load) the dataset's reference classifier of the replay diagnostics and report it.
+
+    Runs do this on first use; doing it once beforehand keeps parallel runs from training it each."""
+    from .data.datasets import DatasetError, load_dataset
+    from .protocol import get_protocol
+    from .replay_quality import for_dataset
+    from .runner import resolve_device
+
+    try:
+        p = get_protocol(protocol)
+        ds = load_dataset(p.dataset, data_dir=data_dir, image_size=p.image_size, class_names=p.class_names,
+                          synthetic=p.synthetic)
+    except (*USER_ERRORS, DatasetError) as exc:
+        _fail(exc)
+    diag = for_dataset(ds, resolve_device(device), flip=p.hflip, log=click.echo)
+    click.echo(f"{p.dataset}: reference classifier {100 * diag.reference_acc:.2f} % on the test set "
+               f"({diag.cache_note})")
+
+
+@main.command()
 @click.option("--methods", multiple=True, required=True, help="Method names, comma-separated or repeated.")
 @click.option("--protocols", multiple=True, required=True, help="Protocol names or .toml paths, comma-separated or repeated.")
 @click.option("--seeds", multiple=True, default=("0",), show_default=True,

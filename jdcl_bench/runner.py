@@ -113,6 +113,37 @@ class RunContext:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    # ---- replay diagnostics (jdcl_bench.replay_quality): measurements only, never training input ----
+    def replay_diagnostics(self, x: torch.Tensor, y: torch.Tensor, classes: list[int], tag: str) -> dict | None:
+        """Measure a replay set (uint8 images ``x``, labels ``y``, drawn for ``classes``) against the
+        dataset's reference classifier and real images; stored in the run's metrics under
+        ``diagnostics`` and logged. Returns the report (None on ranks other than 0)."""
+        diag = self._runner.diagnostics_instrument()
+        if diag is None:
+            return None
+        report = diag.measure(x, y, classes)
+        self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "replay", **report})
+        from .replay_quality import near_chance, summary_line
+
+        self.info(f"task {self.task_index + 1}: " + summary_line(tag, report))
+        if near_chance(report):
+            self.info(f"warning: task {self.task_index + 1} {tag}: replay fidelity "
+                      f"{100 * report['overall']['fidelity']:.1f} % is near chance ({100 * report['chance']:.1f} %): "
+                      "the replay does not look like its classes to the reference classifier")
+        return report
+
+    def model_accuracy(self, predict, classes: list[int], tag: str) -> float | None:
+        """Accuracy of ``predict`` (uint8 images -> logits) on the real test images of ``classes``,
+        stored under ``diagnostics`` (e.g. JDCL's local model on its own task)."""
+        diag = self._runner.diagnostics_instrument()
+        if diag is None:
+            return None
+        acc = diag.accuracy_on(predict, classes)
+        self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "accuracy",
+                                     "classes": sorted(int(k) for k in classes), "acc": acc})
+        self.info(f"task {self.task_index + 1}: {tag}: {100 * acc:.2f} % on the test images of classes {sorted(classes)}")
+        return acc
+
     def progress(self, description: str, total: int):
         return self.reporter.task(f"task {self.task_index + 1}: {description}", total)
 
@@ -156,6 +187,27 @@ class Runner:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self._dataset = dataset  # tests and the conformance kit may inject a dataset
+        self._diag = None
+        self.diagnostics: list[dict] = []
+        self.diagnostics_seconds = 0.0
+
+    # ---- diagnostics -------------------------------------------------------------------------
+    def diagnostics_instrument(self):
+        """The dataset's replay diagnostics (reference classifier and real statistics), built on
+        first use; None on ranks other than 0 (rank 0 alone measures and writes)."""
+        if not D.is_main():
+            return None
+        if self._diag is None:
+            from .replay_quality import for_dataset
+
+            t0 = time.time()
+            self._diag = for_dataset(self._ds, self.device, flip=self._protocol.hflip, log=self.reporter.info)
+            self.diagnostics_seconds += time.time() - t0
+        return self._diag
+
+    def add_diagnostic(self, entry: dict) -> None:
+        self.diagnostics.append(entry)
+        self.diagnostics_seconds += entry.get("seconds", 0.0)
 
     # ---- time keeping and in-task checkpoints -------------------------------------------
     def tick(self) -> None:
@@ -188,6 +240,7 @@ class Runner:
             "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
+            "diagnostics": self.diagnostics,
         }
         if D.is_distributed():
             state["rng"]["per_rank"] = per_rank
@@ -272,6 +325,7 @@ class Runner:
                                   class_names=protocol.class_names, download=cfg.download, synthetic=protocol.synthetic)
                 if D.is_main():
                     D.barrier()
+            self._ds, self._protocol = ds, protocol  # for the replay diagnostics, built on first use
             tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "
@@ -292,6 +346,7 @@ class Runner:
                 state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
                 self.method.load_state_dict(state["method"])
                 self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
+                self.diagnostics = list(state.get("diagnostics", []))
                 in_task = state["phase"] == "in_task"
                 start = state["task"] if in_task else state["task"] + 1
                 if in_task:
@@ -350,8 +405,12 @@ class Runner:
                 metrics = {"complete": done, "tasks_done": k + 1, "num_tasks": len(tasks),
                            "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
                            **summarise(self.acc_rows, self.seen_acc, final), "method_label": self.method.label()}
+                if self.diagnostics:
+                    metrics["diagnostics"] = self.diagnostics
                 wall = self._elapsed()
                 gpus = D.world_size() if self.device.type == "cuda" else 0
+                if self.diagnostics_seconds:  # measuring, not training: said apart (the budget includes it)
+                    manifest["diagnostics_seconds"] = round(self.diagnostics_seconds, 1)
                 manifest.update({"wall_time_s": wall, "gpu_seconds": wall * gpus,
                                  "budget": {"preset": preset, "reduced": preset != "paper",
                                             **self.method.budget()},

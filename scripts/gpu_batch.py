@@ -28,6 +28,7 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
     for spec in chain:
         protocol, method, preset, *rest = spec.split(":")
         seed = rest[0] if rest else "0"
+        sets = [kv for kv in (rest[1].split(";") if len(rest) > 1 else []) if kv]
         left = args.deadline - (time.time() - t0)
         if left < 30:
             status[spec] = "not started (deadline)"
@@ -37,10 +38,12 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
                "JDCL_BENCH_GPU_SHARED_BY": str(n_parallel)}
         log_dir = Path(args.out) / "_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"{protocol}__{method}__{preset}__seed{seed}__{int(time.time())}.log"
+        tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]
+        name = Path(protocol).stem
+        log = log_dir / f"{name}__{method}__{preset}__seed{seed}{'__' + tag if tag else ''}__{int(time.time())}.log"
         cmd = [sys.executable, "-m", "jdcl_bench.cli", "run", "--protocol", protocol, "--method", method,
                "--preset", preset, "--seed", seed, "--out", args.out, "--data-dir", args.data_dir,
-               "--time-limit", f"{left:.0f}"]
+               "--time-limit", f"{left:.0f}"] + [a for kv in sets for a in ("--set", kv)]
         with open(log, "w") as fh:
             rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         tail = log.read_text().strip().splitlines()[-1:] or [""]
@@ -51,7 +54,8 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--chain", action="append", required=True, help="comma-separated protocol:method:preset[:seed]")
+    ap.add_argument("--chain", action="append", required=True,
+                    help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides)")
     ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
     ap.add_argument("--out", default=".gpu-runs")
     ap.add_argument("--data-dir", default=".data/cifar10-jpeg")

@@ -87,9 +87,26 @@ class JDCLConfig:
     # the global stage completed under it. Compiling takes longer (about 45 s more, cold cache).
     compile_mode: str = "reduce-overhead"
     grid_per_class: int = 8
+    # ---- short-budget options: deviations from the official recipe, all off in `paper` -----------
+    # (docs/jdcl.md, "Short-budget options", gives each one's measured effect)
+    # DDIM with x̂0 clipped to [-1, 1] at every step and the last x̂0 returned (guided-diffusion's
+    # clip_denoised): LDM's sampler does not clip, and at high noise levels it multiplies the ε error
+    # of a briefly trained model by up to 1/sqrt(ᾱ_t) ≈ 160, which gives saturated colour noise.
+    sampler_clip_x0: bool = False
+    # The global student's EMA restarts its warm-up at each global stage (from G_{k-1}'s EMA weights)
+    # instead of continuing G_{k-1}'s update count at full decay: a short stage otherwise leaves
+    # much of the evaluated EMA from before the classification terms switched on.
+    global_ema_restart: bool = False
+    # scratch: every local model L_k starts from random weights (the official CIFAR scripts);
+    # global: from G_{k-1} (the official ImageNet-100 recipe; the paper's text describes a copy).
+    local_init: str = "scratch"
+    # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
+    # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
+    diagnostics: bool = False
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LOCAL_INITS = ("scratch", "global")
 
 PRESETS = {
     # Cheap but faithful in structure: a 6.9M-parameter UNet, batch 512 (the small model is
@@ -150,6 +167,9 @@ class JDCL(Method):
         if c.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode={c.compile_mode!r} is not a torch.compile mode; use one of "
                               f"{', '.join(COMPILE_MODES)} (e.g. --set compile_mode=reduce-overhead)")
+        if c.local_init not in LOCAL_INITS:
+            raise ConfigError(f"local_init={c.local_init!r} is not one of {', '.join(LOCAL_INITS)} "
+                              "(e.g. --set local_init=global)")
         if c.compile and D.is_distributed() and self.device.type == "cuda":
             self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
         base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
@@ -226,8 +246,11 @@ class JDCL(Method):
         c = self.cfg
         self.phase, self.step = "local", 0
         self.dev_rng = self._device_rng()
-        # CIFAR recipe: every local model starts from scratch (rank 0's initialisation on every rank)
+        # CIFAR recipe: every local model starts from scratch (rank 0's initialisation on every rank);
+        # local_init=global starts it from G_{k-1} (raw weights where kept, else its EMA weights)
         self.net = D.sync_params(self.new_model())
+        if c.local_init == "global" and self.G is not None:
+            self.net.load_state_dict(self.G["raw"] if "raw" in self.G else self.G["ema"]["module"])
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
                                      fused=self.device.type == "cuda")
         self.ema = self._local_ema()
@@ -237,6 +260,8 @@ class JDCL(Method):
         if self.phase == "local":
             self._train_local(task)
             self.L = self.snapshot()
+            if self.cfg.diagnostics:
+                self.ctx.model_accuracy(self._predictor(self.L), task.classes, "local model (EMA)")
             self.phase = "replay" if task.index > 0 else "done"
             if task.index == 0:
                 self.G = self.L
@@ -255,6 +280,16 @@ class JDCL(Method):
         self.net = self.opt = self.ema = self.replay = self.L = None
         self.teachers = None
         self.phase = "idle"
+
+    def _predictor(self, state: dict):
+        """uint8 images -> logits of ``state``'s EMA model (for diagnostics)."""
+        model = self.model_from(state, ema=True).eval()
+
+        @torch.no_grad()
+        def predict(x):
+            with self.autocast():
+                return model.classify(A.to_unit(x) * 2 - 1).float()
+        return predict
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,7 +386,9 @@ class JDCL(Method):
         shape = (n, *self.info.image_shape)
         noise = torch.randn(shape, device=self.device, generator=gen)
         with self.autocast():
-            x = self.diffusion.ddim_sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device)
+            clip = self.cfg.sampler_clip_x0
+            x = self.diffusion.ddim_sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device,
+                                           clip_denoised=clip, return_pred_x0=clip)
             x = x.clamp(-1, 1)
             y = model.classify(x).float().argmax(1)
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
@@ -408,6 +445,8 @@ class JDCL(Method):
         if missing:
             self.ctx.info(f"warning: the generators produced no sample of classes {missing}; they get no replay")
         x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
+        if self.cfg.diagnostics:
+            self.ctx.replay_diagnostics(x, y, task.seen_classes, "replay (old from G, new from L)")
         if D.is_main():  # every rank holds the same replay set; one writes it down
             self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json").write_text(json.dumps(counts, indent=2))
             save_class_grid(self.ctx, f"replay_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
@@ -438,11 +477,14 @@ class JDCL(Method):
         ema_t = c.teacher_weights == "ema"
         self.teachers = {"old": self.model_from(self.G, ema_t).eval().requires_grad_(False),
                          "new": self.model_from(self.L, ema_t).eval().requires_grad_(False)}
-        # the student starts from G_{k-1}'s raw weights and continues its EMA (count included)
+        # the student starts from G_{k-1}'s raw weights and continues its EMA (count included), or
+        # with global_ema_restart its EMA starts at G_{k-1}'s EMA weights with the warm-up from zero
         self.net = self.model_from(self.G, ema=False)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
                                      fused=self.device.type == "cuda")
         self.ema = global_ema(self.net, self.G["ema"], c.ema_decay)
+        if c.global_ema_restart:
+            self.ema.num_updates = 0
 
     def _teacher_fns(self) -> dict:
         """Each frozen teacher's joint forward, compiled like the student's. Through a module's
