@@ -272,6 +272,11 @@ class Runner:
                                   class_names=protocol.class_names, download=cfg.download, synthetic=protocol.synthetic)
                 if D.is_main():
                     D.barrier()
+            from .data.datasets import check_dataset
+
+            # the data must be the protocol's dataset (class count, names, image shape) before anything trains
+            check_dataset(ds, protocol.dataset, image_size=protocol.image_size, class_names=protocol.class_names,
+                          synthetic=protocol.synthetic, protocol=protocol.name, data_dir=cfg.data_dir)
             tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "
