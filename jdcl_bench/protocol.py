@@ -25,6 +25,9 @@ Schema (every table but [dataset] and [tasks] is optional)::
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -100,6 +103,30 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def spec(self) -> dict:
+        """What the protocol says, without where its file was found (``source``, ``path``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("source", "path")}
+
+    def content_hash(self) -> str:
+        """sha256 over the parsed protocol (not its spelling in the file, not its path) and the bytes
+        of its index file, which a relative ``index_file`` finds next to the protocol file."""
+        h = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode())
+        if self.index_file is not None:
+            f = self.resolve_index_file()
+            h.update(f.read_bytes() if f.is_file() else f"missing:{f.name}".encode())
+        return h.hexdigest()
+
+    @property
+    def run_name(self) -> str:
+        """The protocol's name in run directories and records. A registered protocol (built-in or a
+        plugin's) is its name; a user's file is its name plus a short hash of its content, so two
+        different files called my.toml never share a run, and my.toml, ./my.toml and /abs/my.toml
+        (the same file) always do."""
+        if self.source != "local":
+            return self.name
+        safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", self.name).lstrip(".") or "protocol"
+        return f"{safe}-{self.content_hash()[:8]}"
 
 
 def _require(cond: bool, where: str, msg: str) -> None:

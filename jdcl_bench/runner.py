@@ -49,6 +49,30 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class RunMismatch(ConfigError):
+    """The run directory holds a run of another protocol, config or dataset."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_same_protocol(run_dir: Path, old_config: dict, protocol: Protocol) -> None:
+    """Refuse a run directory whose record is of another protocol (settings both records have must agree:
+    a setting added to protocols later is absent from older records)."""
+    old = old_config.get("protocol_spec")
+    if not isinstance(old, dict):
+        return
+    new = protocol.spec()
+    differ = sorted(k for k in set(old) & set(new) if k not in ("source", "path")
+                    and old[k] != json.loads(json.dumps(new[k])))
+    if differ:
+        raise RunMismatch(f"{run_dir} holds a run of a different protocol ({', '.join(differ)} differ: "
+                          f"{_short({k: old[k] for k in differ})} there, {_short({k: new[k] for k in differ})} "
+                          "now); use another --out or delete the directory")
+
+
 @dataclass
 class RunConfig:
     protocol: str
@@ -120,12 +144,15 @@ class RunContext:
         self.reporter.info(msg)
 
 
-def run_dir_for(cfg: RunConfig, preset: str) -> Path:
+def run_dir_for(cfg: RunConfig, preset: str, protocol: Protocol | None = None) -> Path:
+    """``<out>/runs/<protocol>/<method>/<preset>[+<overrides hash>]/seed<N>``; a user's protocol file
+    is named by its content (``Protocol.run_name``), not by how its path is spelled."""
     tag = preset
     if cfg.overrides:
         digest = hashlib.sha256(json.dumps(cfg.overrides, sort_keys=True).encode()).hexdigest()[:8]
         tag = f"{preset}+{digest}"
-    return Path(cfg.out) / "runs" / cfg.protocol.replace("/", "_").removesuffix(".toml") / cfg.method / tag / f"seed{cfg.seed}"
+    protocol = protocol or get_protocol(cfg.protocol)
+    return Path(cfg.out) / "runs" / protocol.run_name / cfg.method / tag / f"seed{cfg.seed}"
 
 
 def build_tasks(protocol: Protocol, ds, device: torch.device) -> tuple[list[TaskData], dict, list[list[int]]]:
@@ -201,7 +228,7 @@ class Runner:
         method_cls: type[Method] = METHODS.get(cfg.method)
         mcfg = method_cls.config_for(cfg.preset, cfg.overrides)
         preset = cfg.preset or method_cls.default_preset
-        self.run_dir = run_dir_for(cfg, preset)
+        self.run_dir = run_dir_for(cfg, preset, protocol)
         if D.env_world_size() == 1:
             self.device = resolve_device(cfg.device)
             return self._run(protocol, method_cls, mcfg, preset)
@@ -234,7 +261,7 @@ class Runner:
         # rank 0 alone holds the lock and writes files; if it fails, torchrun stops the other ranks
         lock = records.run_lock(self.run_dir) if D.is_main() else contextlib.nullcontext()
         with lock:
-            config_doc = {"protocol": protocol.name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
+            config_doc = {"protocol": protocol.run_name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
                           "overrides": cfg.overrides, "method_config": to_dict(mcfg),
                           "run": {k: v for k, v in asdict(cfg).items() if k not in ("overrides",)},
                           "protocol_spec": protocol.to_dict()}
@@ -249,15 +276,18 @@ class Runner:
             complete = metrics_path.exists() and bool(records.read_json(metrics_path).get("complete"))
             resume = ckpt_path.exists()
             complete, resume = D.broadcast_flags(complete, resume)  # what rank 0 sees, on every rank
+            if (complete or resume) and D.is_main():
+                old = records.read_json(self.run_dir / "config.json")
+                _check_same_protocol(self.run_dir, old, protocol)
             if complete:
                 self.reporter.info(f"run already complete: {self.run_dir}")
                 return self.run_dir
             if resume and D.is_main():
-                old = records.read_json(self.run_dir / "config.json")
                 for key in ("protocol", "method", "preset", "seed", "method_config"):
                     if old.get(key) != json.loads(json.dumps(config_doc[key])):
-                        raise RuntimeError(f"{self.run_dir} holds a checkpoint of a different run ({key} differs); "
-                                           "use another --out or delete the directory")
+                        raise RunMismatch(f"{self.run_dir} holds a checkpoint of a different run ({key} differs: "
+                                          f"{_short(old.get(key))} there, {_short(config_doc[key])} now); "
+                                          "use another --out or delete the directory")
             elif D.is_main():
                 records.write_json(self.run_dir / "config.json", config_doc)
 
@@ -277,6 +307,13 @@ class Runner:
             # the data must be the protocol's dataset (class count, names, image shape) before anything trains
             check_dataset(ds, protocol.dataset, image_size=protocol.image_size, class_names=protocol.class_names,
                           synthetic=protocol.synthetic, protocol=protocol.name, data_dir=cfg.data_dir)
+            if resume and D.is_main() and (self.run_dir / "manifest.json").is_file():
+                before = records.read_json(self.run_dir / "manifest.json").get("dataset", {}).get("content_hash")
+                if before and before != ds.identity.get("content_hash"):
+                    raise RunMismatch(f"{self.run_dir} was trained on other data (dataset content hash "
+                                      f"{before[:12]}... there, {ds.identity.get('content_hash', '')[:12]}... now, "
+                                      f"from {ds.identity.get('source')}); point --data-dir at the data it ran on, "
+                                      "or use another --out or delete the directory to start afresh")
             tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "

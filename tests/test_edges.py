@@ -61,3 +61,71 @@ def test_an_injected_dataset_of_another_protocol_is_refused(tmp_path):
     ds = D.make_synthetic(num_classes=6)
     with pytest.raises(D.DatasetError, match="6 classes instead of 4"):
         run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET, dataset=ds)
+
+
+# ---- 2. a user protocol's identity is its content, not its file name -------------------------
+
+def _user_protocol(folder: Path, tasks: str = "num_tasks = 2") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / "my.toml"
+    f.write_text(f'description = "mine"\n[dataset]\nname = "synthetic"\n[tasks]\n{tasks}\n')
+    return f
+
+
+def test_same_file_name_different_content_gets_its_own_run(tmp_path):
+    from jdcl_bench.runner import run_dir_for
+
+    a = _user_protocol(tmp_path / "A")
+    b = _user_protocol(tmp_path / "B", "classes = [[1, 0], [3, 2]]")
+    base = dict(method="finetune", preset="smoke", out=str(tmp_path / "out"), device="cpu")
+    da = run(RunConfig(str(a), **base), QUIET)
+    db = run(RunConfig(str(b), **base), QUIET)
+    assert da != db and da.parts[-4].startswith("my-") and db.parts[-4].startswith("my-")
+    mb = json.loads((db / "metrics.json").read_text())
+    assert mb["complete"] and mb["task_classes"] == [[1, 0], [3, 2]]
+    assert json.loads((db / "config.json").read_text())["protocol"] == db.parts[-4]
+    # the same file however its path is spelled: one run directory
+    same = _user_protocol(tmp_path / "C")  # same content as A, other folder
+    cfg = lambda p: RunConfig(p, "finetune", preset="smoke", out="o")  # noqa: E731
+    import os
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "A")
+    try:
+        dirs = {run_dir_for(cfg(p), "smoke") for p in ("my.toml", "./my.toml", str(a.resolve()), str(same))}
+    finally:
+        os.chdir(cwd)
+    assert len(dirs) == 1 and not next(iter(dirs)).parts[2].startswith(".")
+
+
+def test_builtin_protocols_keep_their_run_directories(tmp_path):
+    from jdcl_bench.runner import run_dir_for
+
+    for name in ("cifar10-t5", "digits-t5", "synthetic-t2"):
+        assert run_dir_for(RunConfig(name, "jdcl", out="results"), "fast") == \
+            Path(f"results/runs/{name}/jdcl/fast/seed0")
+
+
+def test_a_run_directory_of_another_protocol_or_data_is_refused(tmp_path):
+    from jdcl_bench.runner import RunMismatch, run_dir_for
+
+    f = _user_protocol(tmp_path)
+    cfg = RunConfig(str(f), "finetune", preset="smoke", out=str(tmp_path / "out"), device="cpu")
+    d = run(cfg, QUIET)
+    # a record whose protocol differs (as the old file-name keyed directories allowed)
+    conf = json.loads((d / "config.json").read_text())
+    conf["protocol_spec"]["task_classes"] = [[0, 2], [1, 3]]
+    (d / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(RunMismatch, match="different protocol .*task_classes"):
+        run(cfg, QUIET)
+    # a resume onto other data
+    d2 = run_dir_for(RunConfig("synthetic-t2", "finetune", out=str(tmp_path / "o2"), seed=3), "smoke")
+    run(RunConfig("synthetic-t2", "finetune", preset="smoke", seed=3, out=str(tmp_path / "o2"), device="cpu"), QUIET)
+    m = json.loads((d2 / "metrics.json").read_text())
+    m["complete"] = False
+    (d2 / "metrics.json").write_text(json.dumps(m))
+    man = json.loads((d2 / "manifest.json").read_text())
+    man["dataset"]["content_hash"] = "0" * 64
+    (d2 / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(RunMismatch, match="trained on other data"):
+        run(RunConfig("synthetic-t2", "finetune", preset="smoke", seed=3, out=str(tmp_path / "o2"), device="cpu"),
+            QUIET)
