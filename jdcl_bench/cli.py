@@ -81,19 +81,23 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--time-limit", default=None, type=float, help="Stop cleanly (checkpointed) after this many seconds.")
 @click.option("--checkpoint-every", default=600.0, show_default=True, type=float,
               help="Seconds between checkpoints inside a task.")
-def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every) -> None:
+@click.option("--restart", is_flag=True,
+              help="Start the run afresh: remove its checkpoint and records first (instead of resuming).")
+def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every,
+        restart) -> None:
     """Run one experiment; resumes if the run directory already holds a checkpoint."""
     from .data.datasets import DatasetError
     from .progress import Reporter
-    from .records import RunLocked, read_json
+    from .records import CheckpointError, RunLocked, read_json
     from .runner import NonFiniteLoss, RunConfig, run as run_experiment
 
     cfg = RunConfig(protocol=protocol, method=method, seed=seed, preset=preset, data_dir=data_dir, out=out,
-                    device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download)
+                    device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
+                    restart=restart)
     try:
         cfg.overrides = parse_set(sets)
         run_dir = run_experiment(cfg, Reporter())
-    except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss) as exc:
+    except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss, CheckpointError) as exc:
         _fail(exc)
     if os.environ.get("RANK", "0") != "0":
         return  # a torchrun worker other than rank 0: rank 0 reports the run

@@ -54,6 +54,44 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: damaged, truncated, foreign or tampered with."""
+
+
+CHECKPOINT_KEYS = ("phase", "task", "method", "rng", "acc_rows", "seen_acc", "wall_s")
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """Load a run's ``checkpoint.pt`` with ``weights_only=True``: tensors, generator states and plain
+    containers and numbers only, so a crafted file cannot run code. Anything else, a damaged file
+    or one that is not a checkpoint of this suite raises CheckpointError naming the file and how to
+    start the run afresh."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    fresh = (f"To start this run afresh, run the same command with --restart (or delete {path}; "
+             f"the whole run directory {path.parent} to drop its records too).")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} holds objects that this suite's checkpoints never hold, so it was not "
+                              f"loaded and nothing in it ran ({first.strip()}); it was not written by "
+                              f"jdcl-bench, or was tampered with. {fresh}") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated zip, bad CRC, not a torch file at all: all mean "damaged"
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
+                              f"{fresh}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"{path} is not a jdcl-bench checkpoint (missing {', '.join(missing)}). {fresh}")
+    return state
+
+
 class RunLocked(RuntimeError):
     pass
 

@@ -87,6 +87,7 @@ class RunConfig:
     time_limit_s: float | None = None
     checkpoint_every_s: float = 600.0
     download: bool = False
+    restart: bool = False  # start afresh: drop the run directory's checkpoint and records first
 
 
 def resolve_device(name: str) -> torch.device:
@@ -273,6 +274,13 @@ class Runner:
                 config_doc["distributed"] = D.describe(global_batch)
             ckpt_path = self.run_dir / "checkpoint.pt"
             metrics_path = self.run_dir / "metrics.json"
+            if cfg.restart and D.is_main():
+                dropped = [f.name for f in (ckpt_path, metrics_path, self.run_dir / "manifest.json",
+                                            self.run_dir / "config.json") if f.exists()]
+                for name in dropped:
+                    (self.run_dir / name).unlink()
+                if dropped:
+                    self.reporter.info(f"--restart: removed {', '.join(dropped)} from {self.run_dir}")
             complete = metrics_path.exists() and bool(records.read_json(metrics_path).get("complete"))
             resume = ckpt_path.exists()
             complete, resume = D.broadcast_flags(complete, resume)  # what rank 0 sees, on every rank
@@ -331,7 +339,7 @@ class Runner:
 
             self.acc_rows, self.seen_acc, self.prev_wall, start, in_task = [], [], 0.0, 0, False
             if resume:  # every rank loads rank 0's checkpoint
-                state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                state = records.load_checkpoint(ckpt_path)  # weights_only: a crafted file cannot run code
                 self.method.load_state_dict(state["method"])
                 self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
                 in_task = state["phase"] == "in_task"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .records import read_json
+from .records import load_checkpoint, read_json
 from .runner import RunConfig, Runner
 
 
@@ -108,7 +108,7 @@ def check_method(method: str, preset: str = "smoke", overrides: dict | None = No
             raise ConformanceError(f"accuracy matrix has the wrong shape or range: {ref['acc_matrix']}")
 
         # 2. state round trip: fresh instance + checkpoint predicts the same
-        state = torch.load(ref_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(ref_dir / "checkpoint.pt")  # weights_only=True, as the runner loads it
         fresh = Runner(RunConfig(out=str(root / "fresh"), **base), quiet, dataset=ds)
         from .data.augment import images_to_tensor
         test_x = images_to_tensor(ds.test_x)

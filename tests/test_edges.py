@@ -129,3 +129,67 @@ def test_a_run_directory_of_another_protocol_or_data_is_refused(tmp_path):
     with pytest.raises(RunMismatch, match="trained on other data"):
         run(RunConfig("synthetic-t2", "finetune", preset="smoke", seed=3, out=str(tmp_path / "o2"), device="cpu"),
             QUIET)
+
+
+# ---- 3. checkpoints are loaded with weights_only=True; damaged ones are clean errors ----------
+
+class _Payload:
+    """Unpickling this runs a shell command (what a crafted checkpoint.pt did on resume)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def _finished_run(tmp_path, seed=0) -> tuple[RunConfig, Path]:
+    cfg = RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path / "out"), device="cpu", seed=seed)
+    d = run(cfg, QUIET)
+    m = json.loads((d / "metrics.json").read_text())
+    m["complete"] = False  # as if killed after task 2's checkpoint: the next start resumes
+    (d / "metrics.json").write_text(json.dumps(m))
+    return cfg, d
+
+
+def test_a_crafted_checkpoint_does_not_execute_on_resume(tmp_path):
+    from jdcl_bench.records import CheckpointError
+
+    cfg, d = _finished_run(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"phase": "task_done", "task": 0, "method": _Payload(marker), "rng": {}, "acc_rows": [],
+                "seen_acc": [], "wall_s": 0.0}, d / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not loaded and nothing in it ran") as err:
+        run(cfg, QUIET)
+    assert not marker.exists()
+    assert str(d / "checkpoint.pt") in str(err.value) and "--restart" in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "not-a-checkpoint"])
+def test_a_damaged_checkpoint_is_a_clean_error_and_restart_starts_afresh(tmp_path, damage):
+    cfg, d = _finished_run(tmp_path)
+    ckpt = d / "checkpoint.pt"
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:len(ckpt.read_bytes()) // 2])
+    elif damage == "garbage":
+        ckpt.write_bytes(b"\x00not a zip" * 100)
+    else:
+        torch.save({"weights": torch.zeros(2)}, ckpt)
+    args = ["run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke", "--device", "cpu",
+            "--out", tmp_path / "out"]
+    r = invoke(*args)
+    msg = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert str(ckpt) in msg and "--restart" in msg
+    r = invoke(*args, "--restart")
+    assert r.exit_code == 0 and "complete" in r.output, r.output
+    assert torch.load(ckpt, weights_only=True)["task"] == 1
+
+
+def test_the_suites_own_checkpoints_load_with_weights_only(tmp_path):
+    from jdcl_bench.records import load_checkpoint
+
+    _, d = _finished_run(tmp_path)
+    state = load_checkpoint(d / "checkpoint.pt")
+    assert state["phase"] == "task_done" and isinstance(state["rng"]["ctx"], torch.Tensor)
