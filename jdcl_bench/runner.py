@@ -16,6 +16,7 @@ or a file (stop, checkpoint, resume) is rank 0's, broadcast to the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -47,6 +48,67 @@ class StopRun(Exception):
 
 class NonFiniteLoss(FloatingPointError):
     pass
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    """What a run stopped by non-finite values has left: only claim a checkpoint that exists."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return (f"The last checkpoint, {run_dir / 'checkpoint.pt'}, was written before that and holds finite "
+                "values only (checkpoints are checked before they are written).")
+    return f"No checkpoint has been written yet in {run_dir}: nothing to resume, a new start begins afresh."
+
+
+def _nonfinite_hint(runner: "Runner") -> str:
+    """Advice naming the method's own learning-rate keys (``classifier.lr`` for fine-tune), never a key
+    the method does not have."""
+    method = getattr(runner, "method", None)
+    cfg = getattr(method, "cfg", None)
+    keys: list[tuple[str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        if not dataclasses.is_dataclass(obj):
+            return
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif (f.name == "lr" or f.name.startswith("lr_") or f.name.endswith("_lr")) and \
+                    isinstance(value, (int, float)) and not isinstance(value, bool):
+                keys.append((f"{prefix}{f.name}", value))
+
+    walk(cfg, "")
+    name = getattr(method, "name", "") or "the method"
+    if keys:
+        shown = ", ".join(f"--set {k}={v:g}" for k, v in keys[:4])
+        return f"Lower {name}'s learning rate (now: {shown}; a smaller value) or check the data."
+    return f"Check the data and {name}'s config (`--set` keys are its Config fields)."
+
+
+def _nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of floating-point tensors holding NaN or inf, anywhere in nested dicts/lists
+    (one device sync per device, not one per tensor)."""
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(o: Any, path: str) -> None:
+        if isinstance(o, torch.Tensor):
+            if (o.is_floating_point() or o.is_complex()) and o.numel():
+                found.append((path or "<tensor>", o))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+
+    walk(obj, prefix)
+    bad: list[str] = []
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for path, t in found:
+        by_device.setdefault(t.device, []).append((path, t))
+    for items in by_device.values():
+        flags = torch.stack([~torch.isfinite(t.detach()).all() for _, t in items]).tolist()
+        bad += [path for (path, _), b in zip(items, flags) if b]
+    return bad
 
 
 class RunMismatch(ConfigError):
@@ -122,8 +184,8 @@ class RunContext:
         # every rank checks at the same step; the mean is NaN if any rank's loss is, so all stop together
         value = D.all_reduce_mean(value)
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
-                                f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")
+            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}. "
+                                f"{_checkpoint_note(self.run_dir)} {_nonfinite_hint(self._runner)}")
 
     def shared_dir(self, name: str) -> Path:
         """A folder shared by all runs writing into the same results folder (e.g. a generator cache
@@ -202,7 +264,16 @@ class Runner:
         return self.prev_wall + (time.time() - self.t_start)
 
     def save_checkpoint(self, phase: str) -> None:
-        """Collective in a distributed run: every rank calls it at the same point, rank 0 writes."""
+        """Collective in a distributed run: every rank calls it at the same point, rank 0 writes.
+
+        Never writes non-finite tensors: the loss is checked only every so many steps, so the state
+        is checked here, and a run that has diverged stops with the previous checkpoint kept."""
+        method_state = self.method.state_dict()
+        bad = _nonfinite_tensors(method_state, "method")
+        if D.broadcast_flags(bool(bad))[0]:  # rank 0's verdict: every rank stops together
+            where = ", ".join(bad[:5]) + (f", ... ({len(bad)} tensors)" if len(bad) > 5 else "")
+            raise NonFiniteLoss(f"the state of task {self.task_index + 1} holds NaN or inf ({where}); it was not "
+                                f"checkpointed. {_checkpoint_note(self.run_dir)} {_nonfinite_hint(self)}")
         if D.is_distributed():
             # each rank's global generators (dropout) differ: keep all of them for an exact resume
             per_rank = D.gather_objects({"torch": torch.get_rng_state(),
@@ -212,7 +283,7 @@ class Runner:
                 self.last_save = time.time()
                 return
         state = {
-            "phase": phase, "task": self.task_index, "method": self.method.state_dict(),
+            "phase": phase, "task": self.task_index, "method": method_state,
             "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),

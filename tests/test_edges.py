@@ -193,3 +193,84 @@ def test_the_suites_own_checkpoints_load_with_weights_only(tmp_path):
     _, d = _finished_run(tmp_path)
     state = load_checkpoint(d / "checkpoint.pt")
     assert state["phase"] == "task_done" and isinstance(state["rng"]["ctx"], torch.Tensor)
+
+
+# ---- 4. NaN: true messages, no non-finite checkpoint, hints naming the method's own keys -------
+
+def _nan_method(nan_in_weights: bool):
+    from dataclasses import dataclass
+
+    from jdcl_bench.methods.base import Method
+
+    @dataclass
+    class Cfg:
+        nan_at_task: int = 0
+
+    class NaNMethod(Method):
+        name = "nan-edge"
+        Config = Cfg
+        presets = {"smoke": {}}
+        supports_resume_in_task = True
+
+        def setup(self, info):
+            super().setup(info)
+            self.w = torch.zeros(3)
+
+        def train_task(self, task):
+            if task.index == self.cfg.nan_at_task:
+                if nan_in_weights:
+                    self.w[1] = float("nan")  # diverged between two loss checks
+                    self.ctx.tick()
+                else:
+                    self.ctx.check_loss(torch.tensor(float("nan")))
+
+        def predict(self, x):
+            return torch.zeros(len(x), self.info.num_classes)
+
+        def state_dict(self):
+            return {"w": self.w}
+
+    return NaNMethod
+
+
+def test_nan_in_the_first_task_does_not_claim_a_checkpoint(tmp_path):
+    from jdcl_bench.registry import METHODS
+    from jdcl_bench.runner import NonFiniteLoss
+
+    METHODS.register("nan-edge", _nan_method(False))
+    try:
+        with pytest.raises(NonFiniteLoss) as err:
+            run(RunConfig("synthetic-t2", "nan-edge", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    finally:
+        METHODS.unregister("nan-edge")
+    msg = str(err.value)
+    assert "became nan in task 1" in msg and "No checkpoint has been written yet" in msg and "intact" not in msg
+    assert "--set lr" not in msg  # the method has no lr
+
+
+def test_a_state_with_nan_is_never_checkpointed(tmp_path):
+    from jdcl_bench.registry import METHODS
+    from jdcl_bench.runner import NonFiniteLoss
+
+    METHODS.register("nan-edge", _nan_method(True))
+    try:
+        with pytest.raises(NonFiniteLoss, match=r"holds NaN or inf \(method\.w\); it was not checkpointed"):
+            run(RunConfig("synthetic-t2", "nan-edge", preset="smoke", out=str(tmp_path), device="cpu",
+                          checkpoint_every_s=0.0), QUIET)
+    finally:
+        METHODS.unregister("nan-edge")
+    assert not list(tmp_path.rglob("checkpoint.pt"))
+
+
+def test_the_hint_names_the_methods_learning_rate_key(tmp_path, monkeypatch):
+    from jdcl_bench.methods.classifier import ClassifierTrainer
+    from jdcl_bench.runner import NonFiniteLoss
+
+    real = ClassifierTrainer.loss
+    monkeypatch.setattr(ClassifierTrainer, "loss", lambda self, x, y: real(self, x, y) * float("nan"))
+    with pytest.raises(NonFiniteLoss) as err:
+        run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    msg = str(err.value)
+    assert "--set classifier.lr=0.1" in msg and "--set lr=" not in msg
+    # the NaN reached the weights before the check: no checkpoint was written with it
+    assert not list(tmp_path.rglob("checkpoint.pt")) and "No checkpoint has been written yet" in msg
