@@ -397,8 +397,17 @@ class Runner:
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "
                                f"({ds.identity.get('variant', '')}) loaded in {time.time() - t_load:.1f}s")
-            test_x = __import__("jdcl_bench.data.augment", fromlist=["x"]).images_to_tensor(ds.test_x)
-            test_y = np.asarray(ds.test_y)
+            test_x_np, test_y = ds.test_x, np.asarray(ds.test_y)
+            covered = sorted(c for t in task_classes for c in t)
+            subset = len(covered) < len(ds.classes)
+            if subset:
+                # [tasks].classes covering some of the dataset's classes: a benchmark of those classes,
+                # so it is tested on their images only (no accuracy on classes no task trains)
+                keep = np.isin(test_y, covered)
+                test_x_np, test_y = test_x_np[keep], test_y[keep]
+                self.reporter.info(f"{protocol.name}: its tasks cover {len(covered)} of the dataset's "
+                                   f"{len(ds.classes)} classes; evaluated on those classes' {len(test_y)} test images")
+            test_x = __import__("jdcl_bench.data.augment", fromlist=["x"]).images_to_tensor(test_x_np)
 
             self.ctx = RunContext(self, self.device, cfg.seed, self.run_dir, self.reporter)
             info = ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
@@ -471,6 +480,8 @@ class Runner:
                 metrics = {"complete": done, "tasks_done": k + 1, "num_tasks": len(tasks),
                            "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
                            **summarise(self.acc_rows, self.seen_acc, final), "method_label": self.method.label()}
+                if subset:
+                    metrics["test_classes"] = covered
                 wall = self._elapsed()
                 gpus = D.world_size() if self.device.type == "cuda" else 0
                 manifest.update({"wall_time_s": wall, "gpu_seconds": wall * gpus,

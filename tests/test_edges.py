@@ -274,3 +274,44 @@ def test_the_hint_names_the_methods_learning_rate_key(tmp_path, monkeypatch):
     assert "--set classifier.lr=0.1" in msg and "--set lr=" not in msg
     # the NaN reached the weights before the check: no checkpoint was written with it
     assert not list(tmp_path.rglob("checkpoint.pt")) and "No checkpoint has been written yet" in msg
+
+
+# ---- 5. protocol files: unknown keys and wrong types named; subsets tested on their classes ----
+
+BASE = '[dataset]\nname = "synthetic"\n[tasks]\nnum_tasks = 2\n'
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[dataset]\nname = "synthetic"\n[tasks]\nnum_task = 4\nnum_tasks = 2\n',
+     "[tasks] has unknown field(s) ['num_task']; allowed: ['class_order', 'classes', 'num_tasks']"),
+    ('[dataset]\nname = "synthetic"\nsize = 8\n[tasks]\nnum_tasks = 2\n', "[dataset] has unknown field(s) ['size']"),
+    (BASE + '[labels]\nregime = "full"\nper_clas = 3\n', "[labels] has unknown field(s) ['per_clas']"),
+    (BASE + '[eval]\nmetric = ["final_acc"]\n', "[eval] has unknown field(s) ['metric']; allowed: ['metrics']"),
+    ('labels = "full"\n' + BASE, "[labels] must be a table"),
+    (BASE + '[eval]\nmetrics = "final_acc"\n', "[eval].metrics must be a list of metric names"),
+    ('eval = "x"\n' + BASE, "[eval] must be a table"),
+    ('description = 3\n' + BASE, "description must be a string"),
+    ('[dataset]\nname = "synthetic"\n[tasks]\nnum_tasks = true\n', "[tasks].num_tasks must be an integer"),
+    (BASE + '[labels]\nregime = "full"\nper_class = 3\n', "per_class has no meaning with regime = 'full'"),
+    ('[dataset]\nname = "synthetic"\n[dataset.synthetic]\nclasses = 3\n[tasks]\nnum_tasks = 2\n',
+     "[dataset.synthetic] has unknown field(s) ['classes']"),
+])
+def test_protocol_files_are_strict(tmp_path, text, needle):
+    from jdcl_bench.protocol import ProtocolError, load_protocol_file
+
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol_file(f)
+    assert needle in str(err.value) and str(f) in str(err.value)
+
+
+def test_a_protocol_of_some_classes_is_tested_on_those_classes_only(tmp_path):
+    f = tmp_path / "three.toml"
+    f.write_text('[dataset]\nname = "synthetic"\n[tasks]\nclasses = [[0, 1], [2]]\n')
+    d = run(RunConfig(str(f), "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["complete"] and m["test_classes"] == [0, 1, 2]
+    # final accuracy = accuracy over the 3 covered classes' test images (16 each), not over all 4 classes
+    acc = np.asarray(m["acc_matrix"][-1])
+    assert m["final_acc"] == pytest.approx((acc[0] * 32 + acc[1] * 16) / 48)
