@@ -315,3 +315,43 @@ def test_a_protocol_of_some_classes_is_tested_on_those_classes_only(tmp_path):
     # final accuracy = accuracy over the 3 covered classes' test images (16 each), not over all 4 classes
     acc = np.asarray(m["acc_matrix"][-1])
     assert m["final_acc"] == pytest.approx((acc[0] * 32 + acc[1] * 16) / 48)
+
+
+# ---- 6. values out of range, show/table on bad records, umask, plugin name collisions ----------
+
+@pytest.mark.parametrize("setting,needle", [
+    ("classifier.batch_size=0", "classifier.batch_size = 0: a batch size must be >= 1"),
+    ("classifier.width=0", "classifier.width = 0: the network width must be >= 1"),
+    ("classifier.layers=[]", "classifier.layers = (): needs at least one stage"),
+    ("classifier.layers=[2,0]", "classifier.layers = (2, 0)"),
+    ("classifier.epochs=0", "classifier.epochs = 0.0: must be > 0"),
+])
+def test_values_out_of_range_are_config_errors(tmp_path, setting, needle):
+    r = invoke("run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke", "--device", "cpu",
+               "--set", setting, "--out", tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output and r.exception is not None
+    assert needle in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_validate_hook_on_any_config_dataclass():
+    from dataclasses import dataclass, field
+
+    from jdcl_bench.config import ConfigError, validate
+
+    @dataclass
+    class Inner:
+        steps: int = 5
+        gen_batch: int = 0
+
+        def validate(self):
+            return {"steps": "must be even"} if self.steps % 2 else {}
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+
+    with pytest.raises(ConfigError) as err:
+        validate(Outer())
+    assert "inner.steps = 5: must be even" in str(err.value) and "inner.gen_batch = 0" in str(err.value)
+    validate(Outer(Inner(steps=4, gen_batch=1)))
