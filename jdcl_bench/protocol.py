@@ -278,7 +278,13 @@ def _protocol_files() -> dict[str, tuple[Path, str]]:
             continue
         source = ep.dist.name if ep.dist is not None else "plugin"
         for f in ([target] if target.is_file() else sorted(target.glob("*.toml"))):
-            found.setdefault(f.stem, (f, source))
+            if f.stem in found:
+                if found[f.stem][0].resolve() != f.resolve():
+                    from .registry import warn_name_collision
+
+                    warn_name_collision("protocol", f.stem, source, found[f.stem][1])
+                continue
+            found[f.stem] = (f, source)
     return found
 
 

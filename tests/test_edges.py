@@ -355,3 +355,88 @@ def test_validate_hook_on_any_config_dataclass():
         validate(Outer())
     assert "inner.steps = 5: must be even" in str(err.value) and "inner.gen_batch = 0" in str(err.value)
     validate(Outer(Inner(steps=4, gen_batch=1)))
+
+
+def _complete_run(tmp_path, seed=0) -> Path:
+    return run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu", seed=seed),
+               QUIET)
+
+
+def test_show_survives_a_badly_typed_metrics_file(tmp_path):
+    from jdcl_bench.leaderboard import render_show_text
+
+    d = _complete_run(tmp_path)
+    good = json.loads((d / "metrics.json").read_text())
+    for key, bad in [("acc_matrix", 3), ("acc_matrix", [1, "x"]), ("acc_matrix", [None]), ("seen_acc", 3),
+                     ("seen_acc", {"a": 1}), ("task_classes", 3), ("task_classes", {"a": 1}), ("final_acc", "abc")]:
+        (d / "metrics.json").write_text(json.dumps({**good, key: bad}))
+        r = invoke("show", d)
+        assert r.exit_code == 0, (key, bad, r.output)
+        assert f"metrics.json's {key}" in " ".join(render_show_text(d, width=200).split()), (key, bad)
+
+
+def test_table_names_every_record_it_skips_and_why(tmp_path):
+    from jdcl_bench.leaderboard import load_records
+
+    d0, d1, d2 = (_complete_run(tmp_path, seed) for seed in (0, 1, 2))
+    m = json.loads((d1 / "metrics.json").read_text())
+    (d1 / "metrics.json").write_text(json.dumps({**m, "final_acc": "abc"}))
+    (d2 / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "final_acc"}))
+    df = load_records(tmp_path)
+    assert list(df["seed"]) == [0]
+    said = "\n".join(df.attrs["warnings"])
+    assert f"skipped {d1}: metrics.json has final_acc = \"abc\" (not a number)" in said
+    assert f"skipped {d2}: metrics.json has no final_acc" in said
+    r = invoke("table", "--results", tmp_path)
+    assert r.exit_code == 0 and str(d1) in r.output and str(d2) in r.output
+
+
+def test_records_follow_the_users_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        d = _complete_run(tmp_path)
+        cache = D.resolve_cache_dir()
+        D._cache_put(cache, "synthetic", {"loader": "t"}, D.make_synthetic())
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "config.json", "manifest.json", "checkpoint.pt"):
+        assert (d / name).stat().st_mode & 0o777 == 0o644, name
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in cache.glob("*.npz"))
+
+
+class _EP:
+    def __init__(self, name, value, dist):
+        self.name, self.value = name, value
+        self.dist = type("Dist", (), {"name": dist})()
+
+    def load(self):
+        from importlib import import_module
+        mod, attr = self.value.split(":")
+        return getattr(import_module(mod), attr)
+
+
+def test_a_plugin_reusing_a_builtin_name_is_warned_about_and_ignored(monkeypatch):
+    from jdcl_bench import registry as R
+
+    eps = [_EP("finetune", "jdcl_toy_plugin.ncm:NearestClassMean", "evil-plugin"),
+           _EP("finetune", "jdcl_bench.methods.finetune:Finetune", "jdcl-bench"),
+           _EP("joint", "jdcl_bench.methods.joint:Joint", "jdcl-bench")]
+    monkeypatch.setattr(R, "entry_points", lambda group: eps)
+    reg = R.Registry("method", "jdcl_bench.methods")
+    with pytest.warns(R.PluginNameCollision, match="'finetune' from evil-plugin is ignored: 'finetune' is a built-in"):
+        entry = reg.entry("finetune")
+    assert entry.source == "jdcl-bench" and entry.load().__name__ == "Finetune"
+
+
+def test_a_plugin_protocol_reusing_a_builtin_name_is_warned_about(monkeypatch, tmp_path):
+    from jdcl_bench import protocol as P
+    from jdcl_bench.registry import PluginNameCollision
+
+    (tmp_path / "digits-t5.toml").write_text('[dataset]\nname = "digits"\n[tasks]\nnum_tasks = 2\n')
+    ep = _EP("x", "os:getcwd", "evil-plugin")
+    ep.load = lambda: str(tmp_path)
+    monkeypatch.setattr(P, "entry_points", lambda group: [ep])
+    with pytest.warns(PluginNameCollision, match="protocol 'digits-t5' from evil-plugin is ignored"):
+        assert P.get_protocol("digits-t5").num_tasks == 5

@@ -777,6 +777,9 @@ def _cache_put(cache_dir: Path, name: str, key: dict, ds: ArrayDataset) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # tmp file in the same folder + os.replace: readers never see a half-written cache file
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem + ".", suffix=".tmp")
+        from ..records import default_file_mode
+
+        os.fchmod(fd, default_file_mode())  # the user's umask, not mkstemp's 0600: caches may be shared
         with os.fdopen(fd, "wb") as f:
             np.savez(f, train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y,
                      classes=np.array(ds.classes, dtype=str), identity=np.array(json.dumps(ds.identity)))
