@@ -218,7 +218,9 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"results folder {root} does not exist (or is not a directory)")
+        raise FileNotFoundError(f"results folder {root} does not exist (or is not a directory); runs land in "
+                                f"jdcl-runs/ unless run with --out, and --results results reads the repository's "
+                                f"committed records")
 
     warnings: list[str] = []
     incomplete: list[str] = []

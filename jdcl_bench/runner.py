@@ -42,6 +42,11 @@ from .registry import METHODS
 from .splits import labelled_indices
 
 
+# Users' runs go to a folder of their own, not into the repository's committed results/
+# (which holds the records behind the published tables; `table --results results` reads them).
+DEFAULT_OUT = "jdcl-runs"
+
+
 class StopRun(Exception):
     """Raised inside a task when the time limit is reached; the run was checkpointed."""
 
@@ -143,7 +148,7 @@ class RunConfig:
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
-    out: str = "results"
+    out: str = DEFAULT_OUT
     device: str = "auto"
     eval_batch_size: int = 1000
     time_limit_s: float | None = None

@@ -89,6 +89,11 @@ def check_method(method: str, preset: str = "smoke", overrides: dict | None = No
     from .registry import METHODS
 
     cls = METHODS.get(method)
+    if preset != "paper" and preset not in (cls.presets or {}):
+        raise ConformanceError(
+            f"method {method!r} has no preset {preset!r} (presets: {', '.join(['paper', *sorted(cls.presets or {})])}). "
+            f"check_method runs preset='smoke' unless told otherwise: declare presets = {{'smoke': {{...}}}} on the "
+            "method with a configuration that trains two tiny tasks in seconds on a CPU, or pass preset=...")
     semi = cls.uses_unlabelled if semi is None else semi
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(workdir or tmp.name)

@@ -440,3 +440,24 @@ def test_a_plugin_protocol_reusing_a_builtin_name_is_warned_about(monkeypatch, t
     monkeypatch.setattr(P, "entry_points", lambda group: [ep])
     with pytest.warns(PluginNameCollision, match="protocol 'digits-t5' from evil-plugin is ignored"):
         assert P.get_protocol("digits-t5").num_tasks == 5
+
+
+# ---- 7. a user's runs go to a folder of their own; the committed results/ stays readable ------
+
+def test_runs_default_to_a_folder_of_their_own_and_table_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "jdcl-runs/runs/synthetic-t2/finetune/smoke/seed0/metrics.json").is_file()
+    assert not (tmp_path / "results").exists()
+    t = invoke("table")
+    assert t.exit_code == 0 and "Fine-tune" in t.output and "synthetic-t2" in t.output
+
+
+def test_table_still_reads_the_committed_results_when_asked(monkeypatch):
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    t = invoke("table", "--results", "results")
+    assert t.exit_code == 0 and "cifar10-t5" in t.output and "JDCL" in t.output
+    missing = invoke("table", "--results", "no-such-folder")
+    assert missing.exit_code == 2 and "--results results" in " ".join(missing.output.split())
