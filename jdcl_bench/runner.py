@@ -361,12 +361,16 @@ class Runner:
             resume = ckpt_path.exists()
             complete, resume = D.broadcast_flags(complete, resume)  # what rank 0 sees, on every rank
             if (complete or resume) and D.is_main():
-                old = records.read_json(self.run_dir / "config.json")
-                _check_same_protocol(self.run_dir, old, protocol)
+                try:
+                    old = records.read_json(self.run_dir / "config.json")
+                except (OSError, ValueError):  # missing or damaged: nothing to compare (a resume then refuses)
+                    old = {}
+                _check_same_protocol(self.run_dir, old if isinstance(old, dict) else {}, protocol)
             if complete:
                 self.reporter.info(f"run already complete: {self.run_dir}")
                 return self.run_dir
             if resume and D.is_main():
+                old = old if isinstance(old, dict) else {}
                 for key in ("protocol", "method", "preset", "seed", "method_config"):
                     if old.get(key) != json.loads(json.dumps(config_doc[key])):
                         raise RunMismatch(f"{self.run_dir} holds a checkpoint of a different run ({key} differs: "

@@ -461,3 +461,16 @@ def test_table_still_reads_the_committed_results_when_asked(monkeypatch):
     assert t.exit_code == 0 and "cifar10-t5" in t.output and "JDCL" in t.output
     missing = invoke("table", "--results", "no-such-folder")
     assert missing.exit_code == 2 and "--results results" in " ".join(missing.output.split())
+
+
+def test_a_complete_run_without_its_config_is_still_complete_and_a_resume_without_it_refuses(tmp_path):
+    from jdcl_bench.runner import RunMismatch
+
+    d = _complete_run(tmp_path)
+    (d / "config.json").unlink()
+    cfg = RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu")
+    assert run(cfg, QUIET) == d
+    m = json.loads((d / "metrics.json").read_text())
+    (d / "metrics.json").write_text(json.dumps({**m, "complete": False}))
+    with pytest.raises(RunMismatch, match="holds a checkpoint of a different run"):
+        run(cfg, QUIET)
