@@ -12,6 +12,8 @@ from .protocol import ProtocolError
 from .registry import METHODS, RegistryError
 
 USER_ERRORS = (ConfigError, ProtocolError, RegistryError)
+# where runs land by default (runner.DEFAULT_OUT; not imported from runner: it pulls in torch)
+DEFAULT_OUT = "jdcl-runs"
 
 
 def _fail(exc: Exception) -> None:
@@ -76,24 +78,29 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
 @click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
-@click.option("--out", default="results", show_default=True, type=click.Path(), help="Results folder.")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(),
+              help="Results folder (the repository's results/ holds the committed records).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--time-limit", default=None, type=float, help="Stop cleanly (checkpointed) after this many seconds.")
 @click.option("--checkpoint-every", default=600.0, show_default=True, type=float,
               help="Seconds between checkpoints inside a task.")
-def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every) -> None:
+@click.option("--restart", is_flag=True,
+              help="Start the run afresh: remove its checkpoint and records first (instead of resuming).")
+def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every,
+        restart) -> None:
     """Run one experiment; resumes if the run directory already holds a checkpoint."""
     from .data.datasets import DatasetError
     from .progress import Reporter
-    from .records import RunLocked, read_json
+    from .records import CheckpointError, RunLocked, read_json
     from .runner import NonFiniteLoss, RunConfig, run as run_experiment
 
     cfg = RunConfig(protocol=protocol, method=method, seed=seed, preset=preset, data_dir=data_dir, out=out,
-                    device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download)
+                    device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
+                    restart=restart)
     try:
         cfg.overrides = parse_set(sets)
         run_dir = run_experiment(cfg, Reporter())
-    except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss) as exc:
+    except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss, CheckpointError) as exc:
         _fail(exc)
     if os.environ.get("RANK", "0") != "0":
         return  # a torchrun worker other than rank 0: rank 0 reports the run
@@ -141,7 +148,7 @@ def reference(protocol, data_dir, device) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every cell (repeatable).")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
 @click.option("--download", is_flag=True, help="Download datasets that are missing.")
-@click.option("--out", default="results", show_default=True, type=click.Path(), help="Shared results folder.")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(), help="Shared results folder.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--time-limit", default=None, type=float,
               help="Per cell: stop cleanly (checkpointed) after this many seconds. Default with submitit: "
@@ -191,7 +198,8 @@ def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, devi
 
 
 @main.command()
-@click.option("--results", default="results", show_default=True, type=click.Path())
+@click.option("--results", default=DEFAULT_OUT, show_default=True, type=click.Path(),
+              help="Folder of run records (`--results results`: the committed leaderboard runs).")
 @click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "latex", "csv"]))
 @click.option("--metric", "metrics", multiple=True, default=("final_acc",), show_default=True,
               help="final_acc, avg_acc, avg_inc_acc, forgetting, gpu_minutes, wall_minutes (repeatable).")
@@ -223,16 +231,22 @@ def table(results, fmt, metrics, protocols, output) -> None:
 
 
 @main.command()
-@click.option("--results", default="results", show_default=True, type=click.Path())
+@click.option("--results", default=DEFAULT_OUT, show_default=True, type=click.Path(),
+              help="Folder of run records (`--results results`: the committed leaderboard runs).")
 @click.option("--published", default=None, type=click.Path(),
-              help="TOML of published numbers (default: RESULTS/published.toml).")
+              help="TOML of published numbers (default: RESULTS/published.toml, else the repository's results/published.toml).")
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write to a file instead of stdout.")
 def compare(results, published, output) -> None:
     """Published numbers next to the suite's runs of the same method and protocol, with both budgets."""
     from . import compare as cmp
     from . import leaderboard as lb
 
-    published = Path(published or Path(results) / "published.toml")
+    if published is None:
+        # the user's folder may have its own; else the repository's committed list of published numbers
+        own = Path(results) / "published.toml"
+        repo = Path(__file__).resolve().parent.parent / "results" / "published.toml"
+        published = own if own.is_file() or not repo.is_file() else repo
+    published = Path(published)
     if not published.is_file():
         _fail(FileNotFoundError(f"no published-results file at {published}; pass --published PATH"))
     try:
@@ -262,7 +276,8 @@ def show(run_dir) -> None:
 
 
 @main.command()
-@click.option("--results", default="results", show_default=True, type=click.Path())
+@click.option("--results", default=DEFAULT_OUT, show_default=True, type=click.Path(),
+              help="Folder of run records (`--results results`: the committed leaderboard runs).")
 @click.option("--out-dir", default=None, type=click.Path(), help="Where to write PNGs (default: the results folder).")
 @click.option("--protocol", "protocols", multiple=True, help="Only these protocols (default: all with records).")
 def plot(results, out_dir, protocols) -> None:

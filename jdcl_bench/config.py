@@ -3,6 +3,11 @@
 A method declares ``Config`` (a dataclass, possibly nested) and ``presets`` (name -> dict of
 overrides). ``--set lr=1e-3 --set model.channels=64`` is parsed against the dataclass field
 types, so a typo or a wrong type fails before any work starts.
+
+Values are then checked by :func:`validate`: a config dataclass may define ``validate(self)``
+returning ``{field: problem}`` for values out of range (``{"width": "must be >= 1"}``), and
+batch sizes (fields named ``batch_size``, ``*_batch_size`` or ``*_batch``) must be >= 1 in every
+config, so ``--set classifier.batch_size=0`` is a ConfigError naming the key, not a traceback.
 """
 from __future__ import annotations
 
@@ -105,3 +110,28 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def _is_batch_field(name: str) -> bool:
+    return name == "batch_size" or name.endswith("_batch_size") or name.endswith("_batch") or name == "batch"
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Raise ConfigError naming every value of ``cfg`` (nested dataclasses included) out of range."""
+    problems: list[str] = []
+
+    def walk(obj: Any, path: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{path}{f.name}.")
+            elif _is_batch_field(f.name) and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                problems.append(f"{path}{f.name} = {value!r}: a batch size must be >= 1")
+        hook = getattr(obj, "validate", None)
+        if callable(hook):
+            for key, problem in (hook() or {}).items():
+                problems.append(f"{path}{key} = {getattr(obj, key, '?')!r}: {problem}")
+
+    walk(cfg, prefix)
+    if problems:
+        raise ConfigError("config value(s) out of range: " + "; ".join(problems))

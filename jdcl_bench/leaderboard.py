@@ -126,6 +126,11 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, f"malformed {path.name} ({err})"
 
 
+def _is_number(value: Any) -> bool:
+    """A metric value a table can use: a number (NaN included: 'not defined'), or null."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def _float(value: Any) -> float:
     try:
         return float(value) if value is not None else math.nan
@@ -213,7 +218,9 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"results folder {root} does not exist (or is not a directory)")
+        raise FileNotFoundError(f"results folder {root} does not exist (or is not a directory); runs land in "
+                                f"jdcl-runs/ unless run with --out, and --results results reads the repository's "
+                                f"committed records")
 
     warnings: list[str] = []
     incomplete: list[str] = []
@@ -238,6 +245,16 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
         config, problem = _read_json(run_dir / "config.json")
         if problem is None and not (isinstance(config, dict) and config.get("protocol") and config.get("method")):
             problem = "config.json lacks protocol/method"
+        if problem is None and not (isinstance(config["protocol"], str) and isinstance(config["method"], str)):
+            problem = "config.json's protocol/method are not strings"
+        if problem is None:
+            # a metric that is not a number would become NaN and vanish from the table without a word
+            bad = [f"{k} = {json.dumps(metrics[k])[:40]}" for k in ("final_acc", "avg_acc", "avg_inc_acc", "forgetting")
+                   if k in metrics and not _is_number(metrics[k])]
+            if "final_acc" not in metrics or metrics["final_acc"] is None:
+                bad.insert(0, "no final_acc")
+            if bad:
+                problem = f"metrics.json has {', '.join(bad)} (not a number)"
         if problem is None:
             manifest, problem = _read_json(run_dir / "manifest.json")
             if problem is None and not isinstance(manifest, dict):
@@ -735,9 +752,23 @@ def render_show(run_dir: str | Path):
         rows.append(("method_config", f"... {len(method_config) - 25} more in config.json"))
     parts.append(kv_table("Config", rows))
 
+    # a hand-edited or foreign metrics.json may hold anything: show what can be shown, say what cannot
     matrix = metrics.get("acc_matrix") or []
     seen = metrics.get("seen_acc") or []
     task_classes = metrics.get("task_classes") or []
+    for key, value, ok in (("acc_matrix", matrix, isinstance(matrix, list) and all(isinstance(r, list) for r in matrix)),
+                           ("seen_acc", seen, isinstance(seen, list)),
+                           ("task_classes", task_classes, isinstance(task_classes, list))):
+        if not ok:
+            parts.append(Text(f"warning: metrics.json's {key} is not a list{' of lists' if key == 'acc_matrix' else ''}"
+                              f" ({escape(_value(value))[:60]}); not shown", style="yellow"))
+    matrix = matrix if isinstance(matrix, list) and all(isinstance(r, list) for r in matrix) else []
+    seen = seen if isinstance(seen, list) else []
+    task_classes = task_classes if isinstance(task_classes, list) else []
+    for key in ("final_acc", "avg_acc", "avg_inc_acc", "forgetting"):
+        if key in metrics and not _is_number(metrics[key]):
+            parts.append(Text(f"warning: metrics.json's {key} is {escape(_value(metrics[key]))[:60]}, not a number "
+                              "(tables skip this record)", style="yellow"))
     if matrix:
         width = max(len(r) for r in matrix)
         t = Table(title="Accuracy (%) on task j's classes after training task i", title_justify="left",

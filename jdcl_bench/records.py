@@ -20,11 +20,31 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask. mkstemp makes files 0600, which left
+    records of a shared results folder unreadable to the other users."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -52,6 +72,44 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: damaged, truncated, foreign or tampered with."""
+
+
+CHECKPOINT_KEYS = ("phase", "task", "method", "rng", "acc_rows", "seen_acc", "wall_s")
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """Load a run's ``checkpoint.pt`` with ``weights_only=True``: tensors, generator states and plain
+    containers and numbers only, so a crafted file cannot run code. Anything else, a damaged file
+    or one that is not a checkpoint of this suite raises CheckpointError naming the file and how to
+    start the run afresh."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    fresh = (f"To start this run afresh, run the same command with --restart (or delete {path}; "
+             f"the whole run directory {path.parent} to drop its records too).")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} holds objects that this suite's checkpoints never hold, so it was not "
+                              f"loaded and nothing in it ran ({first.strip()}); it was not written by "
+                              f"jdcl-bench, or was tampered with. {fresh}") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated zip, bad CRC, not a torch file at all: all mean "damaged"
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
+                              f"{fresh}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"{path} is not a jdcl-bench checkpoint (missing {', '.join(missing)}). {fresh}")
+    return state
 
 
 class RunLocked(RuntimeError):

@@ -16,6 +16,26 @@ class RegistryError(LookupError):
     pass
 
 
+BUILTIN_DIST = "jdcl-bench"
+
+
+class PluginNameCollision(UserWarning):
+    """A plugin registers a name that is already taken; its entry is ignored."""
+
+
+def _dist_name(ep) -> str:
+    return ep.dist.name if getattr(ep, "dist", None) is not None else "unknown"
+
+
+def warn_name_collision(kind: str, name: str, ignored: str, kept: str) -> None:
+    import warnings
+
+    whose = "a built-in" if kept == BUILTIN_DIST else f"already registered by {kept}"
+    warnings.warn(f"{kind} {name!r} from {ignored} is ignored: {name!r} is {whose} {kind}; rename it in "
+                  f"{ignored}'s entry points (group jdcl_bench.{kind}s) to use it", PluginNameCollision,
+                  stacklevel=3)
+
+
 @dataclass
 class Entry:
     name: str
@@ -23,6 +43,7 @@ class Entry:
     _load: Callable[[], Any] = field(repr=False)
     _obj: Any = field(default=None, repr=False)
     error: str | None = None
+    _value: str = field(default="", repr=False)  # the entry point's "module:attr", to tell duplicates apart
 
     def load(self) -> Any:
         if self._obj is None:
@@ -46,9 +67,17 @@ class Registry:
     def _discover(self) -> dict[str, Entry]:
         if self._entries is None:
             found: dict[str, Entry] = {}
-            for ep in entry_points(group=self.group):
-                dist = ep.dist.name if ep.dist is not None else "unknown"
-                found.setdefault(ep.name, Entry(ep.name, dist, ep.load))
+            # the suite's own entries first: a plugin cannot replace a built-in by reusing its name
+            eps = sorted(entry_points(group=self.group), key=lambda ep: _dist_name(ep) != BUILTIN_DIST)
+            for ep in eps:
+                dist = _dist_name(ep)
+                if ep.name in found:
+                    if found[ep.name].source != dist or ep.value != found[ep.name]._value:
+                        warn_name_collision(self.kind, ep.name, dist, found[ep.name].source)
+                    continue
+                entry = Entry(ep.name, dist, ep.load)
+                entry._value = ep.value
+                found[ep.name] = entry
             self._entries = found
         return {**self._entries, **self._local}
 

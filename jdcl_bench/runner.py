@@ -16,6 +16,7 @@ or a file (stop, checkpoint, resume) is rank 0's, broadcast to the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -41,12 +42,102 @@ from .registry import METHODS
 from .splits import labelled_indices
 
 
+# Users' runs go to a folder of their own, not into the repository's committed results/
+# (which holds the records behind the published tables; `table --results results` reads them).
+DEFAULT_OUT = "jdcl-runs"
+
+
 class StopRun(Exception):
     """Raised inside a task when the time limit is reached; the run was checkpointed."""
 
 
 class NonFiniteLoss(FloatingPointError):
     pass
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    """What a run stopped by non-finite values has left: only claim a checkpoint that exists."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return (f"The last checkpoint, {run_dir / 'checkpoint.pt'}, was written before that and holds finite "
+                "values only (checkpoints are checked before they are written).")
+    return f"No checkpoint has been written yet in {run_dir}: nothing to resume, a new start begins afresh."
+
+
+def _nonfinite_hint(runner: "Runner") -> str:
+    """Advice naming the method's own learning-rate keys (``classifier.lr`` for fine-tune), never a key
+    the method does not have."""
+    method = getattr(runner, "method", None)
+    cfg = getattr(method, "cfg", None)
+    keys: list[tuple[str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        if not dataclasses.is_dataclass(obj):
+            return
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif (f.name == "lr" or f.name.startswith("lr_") or f.name.endswith("_lr")) and \
+                    isinstance(value, (int, float)) and not isinstance(value, bool):
+                keys.append((f"{prefix}{f.name}", value))
+
+    walk(cfg, "")
+    name = getattr(method, "name", "") or "the method"
+    if keys:
+        shown = ", ".join(f"--set {k}={v:g}" for k, v in keys[:4])
+        return f"Lower {name}'s learning rate (now: {shown}; a smaller value) or check the data."
+    return f"Check the data and {name}'s config (`--set` keys are its Config fields)."
+
+
+def _nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of floating-point tensors holding NaN or inf, anywhere in nested dicts/lists
+    (one device sync per device, not one per tensor)."""
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(o: Any, path: str) -> None:
+        if isinstance(o, torch.Tensor):
+            if (o.is_floating_point() or o.is_complex()) and o.numel():
+                found.append((path or "<tensor>", o))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+
+    walk(obj, prefix)
+    bad: list[str] = []
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for path, t in found:
+        by_device.setdefault(t.device, []).append((path, t))
+    for items in by_device.values():
+        flags = torch.stack([~torch.isfinite(t.detach()).all() for _, t in items]).tolist()
+        bad += [path for (path, _), b in zip(items, flags) if b]
+    return bad
+
+
+class RunMismatch(ConfigError):
+    """The run directory holds a run of another protocol, config or dataset."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_same_protocol(run_dir: Path, old_config: dict, protocol: Protocol) -> None:
+    """Refuse a run directory whose record is of another protocol (settings both records have must agree:
+    a setting added to protocols later is absent from older records)."""
+    old = old_config.get("protocol_spec")
+    if not isinstance(old, dict):
+        return
+    new = protocol.spec()
+    differ = sorted(k for k in set(old) & set(new) if k not in ("source", "path")
+                    and old[k] != json.loads(json.dumps(new[k])))
+    if differ:
+        raise RunMismatch(f"{run_dir} holds a run of a different protocol ({', '.join(differ)} differ: "
+                          f"{_short({k: old[k] for k in differ})} there, {_short({k: new[k] for k in differ})} "
+                          "now); use another --out or delete the directory")
 
 
 @dataclass
@@ -57,12 +148,13 @@ class RunConfig:
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
-    out: str = "results"
+    out: str = DEFAULT_OUT
     device: str = "auto"
     eval_batch_size: int = 1000
     time_limit_s: float | None = None
     checkpoint_every_s: float = 600.0
     download: bool = False
+    restart: bool = False  # start afresh: drop the run directory's checkpoint and records first
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,8 +189,8 @@ class RunContext:
         # every rank checks at the same step; the mean is NaN if any rank's loss is, so all stop together
         value = D.all_reduce_mean(value)
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}; the last checkpoint in "
-                                f"{self.run_dir} is intact. Lower the learning rate (--set lr=...) or check the data.")
+            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}. "
+                                f"{_checkpoint_note(self.run_dir)} {_nonfinite_hint(self._runner)}")
 
     def shared_dir(self, name: str) -> Path:
         """A folder shared by all runs writing into the same results folder (e.g. a generator cache
@@ -151,12 +243,15 @@ class RunContext:
         self.reporter.info(msg)
 
 
-def run_dir_for(cfg: RunConfig, preset: str) -> Path:
+def run_dir_for(cfg: RunConfig, preset: str, protocol: Protocol | None = None) -> Path:
+    """``<out>/runs/<protocol>/<method>/<preset>[+<overrides hash>]/seed<N>``; a user's protocol file
+    is named by its content (``Protocol.run_name``), not by how its path is spelled."""
     tag = preset
     if cfg.overrides:
         digest = hashlib.sha256(json.dumps(cfg.overrides, sort_keys=True).encode()).hexdigest()[:8]
         tag = f"{preset}+{digest}"
-    return Path(cfg.out) / "runs" / cfg.protocol.replace("/", "_").removesuffix(".toml") / cfg.method / tag / f"seed{cfg.seed}"
+    protocol = protocol or get_protocol(cfg.protocol)
+    return Path(cfg.out) / "runs" / protocol.run_name / cfg.method / tag / f"seed{cfg.seed}"
 
 
 def build_tasks(protocol: Protocol, ds, device: torch.device) -> tuple[list[TaskData], dict, list[list[int]]]:
@@ -226,7 +321,16 @@ class Runner:
         return self.prev_wall + (time.time() - self.t_start)
 
     def save_checkpoint(self, phase: str) -> None:
-        """Collective in a distributed run: every rank calls it at the same point, rank 0 writes."""
+        """Collective in a distributed run: every rank calls it at the same point, rank 0 writes.
+
+        Never writes non-finite tensors: the loss is checked only every so many steps, so the state
+        is checked here, and a run that has diverged stops with the previous checkpoint kept."""
+        method_state = self.method.state_dict()
+        bad = _nonfinite_tensors(method_state, "method")
+        if D.broadcast_flags(bool(bad))[0]:  # rank 0's verdict: every rank stops together
+            where = ", ".join(bad[:5]) + (f", ... ({len(bad)} tensors)" if len(bad) > 5 else "")
+            raise NonFiniteLoss(f"the state of task {self.task_index + 1} holds NaN or inf ({where}); it was not "
+                                f"checkpointed. {_checkpoint_note(self.run_dir)} {_nonfinite_hint(self)}")
         if D.is_distributed():
             # each rank's global generators (dropout) differ: keep all of them for an exact resume
             per_rank = D.gather_objects({"torch": torch.get_rng_state(),
@@ -236,7 +340,7 @@ class Runner:
                 self.last_save = time.time()
                 return
         state = {
-            "phase": phase, "task": self.task_index, "method": self.method.state_dict(),
+            "phase": phase, "task": self.task_index, "method": method_state,
             "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
@@ -254,7 +358,7 @@ class Runner:
         method_cls: type[Method] = METHODS.get(cfg.method)
         mcfg = method_cls.config_for(cfg.preset, cfg.overrides)
         preset = cfg.preset or method_cls.default_preset
-        self.run_dir = run_dir_for(cfg, preset)
+        self.run_dir = run_dir_for(cfg, preset, protocol)
         if D.env_world_size() == 1:
             self.device = resolve_device(cfg.device)
             return self._run(protocol, method_cls, mcfg, preset)
@@ -287,7 +391,7 @@ class Runner:
         # rank 0 alone holds the lock and writes files; if it fails, torchrun stops the other ranks
         lock = records.run_lock(self.run_dir) if D.is_main() else contextlib.nullcontext()
         with lock:
-            config_doc = {"protocol": protocol.name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
+            config_doc = {"protocol": protocol.run_name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
                           "overrides": cfg.overrides, "method_config": to_dict(mcfg),
                           "run": {k: v for k, v in asdict(cfg).items() if k not in ("overrides",)},
                           "protocol_spec": protocol.to_dict()}
@@ -299,18 +403,32 @@ class Runner:
                 config_doc["distributed"] = D.describe(global_batch)
             ckpt_path = self.run_dir / "checkpoint.pt"
             metrics_path = self.run_dir / "metrics.json"
+            if cfg.restart and D.is_main():
+                dropped = [f.name for f in (ckpt_path, metrics_path, self.run_dir / "manifest.json",
+                                            self.run_dir / "config.json") if f.exists()]
+                for name in dropped:
+                    (self.run_dir / name).unlink()
+                if dropped:
+                    self.reporter.info(f"--restart: removed {', '.join(dropped)} from {self.run_dir}")
             complete = metrics_path.exists() and bool(records.read_json(metrics_path).get("complete"))
             resume = ckpt_path.exists()
             complete, resume = D.broadcast_flags(complete, resume)  # what rank 0 sees, on every rank
+            if (complete or resume) and D.is_main():
+                try:
+                    old = records.read_json(self.run_dir / "config.json")
+                except (OSError, ValueError):  # missing or damaged: nothing to compare (a resume then refuses)
+                    old = {}
+                _check_same_protocol(self.run_dir, old if isinstance(old, dict) else {}, protocol)
             if complete:
                 self.reporter.info(f"run already complete: {self.run_dir}")
                 return self.run_dir
             if resume and D.is_main():
-                old = records.read_json(self.run_dir / "config.json")
+                old = old if isinstance(old, dict) else {}
                 for key in ("protocol", "method", "preset", "seed", "method_config"):
                     if old.get(key) != json.loads(json.dumps(config_doc[key])):
-                        raise RuntimeError(f"{self.run_dir} holds a checkpoint of a different run ({key} differs); "
-                                           "use another --out or delete the directory")
+                        raise RunMismatch(f"{self.run_dir} holds a checkpoint of a different run ({key} differs: "
+                                          f"{_short(old.get(key))} there, {_short(config_doc[key])} now); "
+                                          "use another --out or delete the directory")
             elif D.is_main():
                 records.write_json(self.run_dir / "config.json", config_doc)
 
@@ -326,12 +444,33 @@ class Runner:
                 if D.is_main():
                     D.barrier()
             self._ds, self._protocol = ds, protocol  # for the replay diagnostics, built on first use
+            from .data.datasets import check_dataset
+
+            # the data must be the protocol's dataset (class count, names, image shape) before anything trains
+            check_dataset(ds, protocol.dataset, image_size=protocol.image_size, class_names=protocol.class_names,
+                          synthetic=protocol.synthetic, protocol=protocol.name, data_dir=cfg.data_dir)
+            if resume and D.is_main() and (self.run_dir / "manifest.json").is_file():
+                before = records.read_json(self.run_dir / "manifest.json").get("dataset", {}).get("content_hash")
+                if before and before != ds.identity.get("content_hash"):
+                    raise RunMismatch(f"{self.run_dir} was trained on other data (dataset content hash "
+                                      f"{before[:12]}... there, {ds.identity.get('content_hash', '')[:12]}... now, "
+                                      f"from {ds.identity.get('source')}); point --data-dir at the data it ran on, "
+                                      "or use another --out or delete the directory to start afresh")
             tasks, split_info, task_classes = build_tasks(protocol, ds, self.device)
             self.reporter.info(f"{protocol.name}: {len(ds.classes)} classes, {len(tasks)} tasks, "
                                f"{split_info['labelled_total']} labelled training images "
                                f"({ds.identity.get('variant', '')}) loaded in {time.time() - t_load:.1f}s")
-            test_x = __import__("jdcl_bench.data.augment", fromlist=["x"]).images_to_tensor(ds.test_x)
-            test_y = np.asarray(ds.test_y)
+            test_x_np, test_y = ds.test_x, np.asarray(ds.test_y)
+            covered = sorted(c for t in task_classes for c in t)
+            subset = len(covered) < len(ds.classes)
+            if subset:
+                # [tasks].classes covering some of the dataset's classes: a benchmark of those classes,
+                # so it is tested on their images only (no accuracy on classes no task trains)
+                keep = np.isin(test_y, covered)
+                test_x_np, test_y = test_x_np[keep], test_y[keep]
+                self.reporter.info(f"{protocol.name}: its tasks cover {len(covered)} of the dataset's "
+                                   f"{len(ds.classes)} classes; evaluated on those classes' {len(test_y)} test images")
+            test_x = __import__("jdcl_bench.data.augment", fromlist=["x"]).images_to_tensor(test_x_np)
 
             self.ctx = RunContext(self, self.device, cfg.seed, self.run_dir, self.reporter)
             info = ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
@@ -343,7 +482,7 @@ class Runner:
 
             self.acc_rows, self.seen_acc, self.prev_wall, start, in_task = [], [], 0.0, 0, False
             if resume:  # every rank loads rank 0's checkpoint
-                state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                state = records.load_checkpoint(ckpt_path)  # weights_only: a crafted file cannot run code
                 self.method.load_state_dict(state["method"])
                 self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
                 self.diagnostics = list(state.get("diagnostics", []))
@@ -405,6 +544,8 @@ class Runner:
                 metrics = {"complete": done, "tasks_done": k + 1, "num_tasks": len(tasks),
                            "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
                            **summarise(self.acc_rows, self.seen_acc, final), "method_label": self.method.label()}
+                if subset:
+                    metrics["test_classes"] = covered
                 if self.diagnostics:
                     metrics["diagnostics"] = self.diagnostics
                 wall = self._elapsed()

@@ -67,7 +67,7 @@ class SweepSpec:
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
-    out: str = "results"
+    out: str = "jdcl-runs"  # runner.DEFAULT_OUT
     device: str = "auto"
     time_limit_s: float | None = None
     download: bool = False

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .records import read_json
+from .records import load_checkpoint, read_json
 from .runner import RunConfig, Runner
 
 
@@ -89,6 +89,11 @@ def check_method(method: str, preset: str = "smoke", overrides: dict | None = No
     from .registry import METHODS
 
     cls = METHODS.get(method)
+    if preset != "paper" and preset not in (cls.presets or {}):
+        raise ConformanceError(
+            f"method {method!r} has no preset {preset!r} (presets: {', '.join(['paper', *sorted(cls.presets or {})])}). "
+            f"check_method runs preset='smoke' unless told otherwise: declare presets = {{'smoke': {{...}}}} on the "
+            "method with a configuration that trains two tiny tasks in seconds on a CPU, or pass preset=...")
     semi = cls.uses_unlabelled if semi is None else semi
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(workdir or tmp.name)
@@ -108,7 +113,7 @@ def check_method(method: str, preset: str = "smoke", overrides: dict | None = No
             raise ConformanceError(f"accuracy matrix has the wrong shape or range: {ref['acc_matrix']}")
 
         # 2. state round trip: fresh instance + checkpoint predicts the same
-        state = torch.load(ref_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(ref_dir / "checkpoint.pt")  # weights_only=True, as the runner loads it
         fresh = Runner(RunConfig(out=str(root / "fresh"), **base), quiet, dataset=ds)
         from .data.augment import images_to_tensor
         test_x = images_to_tensor(ds.test_x)

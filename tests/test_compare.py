@@ -67,5 +67,8 @@ def test_compare_command_writes_the_page(tmp_path):
     assert r.exit_code == 0, r.output
     text = out.read_text()
     assert "do not edit by hand" in text and "| JDCL | cifar10-t5 | 83.69 |" in text and "-53.69" in text
+    # without --published and a published.toml of its own, the repository's committed list is used
     r = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "none does not exist" in r.output
+    r = CliRunner().invoke(main, ["compare", "--results", str(tmp_path), "--published", str(tmp_path / "no.toml")])
     assert r.exit_code != 0 and "published" in r.output

@@ -110,7 +110,7 @@ def test_nan_loss_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     d = tmp_path / "runs/synthetic-t2/nan-test/smoke/seed0"
     m = json.loads((d / "metrics.json").read_text())
     assert m["tasks_done"] == 1 and not m["complete"]
-    assert torch.load(d / "checkpoint.pt", weights_only=False)["task"] == 0
+    assert torch.load(d / "checkpoint.pt", weights_only=True)["task"] == 0
 
 
 def test_parallel_runs_share_a_results_folder(tmp_path):
@@ -139,8 +139,8 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
     c = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), seed=1, device="cpu"), QUIET)
     ma, mb, mc = (json.loads((d / "metrics.json").read_text()) for d in (a, b, c))
     assert ma["acc_matrix"] == mb["acc_matrix"]
-    assert (torch.load(a / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"] !=
-            torch.load(c / "checkpoint.pt", weights_only=False)["method"]["trainer"]["model"]["conv1.weight"]).any()
+    assert (torch.load(a / "checkpoint.pt", weights_only=True)["method"]["trainer"]["model"]["conv1.weight"] !=
+            torch.load(c / "checkpoint.pt", weights_only=True)["method"]["trainer"]["model"]["conv1.weight"]).any()
 
 
 @pytest.mark.parametrize("method", ["finetune", "jdcl"])

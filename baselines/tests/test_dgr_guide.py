@@ -118,7 +118,7 @@ def test_conformance(tmp_path, method, semi):
 
 
 def _generator(run_dir):
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     return state["method"]["G"]
 
 

@@ -39,6 +39,19 @@ import numpy as np
 # as an image folder, which carries names but no label numbers.
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
+# CIFAR-100's fine label names in label order (meta `fine_label_names`; alphabetical).
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm"]
+
 KNOWN_DATASETS = ("cifar10", "cifar100", "imagenet100", "digits", "synthetic")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CANONICAL_LABELS_FILE = "canonical-labels.npz"
@@ -153,6 +166,69 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, image_size: i
     if source is None:
         raise DatasetError(_missing_message(name, root, root_origin, data_dir))
     return _load_imagefolder(name, source, image_size=image_size, class_names=class_names, cache_dir=cache)
+
+
+# ---- is it the protocol's dataset? -------------------------------------------------------------
+
+def expected_layout(name: str, *, image_size: int | None = None, class_names: list[str] | None = None,
+                    synthetic: dict | None = None) -> dict:
+    """What dataset ``name`` must look like once loaded for a protocol: ``num_classes``, ``classes``
+    (names in label order, or None where any names will do) and ``image_shape`` (H, W, C; an entry
+    is None where any size will do)."""
+    name = name.lower()
+    size = image_size
+    if name == "cifar10":
+        count, names, shape = 10, CIFAR10_CLASSES, (size or 32, size or 32, 3)
+    elif name == "cifar100":
+        count, names, shape = 100, CIFAR100_CLASSES, (size or 32, size or 32, 3)
+    elif name == "imagenet100":
+        count, names, shape = 100, None, (size, size, 3)
+    elif name == "digits":
+        count, names, shape = 10, [str(d) for d in range(10)], (size or 8, size or 8, 1)
+    elif name == "synthetic":
+        p = _synthetic_params(synthetic, image_size)
+        count, names = p["num_classes"], [f"class{c}" for c in range(p["num_classes"])]
+        shape = (p["image_size"], p["image_size"], p["channels"])
+    else:
+        count, names, shape = None, None, (size, size, None)
+    if class_names is not None:  # the protocol's own class list fixes names and count
+        count, names = len(class_names), list(class_names)
+    return {"num_classes": count, "classes": list(names) if names is not None else None, "image_shape": shape}
+
+
+def check_dataset(ds: ArrayDataset, name: str, *, image_size: int | None = None,
+                  class_names: list[str] | None = None, synthetic: dict | None = None,
+                  protocol: str = "", data_dir: str | Path | None = None) -> None:
+    """Raise DatasetError unless ``ds`` has the class count, class names and image shape that
+    dataset ``name`` has for the protocol: a folder of another dataset (CIFAR-10 images where the
+    protocol asks for CIFAR-100) must not train and be recorded under the wrong protocol."""
+    want = expected_layout(name, image_size=image_size, class_names=class_names, synthetic=synthetic)
+    problems = []
+    if want["num_classes"] is not None and len(ds.classes) != want["num_classes"]:
+        problems.append(f"{len(ds.classes)} classes instead of {want['num_classes']}")
+    elif want["classes"] is not None and list(ds.classes) != want["classes"]:
+        diff = [(i, g, w) for i, (g, w) in enumerate(zip(ds.classes, want["classes"])) if g != w]
+        shown = "; ".join(f"label {i}: {g!r} instead of {w!r}" for i, g, w in diff[:5])
+        problems.append(f"other class names ({shown}{'; ...' if len(diff) > 5 else ''})")
+    got_shape = tuple(ds.train_x.shape[1:])
+    if ds.test_x.shape[1:] != ds.train_x.shape[1:]:
+        problems.append(f"test images of shape {tuple(ds.test_x.shape[1:])} but training images of {got_shape}")
+    if any(w is not None and g != w for g, w in zip(got_shape, want["image_shape"])):
+        want_s = "x".join("?" if w is None else str(w) for w in want["image_shape"])
+        problems.append(f"images of shape {'x'.join(map(str, got_shape))} (HxWxC) instead of {want_s}")
+    if not problems:
+        return
+    pretty = _PRETTY.get(name, name)
+    names = ", ".join(ds.classes[:6]) + (", ..." if len(ds.classes) > 6 else "")
+    source = ds.identity.get("source") or "the given dataset"
+    want_desc = f"{want['num_classes']} classes" if want["num_classes"] is not None else "its classes"
+    root, origin = resolve_data_dir(data_dir)
+    raise DatasetError(
+        f"protocol {protocol or name!r} needs {pretty} ({want_desc}), but the data loaded from {source} has "
+        f"{'; '.join(problems)} (its classes: {names}); it is not {pretty}. The data root is {root} "
+        f"(from {origin}). To fix: point --data-dir (or ${DATA_ENV}) at {pretty}, or choose a protocol "
+        f"for the dataset that is there (`jdcl-bench list protocols`), or write one with its own "
+        f"[dataset] classes.")
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -701,6 +777,9 @@ def _cache_put(cache_dir: Path, name: str, key: dict, ds: ArrayDataset) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # tmp file in the same folder + os.replace: readers never see a half-written cache file
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem + ".", suffix=".tmp")
+        from ..records import default_file_mode
+
+        os.fchmod(fd, default_file_mode())  # the user's umask, not mkstemp's 0600: caches may be shared
         with os.fdopen(fd, "wb") as f:
             np.savez(f, train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y,
                      classes=np.array(ds.classes, dtype=str), identity=np.array(json.dumps(ds.identity)))

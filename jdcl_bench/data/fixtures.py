@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CANONICAL_LABELS_FILE, CIFAR10_CLASSES
+from .datasets import CANONICAL_LABELS_FILE, CIFAR10_CLASSES, CIFAR100_CLASSES
 
 
 def _random_images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def write_cifar_fixture(root: str | Path, kind: str = "cifar10", n_train_per_cla
         classes = list(CIFAR10_CLASSES)
         folder = root / "cifar-10-batches-py"
     else:
-        classes = [f"fine{i:03d}" for i in range(100)]
+        classes = list(CIFAR100_CLASSES)
         folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     k = len(classes)

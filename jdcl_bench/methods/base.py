@@ -123,14 +123,16 @@ class Method:
 
     @classmethod
     def config_for(cls, preset: str | None, overrides: dict[str, Any]) -> Any:
-        from ..config import ConfigError, apply_overrides
+        from ..config import ConfigError, apply_overrides, validate
 
         preset = preset or cls.default_preset
         if preset != "paper" and preset not in cls.presets:
             raise ConfigError(f"method {cls.name!r} has no preset {preset!r}; "
                               f"presets: {', '.join(['paper', *sorted(cls.presets)])}")
         cfg = apply_overrides(cls.Config(), cls.presets.get(preset, {}))
-        return apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, overrides)
+        validate(cfg)  # values out of range (batch_size=0, width=0, layers=[]) named before any work
+        return cfg
 
 
 def batch_indices(n: int, batch_size: int, epoch_seed: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:

@@ -33,6 +33,23 @@ class ClassifierConfig:
     augment: bool = True
     amp: bool = True              # bf16 autocast on CUDA
 
+    def validate(self) -> dict[str, str]:
+        """Values out of range, by field (jdcl_bench.config.validate reports them)."""
+        bad = {}
+        if self.width < 1:
+            bad["width"] = "the network width must be >= 1"
+        if not self.layers or any(n < 1 for n in self.layers):
+            bad["layers"] = "needs at least one stage, each with >= 1 block, e.g. [2,2,2,2]"
+        if not self.epochs > 0:
+            bad["epochs"] = "must be > 0"
+        if not self.lr > 0:
+            bad["lr"] = "must be > 0"
+        if not 0 <= self.momentum < 1:
+            bad["momentum"] = "must be in [0, 1)"
+        if self.weight_decay < 0:
+            bad["weight_decay"] = "must be >= 0"
+        return bad
+
 
 class ClassifierTrainer:
     def __init__(self, cfg: ClassifierConfig, num_classes: int, in_chans: int, device: torch.device,
