@@ -793,6 +793,10 @@ def render_show(run_dir: str | Path):
         ("avg_inc_acc (%)", _fmt(metrics.get("avg_inc_acc"))),
         ("forgetting (pp)", _fmt(metrics.get("forgetting"))), ("tasks", f"{done}/{total}")]))
 
+    diag = _diagnostics_table(metrics.get("diagnostics"))
+    if diag is not None:
+        parts.append(diag)
+
     wall, gpu = _float(manifest.get("wall_time_s")), _float(manifest.get("gpu_seconds"))
     budget = _dict(manifest.get("budget"))
     timing_rows = [("wall time", "–" if math.isnan(wall) else f"{wall:.1f} s ({wall / 60:.1f} min)"),
@@ -824,6 +828,46 @@ def render_show(run_dir: str | Path):
     else:
         parts.append(Text("Artefacts: none (*.png, replay_counts*.json)", style="dim"))
     return Group(*parts)
+
+
+def _diagnostics_table(entries):
+    """The replay diagnostics of a run (``metrics["diagnostics"]``, jdcl_bench.replay_quality) as a
+    table: one row per measurement, each replay value next to the real data's; None if there are none."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not isinstance(entries, list) or not entries:
+        return None
+
+    def pct(v):
+        return "–" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{100 * v:.1f}"
+
+    def num(v):
+        return "–" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.1f}"
+
+    t = Table(title="Replay diagnostics, replay / real (fid.: reference classifier agrees with the label; FD: "
+                    "feature Fréchet distance; sat.: values at 0 or 255; HF: power above half Nyquist; acc.: "
+                    "model accuracy on its classes' test images)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("task", "what", "n", "fid. %", "chance", "FD", "sat. %", "HF %", "acc. %"):
+        t.add_column(col, justify="left" if col == "what" else "right")
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        task, tag = str(e.get("task", "?")), str(e.get("tag", ""))
+        if e.get("kind") == "accuracy":
+            t.add_row(task, tag, "", "", "", "", "", "", pct(e.get("acc")))
+            continue
+        o = e.get("overall") if isinstance(e.get("overall"), dict) else {}
+        chance = e.get("chance")
+        fid = o.get("fidelity")
+        low = isinstance(fid, (int, float)) and isinstance(chance, (int, float)) and fid < 1.5 * chance
+        t.add_row(task, tag, str(o.get("n", "")),
+                  Text(f"{pct(fid)} / {pct(o.get('fidelity_real'))}", style="bold red" if low else ""),
+                  pct(chance), f"{num(o.get('fd'))} / {num(o.get('fd_real'))}",
+                  f"{pct(o.get('saturated'))} / {pct(o.get('saturated_real'))}",
+                  f"{pct(o.get('hf'))} / {pct(o.get('hf_real'))}", "")
+    return t
 
 
 def render_show_text(run_dir: str | Path, width: int = 120) -> str:
