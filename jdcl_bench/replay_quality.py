@@ -127,7 +127,7 @@ def train_reference(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: i
     n = len(train_x)
     bs = min(spec.batch_size, max(1, n // 4))
     steps_per_epoch = max(1, n // bs)
-    epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
+    epochs = max(spec.epochs, -(-max(spec.min_steps, 8) // steps_per_epoch))  # OneCycleLR needs a few steps
     total = epochs * steps_per_epoch
     opt = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=0.9, nesterov=True, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.25)

@@ -214,6 +214,8 @@ class RunContext:
         if diag is None:
             return None
         report = diag.measure(x, y, classes)
+        seconds = report.pop("seconds")  # a timing is not a result: kept out of metrics (exact resume compares them)
+        self._runner.diagnostics_seconds += seconds
         self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "replay", **report})
         from .replay_quality import near_chance, summary_line
 
@@ -230,7 +232,9 @@ class RunContext:
         diag = self._runner.diagnostics_instrument()
         if diag is None:
             return None
+        t0 = time.time()
         acc = diag.accuracy_on(predict, classes)
+        self._runner.diagnostics_seconds += time.time() - t0
         self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "accuracy",
                                      "classes": sorted(int(k) for k in classes), "acc": acc})
         self.info(f"task {self.task_index + 1}: {tag}: {100 * acc:.2f} % on the test images of classes {sorted(classes)}")
@@ -302,7 +306,6 @@ class Runner:
 
     def add_diagnostic(self, entry: dict) -> None:
         self.diagnostics.append(entry)
-        self.diagnostics_seconds += entry.get("seconds", 0.0)
 
     # ---- time keeping and in-task checkpoints -------------------------------------------
     def tick(self) -> None:

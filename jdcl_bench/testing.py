@@ -46,7 +46,8 @@ class _CrashingRunner(Runner):
 
 def _metrics(run_dir: Path) -> dict:
     m = read_json(run_dir / "metrics.json")
-    return {k: m[k] for k in ("acc_matrix", "seen_acc", "final_acc", "forgetting")}
+    # a method's replay diagnostics (ctx.replay_diagnostics) must resume exactly too
+    return {k: m[k] for k in ("acc_matrix", "seen_acc", "final_acc", "forgetting", "diagnostics") if k in m}
 
 
 def _protocol_with_index_file(root: Path, semi: bool) -> tuple[str, object]:

@@ -55,10 +55,21 @@ def test_jdcl_smoke_run_on_embedded_protocol(tmp_path, protocol):
     assert shown.exit_code == 0 and "replay_task2.png" in shown.output
 
 
+SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global"}
+
+
 @pytest.mark.parametrize("semi", [False, True])
-def test_jdcl_conformance(tmp_path, semi):
-    out = check_method("jdcl", preset="smoke", semi=semi, workdir=tmp_path)
+def test_jdcl_conformance(tmp_path, monkeypatch, semi):
+    """Semi-supervised: the official settings. Supervised: the short-budget options and the diagnostics
+    on, so the kit's crash at 3/4 of the ticks (inside task 2's global stage) checks that a resume there
+    is exact with them, the diagnostics in metrics.json included."""
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    overrides = {} if semi else {**SHORT_BUDGET, "diagnostics": True}
+    out = check_method("jdcl", preset="smoke", semi=semi, overrides=overrides, workdir=tmp_path)
     assert out["semi"] is semi and out["ticks"] > 0
+    if not semi:
+        assert max(out["crash_points"]) > 12  # smoke: 6 + 6 local ticks, then the global stage
+        assert [e["kind"] for e in out["metrics"]["diagnostics"]] == ["accuracy", "accuracy", "replay"]
 
 
 def test_unknown_compile_mode_is_a_clear_config_error(tmp_path):
@@ -155,3 +166,50 @@ def test_teachers_run_through_the_compiled_call(monkeypatch):
     assert tag == "compiled"
     torch.testing.assert_close(eps, ref_eps)
     torch.testing.assert_close(logits, ref_logits)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_short_budget_options_reach_the_code_they_name(tmp_path, monkeypatch, on):
+    """sampler_clip_x0 -> the DDIM call clips x̂0 and returns it; global_ema_restart -> the student's EMA
+    starts its warm-up at zero; local_init=global -> L_2 starts from G_1's weights. Off: the official code."""
+    from jdcl_bench.jdcl import method as M
+    from jdcl_bench.jdcl.diffusion import GaussianDiffusion
+
+    seen = {"ddim": [], "ema_count": [], "local_from_G": []}
+    ddim = GaussianDiffusion.ddim_sample
+
+    def spy_ddim(self, *a, **kw):
+        seen["ddim"].append((kw.get("clip_denoised"), kw.get("return_pred_x0")))
+        return ddim(self, *a, **kw)
+
+    begin_global, begin_task = M.JDCL._begin_global, M.JDCL.begin_task
+
+    def spy_global(self):
+        begin_global(self)
+        seen["ema_count"].append((self.ema.num_updates, self.G["ema"]["num_updates"]))
+
+    def spy_task(self, task):
+        begin_task(self, task)
+        if self.G is not None:
+            g = self.G["raw"] if "raw" in self.G else self.G["ema"]["module"]
+            seen["local_from_G"].append(all(torch.equal(v, g[k]) for k, v in self.net.state_dict().items()))
+
+    monkeypatch.setattr(GaussianDiffusion, "ddim_sample", spy_ddim)
+    monkeypatch.setattr(M.JDCL, "_begin_global", spy_global)
+    monkeypatch.setattr(M.JDCL, "begin_task", spy_task)
+    sets = [a for k, v in SHORT_BUDGET.items() for a in ("--set", f"{k}={v if on else M.JDCLConfig().__dict__[k]}")]
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  *sets, "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen["ddim"] and set(seen["ddim"]) == {(on, on)}
+    (count, inherited), = seen["ema_count"]
+    assert inherited > 0 and count == (0 if on else inherited)
+    assert seen["local_from_G"] == [on]
+
+
+def test_unknown_local_init_is_a_clear_config_error(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "local_init=copy", "--out", str(tmp_path), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "local_init='copy'" in r.output and "global" in r.output
+
