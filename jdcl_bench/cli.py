@@ -280,21 +280,36 @@ def show(run_dir) -> None:
               help="Folder of run records (`--results results`: the committed leaderboard runs).")
 @click.option("--out-dir", default=None, type=click.Path(), help="Where to write PNGs (default: the results folder).")
 @click.option("--protocol", "protocols", multiple=True, help="Only these protocols (default: all with records).")
-def plot(results, out_dir, protocols) -> None:
-    """Accuracy over seen classes after each task, one line per method, one PNG per protocol."""
+@click.option("--x", "x_axis", type=click.Choice(["tasks", "gpu-minutes"]), default="tasks", show_default=True,
+              help="tasks: seen-class accuracy after each task; gpu-minutes: final accuracy and replay fidelity "
+                   "against the runs' GPU-minutes (also writes a Markdown table beside the PNG).")
+@click.option("--method", "methods", multiple=True, help="Only runs of these methods (registry names).")
+def plot(results, out_dir, protocols, x_axis, methods) -> None:
+    """One PNG per protocol: accuracy over the tasks, or accuracy against compute (--x gpu-minutes)."""
     from .leaderboard import load_records
-    from .plotting import plot_seen_accuracy
+    from .plotting import compute_curve, compute_curve_markdown, plot_compute_curve, plot_seen_accuracy
 
     try:
         df = load_records(results)
     except FileNotFoundError as exc:
         _fail(exc)
+    if methods:
+        df = df[df["method"].isin(methods)]
     if df.empty:
-        _fail(RegistryError(f"no complete run records under {results}"))
+        _fail(RegistryError(f"no complete run records under {results}" + (f" for methods {list(methods)}" if methods else "")))
     out_dir = Path(out_dir or results)
     for p in protocols or sorted(df["protocol"].unique()):
-        path = out_dir / f"seen_accuracy_{p}.png"
-        plot_seen_accuracy(df, p, path)
+        try:
+            if x_axis == "tasks":
+                path = plot_seen_accuracy(df, p, out_dir / f"seen_accuracy_{p}.png")
+            else:
+                curve = compute_curve(df, p)
+                path = plot_compute_curve(curve, p, out_dir / f"compute_curve_{p}.png")
+                table = out_dir / f"compute_curve_{p}.md"
+                table.write_text(compute_curve_markdown(curve, p))
+                click.echo(f"wrote {table}")
+        except ValueError as exc:
+            _fail(exc)
         click.echo(f"wrote {path}")
 
 

@@ -96,3 +96,94 @@ def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=150)
     return out_png
+
+
+# ---- accuracy against compute ---------------------------------------------------------------------
+
+def _replay_fidelity(run_dir: str | Path) -> float | None:
+    """Mean replay fidelity (%) over a run's replay diagnostics, or None when it has none."""
+    import json
+
+    try:
+        entries = json.loads((Path(run_dir) / "metrics.json").read_text()).get("diagnostics") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    values = [e["overall"]["fidelity"] for e in entries if isinstance(e, dict) and e.get("kind") == "replay"
+              and isinstance(e.get("overall"), dict) and isinstance(e["overall"].get("fidelity"), (int, float))]
+    return 100 * float(np.mean(values)) if values else None
+
+
+def _shared_by(run_dir: str | Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((Path(run_dir) / "manifest.json").read_text()).get("gpu_shared_by") or 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
+def compute_curve(records: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """One row per complete run of ``protocol`` that has GPU-minutes: method label, preset, seed,
+    GPU-minutes, final accuracy, mean replay fidelity (None without diagnostics), how many runs
+    shared its GPU (its minutes are then shared wall time, not the run's alone) and its directory;
+    sorted by method and GPU-minutes."""
+    runs = records[(records["protocol"] == protocol) & records["gpu_minutes"].notna() & (records["gpu_minutes"] > 0)]
+    rows = [{"method": r.method_label, "preset": r.preset, "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
+             "final_acc": float(r.final_acc), "replay_fidelity": _replay_fidelity(r.run_dir),
+             "gpu_shared_by": _shared_by(r.run_dir), "gpu_name": r.gpu_name, "run_dir": str(r.run_dir)}
+            for r in runs.itertuples()]
+    cols = ["method", "preset", "seed", "gpu_minutes", "final_acc", "replay_fidelity", "gpu_shared_by", "gpu_name",
+            "run_dir"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["method", "gpu_minutes"]).reset_index(drop=True)
+
+
+def compute_curve_markdown(curve: pd.DataFrame, protocol: str) -> str:
+    lines = [f"# {protocol}: final accuracy against GPU-minutes", "",
+             "| method | preset | seed | GPU-minutes | final acc. (%) | replay fidelity (%) | GPU | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in curve.itertuples():
+        fid = "–" if r.replay_fidelity is None or pd.isna(r.replay_fidelity) else f"{r.replay_fidelity:.1f}"
+        shared = "" if r.gpu_shared_by <= 1 else f" (shared by {r.gpu_shared_by} runs)"
+        lines.append(f"| {r.method} | {r.preset} | {r.seed} | {r.gpu_minutes:.1f}{shared} | {r.final_acc:.2f} | {fid} "
+                     f"| {r.gpu_name or '–'} | `{r.run_dir}` |")
+    lines += ["", "GPU-minutes are the runs' own GPU-seconds (compilation included) / 60; a run that shared its GPU "
+              "says so, and its minutes are then shared wall time. Replay fidelity: mean over the run's replay "
+              "generations of the reference classifier's agreement with the replay labels."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) -> Path:
+    """Final accuracy (solid) and mean replay fidelity (dashed) against GPU-minutes, one colour per
+    method; hollow markers for runs that shared their GPU. Raises ValueError without points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if curve.empty:
+        raise ValueError(f"no complete run of protocol {protocol!r} records its GPU-minutes")
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, group in curve.groupby("method", sort=True):
+        name = str(label).replace("$", r"\$")
+        line, = ax.plot(group["gpu_minutes"], group["final_acc"], marker="o", label=f"{name}: final accuracy")
+        hollow = group[group["gpu_shared_by"] > 1]
+        if len(hollow):
+            ax.plot(hollow["gpu_minutes"], hollow["final_acc"], "o", mfc="white", color=line.get_color())
+        fid = group[group["replay_fidelity"].notna()]
+        if len(fid):
+            ax.plot(fid["gpu_minutes"], fid["replay_fidelity"], marker="s", linestyle="--", color=line.get_color(),
+                    label=f"{name}: replay fidelity")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("GPU-minutes of the run")
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{protocol}: accuracy against compute")
+    gpus = sorted({str(g) for g in curve["gpu_name"] if isinstance(g, str)})
+    ax.set_title(("GPU: " + ", ".join(gpus) + "; " if gpus else "") + "hollow = shared its GPU", fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150)
+    return out_png

@@ -1,0 +1,38 @@
+"""`jdcl-bench plot --x gpu-minutes`: final accuracy and replay fidelity against the runs' GPU-minutes."""
+import json
+
+from click.testing import CliRunner
+from test_leaderboard import write_run
+
+from jdcl_bench.cli import main
+
+
+def test_compute_curve_plot_and_table(tmp_path):
+    root = tmp_path / "results"
+    for seed, (acc, gpu_s, fid) in enumerate([(40.0, 300.0, 0.5), (55.0, 900.0, 0.6), (61.0, 1800.0, 0.7)]):
+        run = write_run(root, "cifar10-t5", "jdcl", "JDCL", seed, acc, gpu_seconds=gpu_s, preset=f"b{seed}",
+                        reduced=True)
+        m = json.loads((run / "metrics.json").read_text())
+        m["diagnostics"] = [{"task": 2, "kind": "replay", "overall": {"fidelity": fid}},
+                            {"task": 2, "kind": "accuracy", "acc": 0.9}]
+        (run / "metrics.json").write_text(json.dumps(m))
+    shared = write_run(root, "cifar10-t5", "dgr", "DGR", 0, 20.0, gpu_seconds=600.0, preset="fast", reduced=True)
+    man = json.loads((shared / "manifest.json").read_text())
+    man["gpu_shared_by"] = 4
+    (shared / "manifest.json").write_text(json.dumps(man))
+
+    out = tmp_path / "figs"
+    r = CliRunner().invoke(main, ["plot", "--results", str(root), "--x", "gpu-minutes", "--out-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "compute_curve_cifar10-t5.png").stat().st_size > 0
+    table = (out / "compute_curve_cifar10-t5.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| JDCL")]
+    # sorted by GPU-minutes, with each run's mean replay fidelity
+    assert [row.split("|")[4].strip() for row in rows] == ["5.0", "15.0", "30.0"]
+    assert [row.split("|")[6].strip() for row in rows] == ["50.0", "60.0", "70.0"]
+    assert "10.0 (shared by 4 runs)" in table and "| DGR |" in table
+
+    only = CliRunner().invoke(main, ["plot", "--results", str(root), "--x", "gpu-minutes", "--method", "dgr",
+                                     "--out-dir", str(tmp_path / "dgr")])
+    assert only.exit_code == 0, only.output
+    assert "JDCL" not in (tmp_path / "dgr" / "compute_curve_cifar10-t5.md").read_text()
