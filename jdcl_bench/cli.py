@@ -86,8 +86,11 @@ def _emit(text: str, output: str | None) -> None:
               help="Seconds between checkpoints inside a task.")
 @click.option("--restart", is_flag=True,
               help="Start the run afresh: remove its checkpoint and records first (instead of resuming).")
+@click.option("--stop-between-tasks", is_flag=True,
+              help="With --time-limit: stop only between tasks (never inside one), before a task the longest so "
+                   "far says would not finish; the checkpoint left is small enough to carry between machines.")
 def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every,
-        restart) -> None:
+        restart, stop_between_tasks) -> None:
     """Run one experiment; resumes if the run directory already holds a checkpoint."""
     from .data.datasets import DatasetError
     from .progress import Reporter
@@ -96,7 +99,7 @@ def run(protocol, method, seed, preset, sets, data_dir, download, out, device, t
 
     cfg = RunConfig(protocol=protocol, method=method, seed=seed, preset=preset, data_dir=data_dir, out=out,
                     device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
-                    restart=restart)
+                    restart=restart, stop_between_tasks=stop_between_tasks)
     try:
         cfg.overrides = parse_set(sets)
         run_dir = run_experiment(cfg, Reporter())

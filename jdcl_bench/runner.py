@@ -152,6 +152,11 @@ class RunConfig:
     device: str = "auto"
     eval_batch_size: int = 1000
     time_limit_s: float | None = None
+    # stop only between tasks: never inside one at the time limit, and never start a task that the
+    # longest task so far (this process or an earlier one) says would not finish. The checkpoint left
+    # then holds the method's between-task state only (JDCL: the global model), small enough to carry
+    # from one GPU command to the next (docs/jdcl.md, "Runs longer than one command").
+    stop_between_tasks: bool = False
     checkpoint_every_s: float = 600.0
     download: bool = False
     restart: bool = False  # start afresh: drop the run directory's checkpoint and records first
@@ -287,6 +292,7 @@ class Runner:
         self.reporter = reporter or Reporter()
         self._dataset = dataset  # tests and the conformance kit may inject a dataset
         self._diag = None
+        self.task_seconds: list[float] = []  # wall seconds of each task trained in this process or before
         self.diagnostics: list[dict] = []
         self.diagnostics_seconds = 0.0
 
@@ -313,6 +319,7 @@ class Runner:
             return
         now = time.time()
         over = self.cfg.time_limit_s is not None and now - self.t_start >= self.cfg.time_limit_s
+        over = over and not self.cfg.stop_between_tasks
         due = over or now - self.last_save >= self.cfg.checkpoint_every_s
         over, due = D.broadcast_flags(over, due)  # rank 0's clock decides for every rank
         if due:
@@ -347,7 +354,7 @@ class Runner:
             "rng": {"ctx": self.ctx.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
-            "diagnostics": self.diagnostics,
+            "diagnostics": self.diagnostics, "task_seconds": self.task_seconds,
         }
         if D.is_distributed():
             state["rng"]["per_rank"] = per_rank
@@ -489,6 +496,7 @@ class Runner:
                 self.method.load_state_dict(state["method"])
                 self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
                 self.diagnostics = list(state.get("diagnostics", []))
+                self.task_seconds = list(state.get("task_seconds", []))
                 in_task = state["phase"] == "in_task"
                 start = state["task"] if in_task else state["task"] + 1
                 if in_task:
@@ -516,15 +524,22 @@ class Runner:
                 manifest["gpu_shared_by"] = int(os.environ["JDCL_BENCH_GPU_SHARED_BY"])
             if D.is_distributed():
                 manifest["distributed"] = config_doc["distributed"]
-            longest = 0.0  # longest task so far in this process: do not start one that cannot finish
+            # longest task so far: do not start one that cannot finish (with --stop-between-tasks the
+            # tasks of earlier processes count too, compilation included: each process compiles again)
+            longest = max(self.task_seconds, default=0.0) if cfg.stop_between_tasks else 0.0
             for k in range(start, len(tasks)):
                 task = tasks[k]
                 self.task_index = self.ctx.task_index = k
                 t_task = time.time()
                 if not (in_task and k == start):
-                    no_time = k > start and cfg.time_limit_s is not None and \
+                    no_time = (k > start or longest > 0) and cfg.time_limit_s is not None and \
                         time.time() - self.t_start + longest >= cfg.time_limit_s
                     if D.broadcast_flags(no_time)[0]:
+                        if k == start:  # nothing done in this process: the limit is too short for any task
+                            self.reporter.info(f"time limit: the longest task so far took {longest:.0f} s, more than "
+                                               f"--time-limit {cfg.time_limit_s:.0f} s allows; nothing was run. Raise "
+                                               "the limit, or drop --stop-between-tasks to stop inside tasks")
+                            return self.run_dir
                         self.reporter.info(f"time limit: task {k + 1} would not finish in time; stopped before it "
                                            "(checkpointed), run the same command again to resume")
                         return self.run_dir
@@ -538,6 +553,7 @@ class Runner:
                     return self.run_dir
                 self.method.end_task(task)
                 # rank 0 evaluates, the others take its predictions (every rank is at this point)
+                self.task_seconds.append(time.time() - t_task)
                 pred = D.broadcast_object(self.evaluate(test_x) if D.is_main() else None)
                 self.acc_rows.append(per_task_accuracy(pred, test_y, task_classes))
                 self.seen_acc.append(seen_accuracy(pred, test_y, task.seen_classes))

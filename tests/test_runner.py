@@ -161,3 +161,31 @@ def test_a_protocol_without_hflip_reaches_every_flip_of_the_method(tmp_path, mon
         seen.clear()
         run(RunConfig(str(f), method, preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
         assert seen and set(seen) == ({0.5} if hflip else {0.0}), (hflip, set(seen))
+
+
+def test_stop_between_tasks_leaves_a_small_checkpoint_and_resumes(tmp_path):
+    """--stop-between-tasks never stops inside a task: a tiny time limit still finishes task 1, stops before
+    task 2 with the between-task state only (JDCL: the global model), refuses to start a task the longest
+    so far says cannot fit, and the run then completes."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    args = ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke", "--device", "cpu",
+            "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, args + ["--time-limit", "0.01", "--stop-between-tasks"])
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "runs" / "synthetic-t2" / "jdcl" / "smoke" / "seed0"
+    assert json.loads((d / "metrics.json").read_text())["tasks_done"] == 1
+    state = torch.load(d / "checkpoint.pt", weights_only=True)
+    assert state["phase"] == "task_done" and set(state["method"]) == {"phase", "G", "counters"}
+    assert len(state["task_seconds"]) == 1
+    again = CliRunner().invoke(main, args + ["--time-limit", "0.01", "--stop-between-tasks"])
+    assert again.exit_code == 0 and "nothing was run" in again.output
+    assert json.loads((d / "metrics.json").read_text())["tasks_done"] == 1
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert json.loads((d / "metrics.json").read_text())["complete"]
