@@ -169,9 +169,15 @@ def reference(protocol, data_dir, device) -> None:
 @click.option("--max-parallel", default=None, type=int, help="Jobs running at once (submitit).")
 @click.option("--wait/--no-wait", default=None,
               help="Wait for the submitit jobs to end (default: wait for submitit-local, not for slurm).")
+@click.option("--per-gpu", default=1, show_default=True, type=int,
+              help="Local executor: run up to this many cells side by side on each device, as subprocesses "
+                   "(each manifest records how many shared it).")
+@click.option("--gpus", default=None, help="Local executor: GPUs to pin cells to (CUDA_VISIBLE_DEVICES values, "
+                                           "e.g. 0,1,2,3), --per-gpu cells on each, filled round robin.")
 @click.option("--dry-run", is_flag=True, help="Only list the cells and what would run; writes nothing.")
 def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, device, time_limit, executor, partition,
-          account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, dry_run) -> None:
+          account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, per_gpu, gpus,
+          dry_run) -> None:
     """Run methods x protocols x seeds, skipping cells whose run is already complete.
 
     Cells that are not complete run (resuming from their checkpoint); a failing cell is reported
@@ -189,7 +195,8 @@ def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, devi
         opts = sw.SubmititOptions(partition=partition, account=account, qos=qos, constraint=constraint,
                                   time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
                                   mem_gb=mem_gb, max_parallel=max_parallel)
-        results = sw.sweep(spec, executor=executor, opts=opts, wait=wait, dry_run=dry_run, log=click.echo)
+        pack = sw.PackOptions(per_gpu=per_gpu, gpus=sw.split_list(gpus) if gpus else None)
+        results = sw.sweep(spec, executor=executor, opts=opts, wait=wait, dry_run=dry_run, log=click.echo, pack=pack)
     except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # RuntimeError: submitit missing or refusing
         _fail(exc)
     title = f"sweep: {len(results)} cell(s) in {out}" + (" (dry run)" if dry_run else "")

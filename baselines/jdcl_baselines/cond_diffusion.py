@@ -57,8 +57,8 @@ class GeneratorConfig:
     ema_warmup: bool = False        # LDM-style warm-up min(decay, (1+n)/(10+n)); guided-diffusion has none
     hflip: bool = True              # the only augmentation
     replay_per_task: int = 10_000   # self-replay images per past task
-    replay_sampler: str = "ancestral"  # ancestral (all T steps, fixed large variance) | ddim
-    replay_ddim_steps: int = 50     # only for replay_sampler = "ddim"
+    replay_sampler: str = "ancestral"  # ancestral (all T steps, fixed large variance) | ddim | dpm-solver++
+    replay_ddim_steps: int = 50     # steps of replay_sampler = "ddim" or "dpm-solver++"
     gen_batch: int = 1000           # images per sampling call
     # semi-supervised protocols only: the task-local FixMatch labeller
     labeller_width: int = 64
@@ -220,8 +220,12 @@ class ConditionalGenerator:
                 # x0-prediction is the denoised image
                 x = self.diffusion.ddim_sample(eps_fn, shape, steps=steps, noise=noise, device=self.device,
                                                model_kwargs={"y": y}, return_pred_x0=True, clip_denoised=True)
+            elif sampler == "dpm-solver++":
+                # DPM-Solver++(2M) with the same clipping; its sample is the last x0-prediction
+                x = self.diffusion.dpm_solver_sample(eps_fn, shape, steps=steps, noise=noise, device=self.device,
+                                                     model_kwargs={"y": y}, clip_denoised=True)
             else:
-                raise ValueError(f"unknown sampler {sampler!r} (ancestral | ddim)")
+                raise ValueError(f"unknown sampler {sampler!r} (ancestral | ddim | dpm-solver++)")
         return to_uint8(x)
 
 

@@ -70,7 +70,7 @@ def test_guided_eps_matches_hand_computed_gradient():
     torch.testing.assert_close(got.flatten(1), want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm-solver++"])
 def test_samplers_recover_a_point_mass(sampler):
     """With the exact eps of a data distribution concentrated on x0*, sampling returns x0*."""
     diffusion = GaussianDiffusion(1000, 1e-4, 2e-2)
@@ -84,8 +84,10 @@ def test_samplers_recover_a_point_mass(sampler):
     noise = torch.randn(3, 1, 2, 2, generator=g)
     if sampler == "ancestral":
         out = ancestral_sample(diffusion, eps, noise.shape, noise=noise, generator=g)
-    else:
+    elif sampler == "ddim":
         out = diffusion.ddim_sample(eps, noise.shape, steps=50, noise=noise, return_pred_x0=True, clip_denoised=True)
+    else:
+        out = diffusion.dpm_solver_sample(eps, noise.shape, steps=10, noise=noise, clip_denoised=True)
     torch.testing.assert_close(out, target.expand_as(out), rtol=0, atol=1e-3)
 
 
@@ -155,3 +157,19 @@ def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, smoke_cli_run, pro
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     # and the classifiers differ: GUIDE's replay is guided
     assert gm["complete"]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
+def test_generator_sample_by_name(sampler):
+    """The generator's sample() takes each sampler by name (generator.replay_sampler), uint8 out."""
+    from jdcl_bench.methods.base import ProtocolInfo
+    from jdcl_baselines.cond_diffusion import ConditionalGenerator, GeneratorConfig
+
+    info = ProtocolInfo("t", 2, (1, 8, 8), [[0, 1]], False)
+    gen = ConditionalGenerator(GeneratorConfig(unet="smoke"), info, torch.device("cpu"), amp=False, log=lambda *a: None)
+    torch.manual_seed(0)
+    model = gen.new_model().eval()
+    x = gen.sample(model, torch.tensor([0, 1, 1]), generator=torch.Generator().manual_seed(0), sampler=sampler, steps=3)
+    assert x.dtype == torch.uint8 and x.shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="dpm-solver"):
+        gen.sample(model, torch.tensor([0]), generator=torch.Generator(), sampler="euler", steps=3)

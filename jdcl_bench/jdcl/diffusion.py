@@ -3,13 +3,19 @@
 Conventions follow the official code (LDM at e544c57): T = 1000 steps, betas linear from 1e-3 to
 2e-2 (LDM calls this "sqrt_linear"), epsilon prediction, plain MSE loss, and LDM's DDIM sampler
 (uniform timesteps 1, 5, ..., 997 for 250 steps, x0-prediction not clipped).
+
+Besides DDIM, a second-order multistep solver of the same probability-flow ODE for few-step
+sampling: DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+Diffusion Probabilistic Models", Algorithm 2), ``dpm_solver_sample``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,8 +36,47 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     return (torch.arange(0, T, c, dtype=torch.long) + 1)[:steps]
 
 
+SOLVER_SPACINGS = ("uniform", "linspace", "logsnr")
+
+
+def solver_timesteps(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "uniform") -> torch.Tensor:
+    """The timesteps a few-step solver evaluates the model at, noisiest first (``steps`` of them).
+
+    - ``uniform``: LDM's DDIM grid (:func:`ddim_timesteps`, reversed: 901, 801, ..., 1 for 10 steps),
+      so that a solver and DDIM at the same step count see the same timesteps;
+    - ``linspace``: diffusers' default ``timestep_spacing="linspace"``: round(linspace(0, T-1, steps+1)),
+      reversed, without the last (0): 999, 899, ..., 100 for 10 steps;
+    - ``logsnr``: uniform in log-SNR lambda = log(sqrt(abar) / sqrt(1 - abar)) from t = T-1 to t = 0
+      (both included), each point rounded to the timestep of nearest lambda, equal neighbours near
+      t = 0 moved apart by one;
+
+    ``uniform`` and ``logsnr`` end at t = 1 and t = 0, the least noisy levels; ``linspace`` ends at
+    t ~ T / steps, so its final x0-prediction is made at a noise level that grows as steps shrink
+    (sigma 0.42 at t = 100, for 10 steps).
+    """
+    T = len(alphas_cumprod)
+    if steps < 1:
+        raise ValueError(f"a solver needs steps >= 1, got {steps}")
+    if spacing == "uniform":
+        return ddim_timesteps(T, steps).flip(0)
+    if spacing == "linspace":
+        return torch.from_numpy(np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64))
+    if spacing == "logsnr":
+        lam = 0.5 * (alphas_cumprod.double().log() - (1 - alphas_cumprod.double()).log())  # decreasing in t
+        targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+        ts = (lam.view(1, -1) - targets.view(-1, 1)).abs().argmin(1).tolist()
+        # lambda falls steeply near t = 0: many steps round two targets to one timestep there; move the
+        # noisier of two equal ones up by one (from the clean end), so the timesteps stay distinct
+        for i in range(steps - 2, -1, -1):
+            ts[i] = max(ts[i], ts[i + 1] + 1)
+        if ts[0] > T - 1:
+            raise ValueError(f"logsnr spacing: {steps} steps do not give distinct timesteps for T={T}")
+        return torch.tensor(ts, dtype=torch.long)
+    raise ValueError(f"unknown timestep spacing {spacing!r}; one of {', '.join(SOLVER_SPACINGS)}")
+
+
 class GaussianDiffusion(nn.Module):
-    """The noise schedule, q(x_t | x_0), the training loss and the DDIM sampler.
+    """The noise schedule, q(x_t | x_0), the training loss and the samplers (DDIM, DPM-Solver++(2M)).
 
     A module only so that `.to(device)` moves the schedule; the buffers are not persistent because
     they are a pure function of the constructor arguments.
@@ -141,6 +186,67 @@ class GaussianDiffusion(nn.Module):
             if sigma > 0:  # python float: static control flow
                 x = x + sigma * torch.randn(x.shape, device=device, dtype=dtype, generator=generator)
         return pred_x0 if return_pred_x0 else x
+
+    @torch.no_grad()
+    def dpm_solver_sample(self, model: EpsFn, shape: tuple[int, ...], *, steps: int = 20, order: int = 2,
+                          spacing: str = "logsnr", generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                          noise: torch.Tensor | None = None, model_kwargs: dict | None = None,
+                          clip_denoised: bool = False, return_pred_x0: bool = True) -> torch.Tensor:
+        """DPM-Solver++(2M): multistep, data prediction, second order; returns the final x0-prediction.
+
+        Called like :meth:`ddim_sample` (``model(x_t, t, **model_kwargs) -> eps``, ``steps`` model
+        evaluations, the update in ``dtype``). With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t),
+        lambda_t = log(alpha_t / sigma_t), evaluation timesteps t_0 > t_1 > ... > t_{N-1}
+        (:func:`solver_timesteps`) and D_i the x0-prediction at t_i, each step is
+
+            x_{i+1} = (sigma_{i+1} / sigma_i) x_i + alpha_{i+1} (1 - exp(-h_i)) D,   h_i = lambda_{i+1} - lambda_i,
+
+        with D = D_i for the first step (and for ``order=1``: exactly DDIM with eta = 0 on the same
+        timesteps) and D = D_i + (D_i - D_{i-1}) / (2 r_i), r_i = h_{i-1} / h_i, afterwards (second
+        order in h, from the previous step's x0-prediction: no extra model call). The last step goes
+        to zero noise, where the formula gives D_{N-1}: the sample is the last x0-prediction (as
+        ``ddim_sample(return_pred_x0=True)``). The last x and the last x0-prediction are therefore the
+        same here: ``return_pred_x0`` is accepted for call compatibility with ``ddim_sample`` and
+        changes nothing.
+
+        ``clip_denoised=True`` clamps every x0-prediction to [-1, 1] before it is used (DDIM's
+        ``clip_denoised``; diffusers' ``thresholding`` with ``sample_max_value=1`` does the same).
+        ``spacing`` picks the timesteps (``uniform``: DDIM's grid; ``linspace``: diffusers' default;
+        ``logsnr``: uniform in lambda). The default is ``logsnr``: on Gaussian data, where the exact
+        ODE solution is known (tests/test_dpm_solver.py), 2M's mean error at 10 and 25 steps is 1.9x
+        and 1.2x lower than DDIM's on DDIM's grid (whose last step spans much of lambda's range), 16x
+        and 22x lower on the log-SNR grid. That is a property of the ODE, not a measure of image fidelity with a trained model
+        (benchmarks/sampler_fidelity.py compares both on one).
+        """
+        if order not in (1, 2):
+            raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order}")
+        model_kwargs = model_kwargs or {}
+        device = device if device is not None else self.betas.device
+        ts = solver_timesteps(self.alphas_cumprod_f64, steps, spacing)
+        abar = self.alphas_cumprod_f64[ts]
+        # python floats (float64): static per-step coefficients
+        alpha, sigma = abar.sqrt().tolist(), (1 - abar).sqrt().tolist()
+        lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+        if noise is None:
+            noise = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+        x = noise.to(device=device, dtype=dtype)
+        prev_x0, h_prev = None, None
+        for i, step in enumerate(ts.tolist()):
+            t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
+            eps = model(x, t, **model_kwargs).to(dtype)
+            x0 = (x - sigma[i] * eps) / alpha[i]
+            if clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            if i == len(ts) - 1:  # the step to zero noise: x = x0-prediction
+                return x0
+            h = lam[i + 1] - lam[i]
+            d = x0
+            if order == 2 and prev_x0 is not None:
+                d = x0 + (x0 - prev_x0) * (h / (2 * h_prev))  # 1 / (2 r) = h / (2 h_prev)
+            x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] * -math.expm1(-h)) * d
+            prev_x0, h_prev = x0, h
+        raise AssertionError("unreachable")
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""benchmarks/sampler_fidelity.py in its CPU smoke mode: a random smoke-size model on the synthetic
+protocol, tiny; the record is complete and carries every sampler's rate and replay measures."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("sampler_fidelity", ROOT / "benchmarks" / "sampler_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: extra intra-op threads only add contention on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def untrained_reference(tmp_path, monkeypatch):
+    """Put an untrained reference classifier where the synthetic dataset's cache is looked up, so the
+    test does not spend ~40 s of CPU training one (the measures are not what is tested here)."""
+    from jdcl_bench.data.datasets import load_dataset, resolve_cache_dir
+    from jdcl_bench.protocol import get_protocol
+    from jdcl_bench.replay_quality import ReferenceNet, ReferenceSpec, reference_cache_path
+
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    p = get_protocol("synthetic-t2")
+    ds = load_dataset(p.dataset, image_size=p.image_size, class_names=p.class_names, synthetic=p.synthetic)
+    spec = ReferenceSpec.for_images(8)
+    path = reference_cache_path(resolve_cache_dir(), ds.identity, len(ds.classes), spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({"model": ReferenceNet(3, len(ds.classes), spec.widths).state_dict()}, path)
+    return path
+
+
+def test_parse_sampler():
+    mod = load_script()
+    assert mod.parse_sampler("ddim-50") == {"name": "ddim-50", "kind": "ddim", "steps": 50, "spacing": "uniform"}
+    assert mod.parse_sampler("dpm-10")["spacing"] == "logsnr"
+    assert mod.parse_sampler("dpm-15-uniform")["spacing"] == "uniform"
+    for bad in ("euler-10", "dpm-x", "dpm-10-karras", "ddim-50-logsnr"):
+        with pytest.raises(SystemExit):
+            mod.parse_sampler(bad)
+
+
+def test_smoke_mode_writes_a_complete_record(tmp_path, untrained_reference):
+    mod = load_script()
+    record = mod.main(["--random-model", "--protocol", "synthetic-t2", "--device", "cpu", "--n", "12",
+                       "--gen-batch", "8", "--samplers", "ddim-50,ddim-4,dpm-3,dpm-3-uniform", "--reference", "ddim-4",
+                       "--out", str(tmp_path / "bench")])
+    saved = json.loads(Path(record["path"]).read_text())
+    assert saved["complete"] and Path(record["path"]).parent == tmp_path / "bench"
+    assert Path(record["path"]).name.startswith("sampler-fidelity-cpu-")
+    assert list(saved["samplers"]) == ["ddim-4", "ddim-50", "dpm-3", "dpm-3-uniform"]  # the reference first
+    for name, row in saved["samplers"].items():
+        assert row["images"] == 12 and row["images_per_s"] > 0
+        assert "fidelity" in row and "fd" in row and "saturated" in row and "per_class" in row
+    assert saved["samplers"]["ddim-4"]["mean_abs_diff_vs_reference"] == 0
+    assert saved["samplers"]["dpm-3"]["mean_abs_diff_vs_reference"] >= 0
+    assert set(saved["vs_ddim50"]) == {"dpm-3", "dpm-3-uniform"}
+    assert saved["model"]["seen_classes"] == [0, 1, 2, 3] and saved["model"]["unet"] == "smoke"

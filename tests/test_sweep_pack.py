@@ -1,0 +1,91 @@
+"""`jdcl-bench sweep --per-gpu N [--gpus ...]`: cells side by side as subprocesses, each manifest saying
+how many shared the device. On CPU with the tiny synthetic protocol and the smoke preset."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from jdcl_bench.cli import main
+from jdcl_bench.runner import RunConfig
+from jdcl_bench.sweep import Cell, PackOptions, SweepSpec, cell_command, cell_env, pack_slots, sweep
+
+
+def test_pack_slots_fill_the_gpus_round_robin():
+    assert pack_slots(5, PackOptions(per_gpu=2)) == [(None, 2), (None, 2)]
+    assert pack_slots(1, PackOptions(per_gpu=4)) == [(None, 1)]  # one cell: not shared
+    assert pack_slots(8, PackOptions(per_gpu=2, gpus=["0", "1"])) == [("0", 2), ("1", 2), ("0", 2), ("1", 2)]
+    # 3 cells on 2 GPUs x 2: GPU 0 gets two slots, GPU 1 one
+    assert pack_slots(3, PackOptions(per_gpu=2, gpus=["0", "1"])) == [("0", 2), ("1", 1), ("0", 2)]
+    assert pack_slots(3, PackOptions(per_gpu=1, gpus=["2", "3"])) == [("2", 1), ("3", 1)]
+
+
+def test_cell_command_and_environment(monkeypatch):
+    monkeypatch.setenv("JDCL_BENCH_RUN_NOTE", "from outside")
+    cfg = RunConfig(protocol="synthetic-t2", method="jdcl", seed=3, preset="smoke",
+                    overrides={"ddim_steps": "4", "unet": "smoke"}, data_dir="d", out="o", device="cuda",
+                    time_limit_s=60, download=True)
+    cmd = cell_command(cfg)
+    assert cmd[1:4] == ["-m", "jdcl_bench.cli", "run"]
+    joined = " ".join(cmd)
+    for part in ("--protocol synthetic-t2", "--method jdcl", "--seed 3", "--preset smoke", "--set ddim_steps=4",
+                 "--set unet=smoke", "--data-dir d", "--out o", "--device cuda", "--time-limit 60.0", "--download"):
+        assert part in joined
+    env = cell_env("1", 4, PackOptions(per_gpu=4, gpus=["0", "1"]))
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["JDCL_BENCH_GPU_SHARED_BY"] == "4"
+    assert "up to 4" in env["JDCL_BENCH_RUN_NOTE"] and "GPU 1" in env["JDCL_BENCH_RUN_NOTE"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cell_env(None, 2, PackOptions(per_gpu=2), threads=8)["OMP_NUM_THREADS"] == "8"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's setting wins
+    assert cell_env(None, 2, PackOptions(per_gpu=2), threads=8)["OMP_NUM_THREADS"] == "3"
+    alone = cell_env("0", 1, PackOptions(per_gpu=1, gpus=["0"]))
+    assert alone["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "JDCL_BENCH_GPU_SHARED_BY" not in alone and "JDCL_BENCH_RUN_NOTE" not in alone
+
+
+def test_bad_packing_options_fail_before_anything_runs(tmp_path):
+    spec = SweepSpec(methods=["finetune"], protocols=["synthetic-t2"], seeds=[0], preset="smoke", out=str(tmp_path),
+                     device="cpu")
+    with pytest.raises(ValueError, match="per-gpu"):
+        sweep(spec, pack=PackOptions(per_gpu=0))
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        sweep(spec, pack=PackOptions(gpus=["0"]))  # with --device cpu
+    with pytest.raises(ValueError, match="executor local"):
+        sweep(spec, executor="submitit-local", pack=PackOptions(per_gpu=2))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_per_gpu_2_runs_two_cells_side_by_side(tmp_path):
+    r = CliRunner().invoke(main, ["sweep", "--methods", "finetune", "--protocols", "synthetic-t2", "--seeds", "0-1",
+                                  "--preset", "smoke", "--device", "cpu", "--out", str(tmp_path), "--per-gpu", "2"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "2 cell(s), 2 at a time" in r.output and "2 done" in r.output
+    for seed in (0, 1):
+        d = tmp_path / f"runs/synthetic-t2/finetune/smoke/seed{seed}"
+        metrics = json.loads((d / "metrics.json").read_text())
+        manifest = json.loads((d / "manifest.json").read_text())
+        assert metrics["complete"] and metrics["tasks_done"] == metrics["num_tasks"] == 2
+        assert manifest["gpu_shared_by"] == 2 and "up to 2 sweep cells side by side" in manifest["note"]
+    assert len(list((tmp_path / "sweep_logs").glob("*.log"))) == 2
+    # both cells started before either ended: they ran side by side
+    events = [ln for ln in r.output.splitlines() if ln.startswith("[") and ("started on" in ln or ": done" in ln)]
+    assert ["started on" in ln for ln in events] == [True, True, False, False], events
+    assert all("(2 side by side)" in ln for ln in events[:2])
+
+    # complete cells are skipped without starting anything
+    spec = SweepSpec(methods=["finetune"], protocols=["synthetic-t2"], seeds=[0, 1], preset="smoke",
+                     out=str(tmp_path), device="cpu")
+    again = sweep(spec, pack=PackOptions(per_gpu=2), log=lambda *_: None)
+    assert [x.status for x in again] == ["skipped", "skipped"]
+    assert [x.cell for x in again] == [Cell("finetune", "synthetic-t2", 0), Cell("finetune", "synthetic-t2", 1)]
+
+
+def test_a_failing_packed_cell_is_reported_and_the_others_finish(tmp_path, monkeypatch):
+    monkeypatch.delenv("JDCL_BENCH_DATA", raising=False)  # CIFAR-10 is not there: that cell fails at once
+    spec = SweepSpec(methods=["finetune"], protocols=["cifar10-t5", "synthetic-t2"], seeds=[0], preset="smoke",
+                     out=str(tmp_path), device="cpu", data_dir=str(tmp_path / "nodata"))
+    res = sweep(spec, pack=PackOptions(per_gpu=2), log=lambda *_: None)
+    assert [x.status for x in res] == ["failed", "done"]
+    assert res[0].error.startswith("exit ") and "see " in res[0].details
+    b = res[1]
+    assert b.started_at < b.ended_at and b.log and b.tasks_done == 2
