@@ -207,6 +207,28 @@ def test_short_budget_options_reach_the_code_they_name(tmp_path, monkeypatch, on
     assert seen["local_from_G"] == [on]
 
 
+def test_dpm_solver_sampler_replaces_ddim_in_replay(tmp_path, monkeypatch):
+    from jdcl_bench.jdcl.diffusion import GaussianDiffusion
+
+    calls = []
+    dpm = GaussianDiffusion.dpm_solver_sample
+
+    def spy(self, *a, **kw):
+        calls.append((kw.get("steps"), kw.get("clip_denoised")))
+        return dpm(self, *a, **kw)
+
+    monkeypatch.setattr(GaussianDiffusion, "dpm_solver_sample", spy)
+    monkeypatch.setattr(GaussianDiffusion, "ddim_sample", lambda *a, **kw: pytest.fail("DDIM was called"))
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "sampler=dpm-solver++", "--set", "sampler_clip_x0=true",
+                                  "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert calls and set(calls) == {(3, True)}  # smoke: ddim_steps = 3 model evaluations
+    bad = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                    "--set", "sampler=euler", "--device", "cpu", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "dpm-solver++" in bad.output
+
+
 def test_unknown_local_init_is_a_clear_config_error(tmp_path):
     r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
                                   "--set", "local_init=copy", "--out", str(tmp_path), "--device", "cpu"])

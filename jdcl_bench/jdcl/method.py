@@ -93,6 +93,10 @@ class JDCLConfig:
     # clip_denoised): LDM's sampler does not clip, and at high noise levels it multiplies the ε error
     # of a briefly trained model by up to 1/sqrt(ᾱ_t) ≈ 160, which gives saturated colour noise.
     sampler_clip_x0: bool = False
+    # ddim (the official sampler) | dpm-solver++ (DPM-Solver++(2M), GaussianDiffusion.dpm_solver_sample,
+    # which always returns its last x̂0); either runs `ddim_steps` model evaluations. Not yet compared
+    # on a trained model (benchmarks/sampler_fidelity.py does that on a GPU): no preset uses it.
+    sampler: str = "ddim"
     # The global student's EMA restarts its warm-up at each global stage (from G_{k-1}'s EMA weights)
     # instead of continuing G_{k-1}'s update count at full decay: a short stage otherwise leaves
     # much of the evaluated EMA from before the classification terms switched on.
@@ -107,6 +111,7 @@ class JDCLConfig:
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOCAL_INITS = ("scratch", "global")
+SAMPLERS = ("ddim", "dpm-solver++")
 
 # The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
 # results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
@@ -179,6 +184,8 @@ class JDCL(Method):
         if c.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode={c.compile_mode!r} is not a torch.compile mode; use one of "
                               f"{', '.join(COMPILE_MODES)} (e.g. --set compile_mode=reduce-overhead)")
+        if c.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={c.sampler!r} is not one of {', '.join(SAMPLERS)} (e.g. --set sampler=ddim)")
         if c.local_init not in LOCAL_INITS:
             raise ConfigError(f"local_init={c.local_init!r} is not one of {', '.join(LOCAL_INITS)} "
                               "(e.g. --set local_init=global)")
@@ -399,8 +406,9 @@ class JDCL(Method):
         noise = torch.randn(shape, device=self.device, generator=gen)
         with self.autocast():
             clip = self.cfg.sampler_clip_x0
-            x = self.diffusion.ddim_sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device,
-                                           clip_denoised=clip, return_pred_x0=clip)
+            sample = self.diffusion.ddim_sample if self.cfg.sampler == "ddim" else self.diffusion.dpm_solver_sample
+            x = sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device,
+                       clip_denoised=clip, return_pred_x0=clip)
             x = x.clamp(-1, 1)
             y = model.classify(x).float().argmax(1)
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
