@@ -112,6 +112,19 @@ def method_meta(method: str) -> tuple[str, str | None]:
     return getattr(cls, "display_name", "") or method, getattr(cls, "bound", None)
 
 
+def config_label(method: str, method_config: dict) -> str | None:
+    """The label the method gives a record of this config (``Method.label_for_config``), or None:
+    the method keeps the recorded label, or it cannot be loaded (a plugin not installed)."""
+    try:
+        from .registry import METHODS
+
+        fn = getattr(METHODS.get(method), "label_for_config", None)
+        label = fn(method_config) if fn is not None else None
+    except Exception:  # a broken plugin must not sink a table; the recorded label stays
+        return None
+    return label if isinstance(label, str) and label else None
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -153,6 +166,12 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     label = str(metrics.get("method_label") or config["method"])
     if label == config["method"]:  # records written before methods had display names
         label = display
+    # A label follows from the config the record ran with, not from today's defaults: NNCSL's
+    # records from before the BatchNorm default changed say "NNCSL (M=500)" in metrics.json but ran
+    # with train-mode BN, which their config.json says.
+    from_config = config_label(config["method"], _dict(config.get("method_config")))
+    if from_config is not None:
+        label = from_config
     bare = label == config["method"]  # no display name recorded or installed: see _adopt_recorded_labels
     if bound:
         label += f" ({bound} bound)"
