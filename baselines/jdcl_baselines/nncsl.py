@@ -170,6 +170,7 @@ PRESETS = {
 
 class NNCSL(Method):
     name = "nncsl"
+    display_name = "NNCSL"
     description = "NNCSL (ICCV 2023): PAWS-style semi-supervised learner + nearest-neighbour distillation, labelled buffer"
     Config = NNCSLConfig
     presets = PRESETS
