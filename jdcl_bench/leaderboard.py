@@ -70,7 +70,7 @@ RECORD_COLUMNS = [
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
     "reduced", "gpu_shared_by", "gpu_name", "device", "commit", "dirty", "finished_at",
-    "seen_acc", "acc_matrix", "run_dir", "budget", "method_config",
+    "seen_acc", "acc_matrix", "run_dir", "budget", "method_config", "overrides",
 ]
 
 
@@ -210,6 +210,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "run_dir": str(run_dir),
         "budget": budget,                       # the manifest's budget (steps etc. in the method's units)
         "method_config": _dict(config.get("method_config")),
+        "overrides": _dict(config.get("overrides")),   # the run's --set values
     }
 
 

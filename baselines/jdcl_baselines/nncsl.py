@@ -418,6 +418,18 @@ class NNCSL(Method):
         frozen = method_config.get("frozen_bn_after_first_task", False)
         return f"NNCSL (M={m})" if frozen else f"NNCSL (M={m}, BN in train mode)"
 
+    @classmethod
+    def differences_from_paper(cls, method_config: dict) -> list[str]:
+        """The official run's BatchNorm (eval mode from task 2 on) and LARS on the classifier, where a
+        record did otherwise; a key missing from an older record means the code then had no switch
+        (train-mode BN, classifier outside LARS)."""
+        out = []
+        if not method_config.get("frozen_bn_after_first_task", False):
+            out.append("BatchNorm in train mode in every task (official run: eval mode from task 2 on)")
+        if not method_config.get("classifier_lars", False):
+            out.append("linear classifier outside LARS (official: inside)")
+        return out
+
     def budget(self) -> dict:
         c = self.cfg
         return {**self.counters, "steps_per_task": c.steps_per_task, "unsup_batch": c.unsup_batch,

@@ -276,3 +276,31 @@ def test_leaderboard_labels_records_by_their_config(tmp_path):
                       2: "NNCSL (M=500)"}
     text = render_markdown(leaderboard(df, "final_acc"))
     assert "| NNCSL (M=500) | **52.0** (n=1)" in text and "| NNCSL (M=500, BN in train mode) | 50.5 ± 0.7 (n=2)" in text
+
+
+def test_compare_names_the_batchnorm_and_lars_differences(tmp_path):
+    """PAPER_VS_SUITE: a train-mode-BN record is a variant of the published "NNCSL (M=500)" setting,
+    and its row says what differs; a record with the official settings lists neither."""
+    from jdcl_bench.compare import comparison, load_published
+    from jdcl_bench.leaderboard import load_records
+
+    for seed, (frozen, lars, preset) in enumerate([(False, None, "fast"), (True, True, "paper")]):
+        d = tmp_path / "runs" / "cifar10-semi-5pct" / "nncsl" / preset / f"seed{seed}"
+        d.mkdir(parents=True)
+        mc = {"buffer_size": 500, "frozen_bn_after_first_task": frozen}
+        if lars is not None:
+            mc["classifier_lars"] = lars
+        (d / "config.json").write_text(json.dumps({"protocol": "cifar10-semi-5pct", "method": "nncsl",
+                                                   "preset": preset, "seed": seed, "method_config": mc}))
+        (d / "manifest.json").write_text(json.dumps({"budget": {"preset": preset, "reduced": preset != "paper"},
+                                                     "dataset": {"variant": "canonical", "canonical": True}}))
+        (d / "metrics.json").write_text(json.dumps({"complete": True, "final_acc": 50.0 + 20 * seed,
+                                                    "method_label": "NNCSL (M=500)"}))
+    pub = tmp_path / "p.toml"
+    pub.write_text('[[result]]\nmethod = "nncsl"\nlabel = "NNCSL (M=500)"\nprotocol = "cifar10-semi-5pct"\n'
+                   'final_acc = 77.2\nsource = "paper"\n')
+    df = comparison(load_records(tmp_path), load_published(pub)).set_index("method")
+    assert df.loc["NNCSL (M=500, BN in train mode)", "differs"] == (
+        "budget: preset fast, reduced (not the paper's steps); BatchNorm in train mode in every task "
+        "(official run: eval mode from task 2 on); linear classifier outside LARS (official: inside)")
+    assert df.loc["NNCSL (M=500)", "differs"] == "budget: preset paper (the paper's steps)"

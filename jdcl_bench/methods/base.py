@@ -120,6 +120,14 @@ class Method:
         before the change are labelled by what they ran (their config), not by today's default."""
         return None
 
+    @classmethod
+    def differences_from_paper(cls, method_config: dict) -> list[str]:
+        """What a record of this method config does differently from the published setting, beyond
+        budget and data (which every record states): e.g. NNCSL's BatchNorm mode. Read from a record's
+        ``config.json`` by ``jdcl-bench compare``; an empty list says nothing more differs that the
+        method knows of."""
+        return []
+
     def budget(self) -> dict:
         """What the run cost in the method's own units (steps, images seen, ...)."""
         return {}
