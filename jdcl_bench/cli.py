@@ -214,9 +214,15 @@ def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, devi
 @click.option("--metric", "metrics", multiple=True, default=("final_acc",), show_default=True,
               help="final_acc, avg_acc, avg_inc_acc, forgetting, gpu_minutes, wall_minutes (repeatable).")
 @click.option("--protocol", "protocols", multiple=True, help="Only these protocols (repeatable; in this order).")
+@click.option("--preset", "presets", multiple=True,
+              help="Only the tables of these preset tiers (repeatable): standard, paper, fast, smoke, unknown "
+                   "(records without a preset); a preset's tier is its name up to the first '-' (fast-5120: fast).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Every tier: the standard and paper tables, then one table per other tier, labelled.")
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write to a file instead of stdout.")
-def table(results, fmt, metrics, protocols, output) -> None:
-    """Leaderboard: methods x protocols, mean ± std over seeds, best in bold."""
+def table(results, fmt, metrics, protocols, presets, show_all, output) -> None:
+    """Leaderboard: the budget-matched table (preset standard, missing cells said so), the paper table,
+    and with --all or --preset every other tier in a table of its own; mean ± std over seeds."""
     from . import leaderboard as lb
 
     try:
@@ -227,17 +233,21 @@ def table(results, fmt, metrics, protocols, output) -> None:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     if df.empty:
         _fail(RegistryError(f"no complete run records under {results}; run `jdcl-bench run ...` first"))
+    if presets and show_all:
+        _fail(click.UsageError("--preset and --all exclude each other: --all shows every tier"))
     try:
-        tab = lb.leaderboard(df, metric=list(metrics), protocols=list(protocols) or None)
+        tabs, left_out = lb.tier_tables(df, metric=list(metrics), protocols=list(protocols) or None,
+                                        tiers=list(presets) or None, include_all=show_all)
     except ValueError as exc:
         _fail(exc)
-    for w in tab.attrs.get("warnings", []):
-        click.secho(f"warning: {w}", fg="yellow", err=True)
+    for tab in tabs:
+        for w in tab.attrs.get("warnings", []):
+            click.secho(f"warning: {w}", fg="yellow", err=True)
+    if left_out:
+        click.secho("note: " + lb._left_out_sentence(left_out).replace("`", ""), err=True)
     if df.attrs.get("incomplete"):
         click.secho(f"note: {len(df.attrs['incomplete'])} run(s) still in progress are not in the table", err=True)
-    render = {"markdown": lb.render_markdown, "latex": lb.render_latex, "csv": lb.render_csv}[fmt]
-    text = render(tab)
-    _emit(text, output)
+    _emit(lb.render_tiers(tabs, left_out, fmt), output)
 
 
 @main.command()

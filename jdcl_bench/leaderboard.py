@@ -70,7 +70,7 @@ RECORD_COLUMNS = [
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
     "reduced", "gpu_shared_by", "gpu_name", "device", "commit", "dirty", "finished_at",
-    "seen_acc", "acc_matrix", "run_dir",
+    "seen_acc", "acc_matrix", "run_dir", "budget", "method_config", "overrides",
 ]
 
 
@@ -110,6 +110,19 @@ def method_meta(method: str) -> tuple[str, str | None]:
     except Exception:  # a broken or missing plugin must not sink a table
         return method, None
     return getattr(cls, "display_name", "") or method, getattr(cls, "bound", None)
+
+
+def config_label(method: str, method_config: dict) -> str | None:
+    """The label the method gives a record of this config (``Method.label_for_config``), or None:
+    the method keeps the recorded label, or it cannot be loaded (a plugin not installed)."""
+    try:
+        from .registry import METHODS
+
+        fn = getattr(METHODS.get(method), "label_for_config", None)
+        label = fn(method_config) if fn is not None else None
+    except Exception:  # a broken plugin must not sink a table; the recorded label stays
+        return None
+    return label if isinstance(label, str) and label else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +166,12 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     label = str(metrics.get("method_label") or config["method"])
     if label == config["method"]:  # records written before methods had display names
         label = display
+    # A label follows from the config the record ran with, not from today's defaults: NNCSL's
+    # records from before the BatchNorm default changed say "NNCSL (M=500)" in metrics.json but ran
+    # with train-mode BN, which their config.json says.
+    from_config = config_label(config["method"], _dict(config.get("method_config")))
+    if from_config is not None:
+        label = from_config
     bare = label == config["method"]  # no display name recorded or installed: see _adopt_recorded_labels
     if bound:
         label += f" ({bound} bound)"
@@ -189,6 +208,9 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "seen_acc": list(metrics.get("seen_acc") or []),
         "acc_matrix": metrics.get("acc_matrix") or [],
         "run_dir": str(run_dir),
+        "budget": budget,                       # the manifest's budget (steps etc. in the method's units)
+        "method_config": _dict(config.get("method_config")),
+        "overrides": _dict(config.get("overrides")),   # the run's --set values
     }
 
 
@@ -438,6 +460,221 @@ def _mark_best(column: list, lower_is_better: bool, eligible: Sequence[bool]) ->
 
 
 # --------------------------------------------------------------------------------------------
+# The budget-matched leaderboard: one table per preset tier
+# --------------------------------------------------------------------------------------------
+
+MAIN_TIER = "standard"   # the budget-matched table
+PAPER_TIER = "paper"     # the published budgets, in a table of their own
+
+TIER_WORDS = {
+    MAIN_TIER: "Budget-matched table, preset standard: every method at its best within one budget, "
+               "defined as at most 30 GPU-minutes of one H200 per cifar10-t5 run with the run alone on the GPU; "
+               "each method's steps and measured GPU-minutes follow.",
+    PAPER_TIER: "Preset paper (and its variants such as paper-5120): each method at the step counts of its paper, "
+                "so the budgets differ from method to method.",
+}
+
+
+def preset_tier(preset: Any) -> str:
+    """The table a preset's records belong to: its name up to the first '-' (``paper-5120`` is a
+    ``paper`` preset with another buffer, ``fast-5120`` a ``fast`` one); ``unknown`` without a preset."""
+    if not isinstance(preset, str) or not preset:
+        return "unknown"
+    return preset.split("-", 1)[0]
+
+
+def _tier_order(tier: str) -> tuple:
+    return ({MAIN_TIER: 0, PAPER_TIER: 1}.get(tier, 2 if tier != "unknown" else 3), tier)
+
+
+def _tier_words(tier: str, presets: Sequence[str]) -> str:
+    if tier in TIER_WORDS:
+        return TIER_WORDS[tier]
+    if tier == "unknown":
+        return "Records without a preset (older records): not budget-matched; their budgets are in their manifests."
+    which = ", ".join(presets) if presets else tier
+    return (f"Preset {tier} ({which}): a reduced budget, neither the papers' nor the budget-matched standard one; "
+            "kept for reference, not for ranking methods against the standard table.")
+
+
+def _steps_of(budget: Any) -> dict[str, float]:
+    """The training-step counts of a manifest's budget: ``steps``, ``*_steps``, ``steps_*`` (sampler
+    steps and the ``paper_*`` reference counts left out)."""
+    out = {}
+    for k, v in _dict(budget).items():
+        if k.startswith("paper_") or "ddim" in k or "sampler" in k:
+            continue
+        if not (k == "steps" or k.endswith("_steps") or k.startswith("steps_")):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+    return out
+
+
+def _span(values: Sequence[float], digits: int = 0) -> str:
+    vals = sorted(set(values))
+    fmt = (lambda v: f"{v:,.{digits}f}")
+    return fmt(vals[0]) if len(vals) == 1 else f"{fmt(vals[0])}–{fmt(vals[-1])}"
+
+
+def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Sequence[str] | None = None) -> list[str]:
+    """Sentences on what each row's runs cost: training steps per run (from the manifests'
+    ``budget``) and GPU-minutes per protocol, said apart for runs alone on their GPU
+    (``gpu_shared_by`` = 1), runs that shared it (> 1: wall-clock minutes on a shared device, no
+    measurement alone) and runs that did not record it; then the GPUs used."""
+    order = list(protocols or sorted(set(runs["protocol"])))
+    out, any_shared = [], False
+    for label in labels:
+        r = runs[runs["method_label"] == label]
+        if r.empty:
+            continue
+        steps: dict[str, list] = {}
+        for b in r["budget"]:
+            for k, v in _steps_of(b).items():
+                steps.setdefault(k, []).append(v)
+        step_text = ", ".join(f"{k} {_span(v)}" for k, v in steps.items()) or "no step count recorded"
+        gpu_parts = []
+        for proto in [p for p in order if p in set(r["protocol"])]:
+            g = r[r["protocol"] == proto]
+            shared_by = pd.to_numeric(g["gpu_shared_by"], errors="coerce")
+            on_gpu = g["device"].astype(str).eq("cuda") | (g["gpu_minutes"].fillna(0) > 0)
+            bits = []
+            for mask, words in ((on_gpu & shared_by.eq(1), "GPU-min alone"),
+                                (on_gpu & shared_by.gt(1), "min on a shared GPU"),
+                                (on_gpu & shared_by.isna(), "GPU-min, sharing not recorded")):
+                sel = g[mask]
+                if len(sel):
+                    bits.append(f"{sel['gpu_minutes'].mean():.1f} {words} (n={len(sel)})")
+            if (~on_gpu).any():
+                bits.append(f"CPU (n={int((~on_gpu).sum())})")
+            any_shared |= bool((on_gpu & shared_by.gt(1)).any())
+            gpu_parts.append(f"{proto} " + ", ".join(bits))
+        out.append(f"{label}: {step_text} per run; " + "; ".join(gpu_parts) + ".")
+    if any_shared:
+        most = int(pd.to_numeric(runs["gpu_shared_by"], errors="coerce").max())
+        out.append(f"Minutes on a shared GPU are wall-clock minutes of runs that shared one GPU with other runs (up to "
+                   f"{most} at once): those runs did not run alone, and no GPU-minutes alone were measured for them.")
+    gpus = sorted({str(x) for x in runs["gpu_name"].dropna()})
+    if gpus:
+        out.append("GPUs: " + ", ".join(gpus) + ".")
+    return out
+
+
+def _family_label(df: pd.DataFrame, method: str) -> str:
+    display, bound = method_meta(method)
+    return display + (f" ({bound} bound)" if bound else "")
+
+
+def tier_tables(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc", protocols: Sequence[str] | None = None,
+                tiers: Sequence[str] | None = None, include_all: bool = False) -> tuple[list[pd.DataFrame], dict]:
+    """The leaderboard as ``jdcl-bench table`` shows it: one table per preset tier.
+
+    The main table holds the ``standard`` records of every method; a method with records in the
+    folder but none at ``standard`` gets a row of ``missing`` cells, and so does every cell of a
+    listed method without a ``standard`` record: the table never falls back on another preset. Its
+    caption states each method's steps and GPU-minutes (measured alone, or said not to be). ``paper``
+    records form their own table. Other tiers (``fast``, ``smoke``, records without a preset) are
+    left out unless ``include_all`` or named in ``tiers`` (each then a table of its own, labelled).
+    Returns the tables (``attrs["tier"]``; a tier without records gives a table without rows) and
+    ``{tier: number of records}`` of the tiers left out.
+    """
+    metrics = _check_metrics(metric)
+    df = df.assign(tier=[preset_tier(p) for p in df["preset"]])
+    if protocols is None:
+        protocols = sorted(df["protocol"].dropna().unique())
+    protocols = list(dict.fromkeys(protocols))
+    data = df[df["protocol"].isin(protocols)]
+    present = sorted(set(data["tier"]), key=_tier_order)
+    if tiers:
+        wanted = list(dict.fromkeys(preset_tier(t) for t in tiers))
+    else:
+        wanted = [MAIN_TIER, PAPER_TIER] + ([t for t in present if t not in (MAIN_TIER, PAPER_TIER)]
+                                            if include_all else [])
+    left_out = {t: int((data["tier"] == t).sum()) for t in present if t not in wanted}
+    tables = []
+    for tier in wanted:
+        runs = data[data["tier"] == tier]
+        presets = sorted({str(p) for p in runs["preset"].dropna()})
+        head = [_tier_words(tier, presets)]
+        if tier == MAIN_TIER:
+            table = leaderboard(runs, metrics, protocols)
+            have = set(runs["method"])
+            extra = [_family_label(data, m) for m in sorted(set(data["method"]) - have)]
+            if extra:
+                bounds = {lab: b for lab, b in zip(data["method_label"], data["bound"]) if isinstance(b, str)}
+                for m in sorted(set(data["method"]) - have):
+                    _, b = method_meta(m)
+                    if b:
+                        bounds[_family_label(data, m)] = b
+                order = {"lower": 1, "upper": 2}
+                labels = sorted(set(table.index) | set(extra), key=lambda lab: (order.get(bounds.get(lab), 0), lab))
+                attrs = dict(table.attrs)
+                table = table.reindex(pd.Index(labels, name="method", dtype=object))
+                table = table.astype(object).where(table.notna(), None)
+                table.attrs.update(attrs)
+            table.attrs["empty_text"] = "missing"
+            n_missing = sum(not isinstance(table.at[r, c], Cell) for r in table.index for c in table.columns)
+            n_cells = len(table.index) * len(table.columns)
+            table.attrs["warnings"] = [w for w in table.attrs.get("warnings", []) if not w.startswith("no complete run")]
+            table.attrs["empty_caption"] = (f"Cells reading missing: no standard record yet ({n_missing} of {n_cells} cells); "
+                                            "the table does not fall back on other presets, whose records are in "
+                                            "their own tables (jdcl-bench table --all).")
+            table.attrs["caption_tail"] = budget_sentences(
+                runs, [lab for lab in table.index if lab in set(runs["method_label"])], protocols)
+        elif runs.empty:
+            table = pd.DataFrame(index=pd.Index([], name="method", dtype=object), dtype=object)
+        else:
+            shown = sorted(set(runs["protocol"]), key=protocols.index)
+            table = leaderboard(runs, metrics, shown)
+            table.attrs["caption_tail"] = budget_sentences(runs, list(table.index), shown)
+        table.attrs["tier"] = tier
+        table.attrs["tier_presets"] = presets
+        table.attrs["caption_head"] = head
+        table.attrs.setdefault("caption_tail", [])
+        table.attrs.setdefault("metrics", metrics)
+        tables.append(table)
+    return tables, left_out
+
+
+def _left_out_sentence(left_out: dict) -> str:
+    parts = ", ".join(f"{t}: {n}" for t, n in left_out.items())
+    first = next(iter(left_out))
+    return (f"Not in these tables: {sum(left_out.values())} record(s) of other presets ({parts}); "
+            f"`jdcl-bench table --preset {first}` or `--all` shows them, each tier in a table of its own.")
+
+
+def render_tiers(tables: Sequence[pd.DataFrame], left_out: dict, fmt: str = "markdown", *,
+                 precision: int = 1) -> str:
+    """The tables of :func:`tier_tables` in one document: Markdown paragraphs, LaTeX table
+    environments, or one CSV whose ``table`` column names the tier (missing cells as rows with
+    status ``missing``). A tier without records is said in words (a LaTeX comment; no CSV rows)."""
+    parts = []
+    header_done = False
+    for t in tables:
+        tier = t.attrs.get("tier")
+        if len(t.index) == 0:
+            words = " ".join(t.attrs.get("caption_head", []))
+            if fmt == "markdown":
+                parts.append(f"**Table (preset {tier}).** No record of preset {tier}. {words}\n")
+            elif fmt == "latex":
+                parts.append(f"% no record of preset {tier}\n")
+            continue
+        if fmt == "markdown":
+            parts.append(render_markdown(t, precision=precision))
+        elif fmt == "latex":
+            parts.append(render_latex(t, precision=precision, label=f"tab:leaderboard-{tier}"))
+        else:
+            text = render_csv(t)
+            parts.append(text if not header_done else text.split("\n", 1)[1])
+            header_done = True
+    if left_out and fmt == "markdown":
+        parts.append(_left_out_sentence(left_out) + "\n")
+    elif left_out and fmt == "latex":
+        parts.append("% " + _left_out_sentence(left_out) + "\n")
+    return ("\n" if fmt != "csv" else "").join(parts)
+
+
+# --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
 
@@ -490,11 +727,12 @@ def _caption_sentences(table: pd.DataFrame, cols: list, style: str) -> tuple[lis
     def words(m: str) -> str:
         return f"{METRIC_WORDS[m]} ({'lower' if LOWER_IS_BETTER[m] else 'higher'} is better)"
 
+    caption = [esc(t) for t in table.attrs.get("caption_head", [])]
     if len(metrics) == 1:
         first = words(metrics[0])
-        caption = [esc(first[0].upper() + first[1:]) + "."]
+        caption.append(esc(first[0].upper() + first[1:]) + ".")
     else:
-        caption = ["Metrics: " + "; ".join(esc(f"{METRIC_SHORT[m]}: {words(m)}") for m in metrics) + "."]
+        caption.append("Metrics: " + "; ".join(esc(f"{METRIC_SHORT[m]}: {words(m)}") for m in metrics) + ".")
     caption.append(f"Each cell: mean {pm} standard deviation over seeds (sample std, ddof=1), "
                    "n = number of seeds; a cell with n=1 shows its single value and no std.")
     ns = sorted({c.n for c in cells})
@@ -507,7 +745,10 @@ def _caption_sentences(table: pd.DataFrame, cols: list, style: str) -> tuple[lis
             f", among continual learners: the reference bounds ({', '.join(esc(b) for b in bounds)}) are "
             "listed last and never bold." if bounds else "."))
     if any(not isinstance(table.at[r, col], Cell) for r in table.index for col, _, _ in cols):
-        caption.append(("--" if tex else "–") + ": no complete run.")
+        empty = table.attrs.get("empty_text")
+        caption.append(esc(table.attrs.get("empty_caption", f"{empty}: no complete run.")) if empty
+                       else ("--" if tex else "–") + ": no complete run.")
+    caption += [esc(t) for t in table.attrs.get("caption_tail", [])]
 
     notes: list[str] = []
     noncanonical = sorted({n for c in cells for n in c.noncanonical})
@@ -539,7 +780,7 @@ def render_markdown(table: pd.DataFrame, metric: str | None = None, *, precision
 
     def cell_text(cell: Any) -> str:
         if not isinstance(cell, Cell):
-            return "–"
+            return table.attrs.get("empty_text") or "–"
         core = _num(cell.mean, precision)
         if _has_std(cell):
             core += f" ± {_num(cell.std, precision)}"
@@ -569,14 +810,21 @@ def render_csv(table: pd.DataFrame, metric: str | None = None) -> str:
     ``pandas.read_csv(io.StringIO(text))`` gives back exactly the aggregated values.
     """
     cols = _columns(table, metric)
+    tier = table.attrs.get("tier")  # a table of one preset tier (jdcl-bench table): says so, and its missing cells
     rows = []
     for label in table.index:
         for col, p, m in cols:
             cell = table.at[label, col]
             if isinstance(cell, Cell):
-                rows.append({"method": label, "protocol": p, "metric": m, "mean": cell.mean,
-                             "std": cell.std if _has_std(cell) else math.nan, "n": cell.n})
-    out = pd.DataFrame(rows, columns=["method", "protocol", "metric", "mean", "std", "n"])
+                rows.append({"table": tier, "method": label, "protocol": p, "metric": m, "mean": cell.mean,
+                             "std": cell.std if _has_std(cell) else math.nan, "n": cell.n, "status": "ok"})
+            elif tier is not None and table.attrs.get("empty_text"):
+                rows.append({"table": tier, "method": label, "protocol": p, "metric": m, "mean": math.nan,
+                             "std": math.nan, "n": 0, "status": table.attrs["empty_text"]})
+    columns = ["method", "protocol", "metric", "mean", "std", "n"]
+    if tier is not None:
+        columns = ["table", *columns, "status"]
+    out = pd.DataFrame(rows, columns=columns)
     return out.to_csv(index=False)
 
 
@@ -608,7 +856,7 @@ def render_latex(table: pd.DataFrame, metric: str | None = None, *, precision: i
 
     def cell_text(cell: Any) -> str:
         if not isinstance(cell, Cell):
-            return "--"
+            return _latex_escape(table.attrs["empty_text"]) if table.attrs.get("empty_text") else "--"
         core = f"${_num(cell.mean, precision)}"
         core += f" \\pm {_num(cell.std, precision)}$" if _has_std(cell) else "$"
         marks = ("\\dagger" if cell.noncanonical else "") + ("\\ddagger" if cell.reduced_presets else "") + \

@@ -252,6 +252,23 @@ class RunContext:
         self.reporter.info(msg)
 
 
+def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
+    """'key: old -> new' for the (flattened) settings that differ, at most ``limit`` of them."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old), flat(json.loads(json.dumps(new)))
+    diff = [f"{k}: {a.get(k, '(absent)')} there, {b.get(k, '(absent)')} now" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    return "; ".join(diff[:limit]) + (f"; {len(diff) - limit} more" if len(diff) > limit else "")
+
+
 def run_dir_for(cfg: RunConfig, preset: str, protocol: Protocol | None = None) -> Path:
     """``<out>/runs/<protocol>/<method>/<preset>[+<overrides hash>]/seed<N>``; a user's protocol file
     is named by its content (``Protocol.run_name``), not by how its path is spelled."""
@@ -431,6 +448,13 @@ class Runner:
                 _check_same_protocol(self.run_dir, old if isinstance(old, dict) else {}, protocol)
             if complete:
                 self.reporter.info(f"run already complete: {self.run_dir}")
+                # the directory is named by preset and --set overrides, not by the defaults: after a
+                # default changed (NNCSL's BatchNorm), the record here ran with another config
+                if D.is_main() and isinstance(old, dict) and "method_config" in old and \
+                        old["method_config"] != json.loads(json.dumps(config_doc["method_config"])):
+                    self.reporter.info(f"note: that record ran with another method config than this command "
+                                       f"asks for ({_config_diff(old['method_config'], config_doc['method_config'])}); "
+                                       "it keeps its own config.json. --restart or another --out runs this one")
                 return self.run_dir
             if resume and D.is_main():
                 old = old if isinstance(old, dict) else {}

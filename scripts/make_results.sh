@@ -7,13 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=(--protocol cifar10-t5 --protocol cifar10-semi-0.8pct --protocol cifar10-semi-5pct)
 M=(--metric final_acc --metric forgetting --metric gpu_minutes)
-jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" -o results/LEADERBOARD.md
-jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --format latex -o results/leaderboard.tex
-jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --format csv -o results/leaderboard.csv
+# --all: the budget-matched table (preset standard; cells without a standard record say "missing"),
+# the paper table, then every other preset tier (fast, ...) in a table of its own, labelled
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --all -o results/LEADERBOARD.md
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --all --format latex -o results/leaderboard.tex
+jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --all --format csv -o results/leaderboard.csv
 jdcl-bench compare --results results/runs --published results/published.toml -o results/PAPER_VS_SUITE.md
 jdcl-bench plot --results results/runs --out-dir results/plots "${P[@]}"
 # the README's copy of the final-accuracy table, between its markers
-jdcl-bench table --results results/runs "${P[@]}" -o results/.readme_table.md
+jdcl-bench table --results results/runs "${P[@]}" --all -o results/.readme_table.md
 python - <<'PY'
 import re
 from pathlib import Path

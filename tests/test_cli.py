@@ -83,12 +83,14 @@ def test_table_and_show_after_runs(tmp_path):
     for seed in (0, 1):
         assert invoke("run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke",
                       "--seed", str(seed), "--device", "cpu", "--out", str(tmp_path)).exit_code == 0
-    md = invoke("table", "--results", str(tmp_path))
+    md = invoke("table", "--results", str(tmp_path))  # smoke runs: not in the standard table, said so
+    assert md.exit_code == 0 and "| Fine-tune (lower bound) | missing |" in md.output and "--preset smoke" in md.output
+    md = invoke("table", "--results", str(tmp_path), "--preset", "smoke")
     assert md.exit_code == 0 and "Fine-tune (lower bound)" in md.output and "n=2" in md.output
-    tex = invoke("table", "--results", str(tmp_path), "--format", "latex")
+    tex = invoke("table", "--results", str(tmp_path), "--format", "latex", "--all")
     assert "\\toprule" in tex.output and "\\bottomrule" in tex.output and "synthetic-t2" in tex.output
     csv = invoke("table", "--results", str(tmp_path), "--format", "csv", "--metric", "final_acc",
-                 "--metric", "forgetting")
+                 "--metric", "forgetting", "--all")
     assert "forgetting" in csv.output
     show = invoke("show", str(next(tmp_path.rglob("seed0"))))
     assert show.exit_code == 0 and "synthetic-t2" in show.output

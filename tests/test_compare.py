@@ -19,6 +19,7 @@ def _record(root, method, seed, acc, label=None, preset="fast"):
         "complete": True, "tasks_done": 5, "num_tasks": 5, "task_classes": [[0, 1]] * 5,
         "acc_matrix": [[acc] * 5] * 5, "seen_acc": [acc] * 5, "final_acc": acc, "avg_acc": acc,
         "avg_inc_acc": acc, "forgetting": 1.0, "method_label": label or method}))
+    return d
 
 
 def test_comparison_pairs_published_and_suite_numbers(tmp_path):
@@ -72,3 +73,41 @@ def test_compare_command_writes_the_page(tmp_path):
     assert r.exit_code != 0 and "none does not exist" in r.output
     r = CliRunner().invoke(main, ["compare", "--results", str(tmp_path), "--published", str(tmp_path / "no.toml")])
     assert r.exit_code != 0 and "published" in r.output
+
+
+def test_differs_column_reads_budget_data_and_overrides_from_the_records(tmp_path):
+    from jdcl_bench.compare import label_matches
+
+    _record(tmp_path, "jdcl", 0, 30.0)
+    d = _record_paper(tmp_path)
+    pub = tmp_path / "published.toml"
+    pub.write_text('[[result]]\nmethod = "jdcl"\nprotocol = "cifar10-t5"\nfinal_acc = 83.69\nsource = "paper"\n')
+    df = comparison(load_records(tmp_path), load_published(pub))
+    # one row per suite configuration (label and preset) that ran the published setting
+    assert list(df["suite_budget"].str.split(";").str[0]) == ["preset fast", "preset paper"]
+    fast, paper = df.iloc[0], df.iloc[1]
+    assert fast["differs"] == ("budget: preset fast, reduced (not the paper's steps); "
+                               "data: imagefolder-jpeg, not the canonical dataset")
+    assert paper["differs"] == "budget: preset paper (the paper's steps); --set lr=0.1"
+    text = render_comparison(df)
+    assert "| Differs from the published setting |" in text and "--set lr=0.1" in text
+    assert text.count("- JDCL / cifar10-t5: paper") == 1  # one source line per published result
+    assert label_matches("NNCSL (M=500)", "NNCSL (M=500, BN in train mode)")
+    assert not label_matches("NNCSL (M=500)", "NNCSL (M=5120)") and label_matches("JDCL", "JDCL")
+    assert d.is_dir()
+
+
+def _record_paper(root):
+    """A paper-preset record on canonical data, run with a --set override."""
+    d = root / "runs" / "cifar10-t5" / "jdcl" / "paper+abc" / "seed0"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"protocol": "cifar10-t5", "method": "jdcl", "preset": "paper", "seed": 0,
+                                               "overrides": {"lr": 0.1}}))
+    (d / "manifest.json").write_text(json.dumps({
+        "hardware": {"device": "cuda", "gpu_name": "H200"}, "gpu_shared_by": 1,
+        "dataset": {"name": "cifar10", "variant": "canonical", "canonical": True},
+        "wall_time_s": 6000.0, "gpu_seconds": 6000.0, "budget": {"preset": "paper", "reduced": False}}))
+    (d / "metrics.json").write_text(json.dumps({
+        "complete": True, "tasks_done": 5, "num_tasks": 5, "final_acc": 80.0, "avg_acc": 80.0,
+        "avg_inc_acc": 80.0, "forgetting": 1.0, "method_label": "JDCL"}))
+    return d

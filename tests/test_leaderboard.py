@@ -402,3 +402,100 @@ def test_bare_method_name_takes_the_label_of_records_with_a_matching_config(tmp_
     labels = dict(zip(load_records(root)["seed"], load_records(root)["method_label"]))
     assert labels == {0: "Old (M=500)", 1: "Old (M=500)", 2: "oldm"}
     assert leaderboard(load_records(root)).loc["Old (M=500)", P10].n == 2
+
+
+# ---- the budget-matched table: one table per preset tier (issue 21) -----------------------------------
+
+def _tiered(tmp_path):
+    root = tmp_path / "tiers"
+    write_run(root, P10, "jdcl", "JDCL", 0, 80.0, preset="standard", reduced=True, gpu_seconds=1500.0)
+    write_run(root, P10, "jdcl", "JDCL", 1, 82.0, preset="standard", reduced=True, gpu_seconds=1560.0)
+    shared = write_run(root, P10, "gfr", "GFR", 0, 30.0, preset="standard", reduced=True, gpu_seconds=600.0)
+    write_run(root, P10, "nncsl", "NNCSL (M=5120)", 0, 74.0, preset="paper-5120")
+    write_run(root, P10, "dgr", "DGR (diffusion)", 0, 20.0, preset="fast", reduced=True)
+    write_run(root, P100, "dgr", "DGR (diffusion)", 0, 10.0, preset="fast", reduced=True)
+    write_run(root, P10, "finetune", "Fine-tune", 0, 19.0, preset="smoke", reduced=True)
+    old = write_run(root, P10, "gfr", "GFR", 1, 25.0, preset="x", subdir="old/gfr/seed1")
+    for d, edit in ((shared, {"gpu_shared_by": 4}), (old, {})):
+        man = json.loads((d / "manifest.json").read_text())
+        man.update(edit)
+        (d / "manifest.json").write_text(json.dumps(man))
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["preset"]  # an older record: no preset recorded anywhere
+    (old / "config.json").write_text(json.dumps(cfg))
+    man = json.loads((old / "manifest.json").read_text())
+    del man["budget"]["preset"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    for d in root.glob(f"{P10}/jdcl-*/standard/seed*"):  # the standard JDCL runs ran alone
+        man = json.loads((d / "manifest.json").read_text())
+        (d / "manifest.json").write_text(json.dumps({**man, "gpu_shared_by": 1}))
+    return root
+
+
+def test_tier_tables_main_table_is_standard_only_and_says_what_is_missing(tmp_path):
+    from jdcl_bench.leaderboard import preset_tier, tier_tables
+
+    assert [preset_tier(p) for p in ("standard", "paper-5120", "fast-5120", "smoke", None)] == \
+        ["standard", "paper", "fast", "smoke", "unknown"]
+    df = load_records(_tiered(tmp_path))
+    (main, paper), left = tier_tables(df, "final_acc", [P10, P100])
+    assert main.attrs["tier"] == "standard" and paper.attrs["tier"] == "paper"
+    assert left == {"fast": 2, "smoke": 1, "unknown": 1}
+    # JDCL and GFR have standard runs; every other method in the folder gets a row of missing cells
+    jd = main.at["JDCL", P10]
+    assert isinstance(jd, Cell) and jd.n == 2 and jd.mean == pytest.approx(81.0)
+    assert main.at["JDCL", P100] is None and main.at["GFR", P10].n == 1   # not the preset-less GFR seed
+    for row in ("DGR (diffusion)", "NNCSL", "Fine-tune (lower bound)"):
+        assert main.loc[row].isna().all() or all(c is None for c in main.loc[row])
+    assert list(main.index)[-1] == "Fine-tune (lower bound)"  # bounds last, as ever
+    md = render_markdown(main)
+    assert "| DGR (diffusion) | missing | missing |" in md and "| JDCL | **81.0 ± 1.4** (n=2) ‡ | missing |" in md
+    assert "Cells reading missing: no standard record yet (8 of 10 cells)" in md
+    assert "does not fall back on other presets" in md
+    # the caption states each method's budget: steps from the manifests, GPU-minutes alone or not
+    assert "JDCL: steps 1,000 per run; cifar10-t5 25.5 GPU-min alone (n=2)." in md
+    assert "GFR: steps 1,000 per run; cifar10-t5 10.0 min on a shared GPU (n=1)." in md
+    assert "did not run alone" in md
+    assert paper.at["NNCSL (M=5120)", P10].mean == 74.0 and "Preset paper" in render_markdown(paper)
+
+
+def test_tier_tables_all_and_named_tiers_keep_every_record_readable(tmp_path):
+    from jdcl_bench.leaderboard import render_tiers, tier_tables
+
+    df = load_records(_tiered(tmp_path))
+    tabs, left = tier_tables(df, "final_acc", include_all=True)
+    assert [t.attrs["tier"] for t in tabs] == ["standard", "paper", "fast", "smoke", "unknown"] and left == {}
+    fast = tabs[2]
+    assert fast.at["DGR (diffusion)", P100].mean == 10.0 and "Preset fast (fast): a reduced budget" in render_markdown(fast)
+    assert "Records without a preset" in render_markdown(tabs[4])
+    (only,), left = tier_tables(df, "final_acc", tiers=["fast-5120"])  # a preset names its tier
+    assert only.attrs["tier"] == "fast" and left == {"standard": 3, "paper": 1, "smoke": 1, "unknown": 1}
+    md = render_tiers(*tier_tables(df, "final_acc"))
+    assert "Not in these tables: 4 record(s) of other presets (fast: 2, smoke: 1, unknown: 1)" in md
+    # CSV and LaTeX carry the same tables: the tier, missing cells as rows
+    csv = pd.read_csv(io.StringIO(render_tiers(tabs, {}, "csv")))
+    assert list(csv.columns) == ["table", "method", "protocol", "metric", "mean", "std", "n", "status"]
+    assert set(csv["table"]) == {"standard", "paper", "fast", "smoke", "unknown"}
+    miss = csv[(csv["table"] == "standard") & (csv["status"] == "missing")]
+    assert len(miss) == 8 and (miss["n"] == 0).all() and miss["mean"].isna().all()
+    ok = csv[(csv["table"] == "standard") & (csv["method"] == "JDCL") & (csv["protocol"] == P10)]
+    assert ok["mean"].iloc[0] == pytest.approx(81.0) and ok["n"].iloc[0] == 2
+    tex = render_tiers(tabs, {}, "latex")
+    assert tex.count("\\begin{table}") == 5 and "tab:leaderboard-standard" in tex and "DGR (diffusion) & missing" in tex
+
+
+def test_cli_table_tiers(tmp_path):
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    root = _tiered(tmp_path)
+    r = CliRunner().invoke(main, ["table", "--results", str(root)])
+    assert r.exit_code == 0 and "missing" in r.output and "--preset fast" in r.output
+    assert "| JDCL |" in r.output and "20.0 (n=1)" not in r.output  # the fast DGR run is not in the main table
+    r = CliRunner().invoke(main, ["table", "--results", str(root), "--preset", "fast"])
+    assert r.exit_code == 0 and "20.0 (n=1)" in r.output and "Budget-matched" not in r.output
+    r = CliRunner().invoke(main, ["table", "--results", str(root), "--all", "--format", "csv"])
+    assert r.exit_code == 0 and r.output.startswith("table,method,protocol,metric,mean,std,n,status")
+    r = CliRunner().invoke(main, ["table", "--results", str(root), "--all", "--preset", "fast"])
+    assert r.exit_code == 2 and "exclude each other" in r.output

@@ -41,6 +41,32 @@ def test_finetune_run_writes_a_complete_record(tmp_path):
     assert run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET) == d
 
 
+def test_complete_run_of_another_config_says_so(tmp_path):
+    """A run directory is named by preset and overrides, not by the defaults: after a default changed,
+    the same command finds the old record complete, and says that it ran with another config."""
+    class Capture(Reporter):
+        def __init__(self):
+            super().__init__(quiet=True)
+            self.lines = []
+
+        def info(self, msg):
+            self.lines.append(msg)
+
+    cfg = RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu")
+    d = run(cfg, QUIET)
+    rep = Capture()
+    run(cfg, rep)
+    assert not [line for line in rep.lines if "another method config" in line]  # same config: no note
+    doc = json.loads((d / "config.json").read_text())
+    doc["method_config"]["classifier"]["lr"] = 123.0  # as if the default had been 123 then
+    (d / "config.json").write_text(json.dumps(doc))
+    rep = Capture()
+    assert run(cfg, rep) == d
+    note = [line for line in rep.lines if "another method config" in line]
+    assert note and "classifier.lr: 123.0 there" in note[0] and "--restart" in note[0]
+    assert json.loads((d / "config.json").read_text())["method_config"]["classifier"]["lr"] == 123.0  # untouched
+
+
 def test_overrides_get_their_own_run_dir_and_config_mismatch_is_refused(tmp_path):
     base = dict(protocol="synthetic-t2", method="finetune", preset="smoke", out=str(tmp_path), device="cpu")
     d1 = run(RunConfig(**base, overrides={"classifier.epochs": "1"}), QUIET)

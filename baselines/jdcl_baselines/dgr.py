@@ -58,6 +58,10 @@ class DGRConfig:
     compile: bool = True            # torch.compile the generator UNet (CUDA only; eager if it fails)
     cache: bool = True              # share generators through <out>/shared/generators
     grid_per_class: int = 8
+    # Replay diagnostics (jdcl_bench.replay_quality, ctx.replay_diagnostics): the fidelity, feature
+    # Fréchet distance and pixel health of the classifier's replay, in metrics.json. Measurement
+    # only (nothing reaches training); on in `fast`, off in `paper` and `smoke`.
+    diagnostics: bool = False
 
 
 PRESETS = {
@@ -70,7 +74,7 @@ PRESETS = {
              "generator.replay_ddim_steps": 25, "generator.gen_batch": 2000,
              "generator.labeller_steps": 300, "generator.labeller_batch": 32,
              "classifier.steps_first": 600, "classifier.steps_later": 300, "classifier.ddim_steps": 25,
-             "classifier.regen_every": 10, "classifier.ssl_unlabelled_batch": 256},
+             "classifier.regen_every": 10, "classifier.ssl_unlabelled_batch": 256, "diagnostics": True},
     "smoke": {"generator.unet": "smoke", "generator.batch_size": 16, "generator.steps_first": 6,
               "generator.steps_later": 4, "generator.ema_decay": 0.9, "generator.ema_warmup": True,
               "generator.replay_per_task": 6, "generator.replay_sampler": "ddim", "generator.replay_ddim_steps": 3,
@@ -271,6 +275,8 @@ class DGR(Method):
             while self.cls_step < self.cls_total:
                 if n_replay and (self.replay is None or self.cls_step % c.regen_every == 0):
                     self.replay = self._generate_replay(task, old, n_replay)
+                    if self.cls_step == 0:
+                        self._diagnose_replay(task, old, "first")
                 ri = torch.randint(len(task.x), (n_real,), generator=rng).to(self.device)
                 x, y = task.x[ri], task.y[ri]
                 if n_replay:
@@ -308,7 +314,25 @@ class DGR(Method):
                     advance(1)
                 self.ctx.tick()
         if n_replay:
+            self._diagnose_replay(task, old, "last")
             self._save_replay_artefacts(task)
+
+    def _diagnose_replay(self, task: TaskData, old: list[int], which: str) -> None:
+        """Replay diagnostics of one replay batch of the classifier: the *first* of the task and the
+        *last* (the one the replay grid shows). DGR's batches are i.i.d. draws from the fixed G_{k-1},
+        so the two are two samples of one distribution (their spread is the measurement's noise);
+        GUIDE's are guided by the classifier as it is at that step, so the first shows the guidance
+        of the previous task's classifier and the last that of the classifier trained on this task.
+        Measuring batches the classifier trains on anyway costs no extra sampling. The batch is
+        small (B·k/(k+1) images over the old classes), so per-class Fréchet distances are rough;
+        fidelity and pixel health are the robust readings. Images are already uint8 (N, C, H, W)
+        (``ConditionalGenerator.sample``)."""
+        if not self.cfg.diagnostics or self.replay is None:
+            return
+        scale = self.guidance_scale()
+        what = f"guided replay (s={scale:g})" if scale else "replay"
+        self.ctx.replay_diagnostics(self.replay["x"], self.replay["y"], old,
+                                    f"classifier {what}, {which} batch, from G{task.index}")
 
     def _generate_replay(self, task: TaskData, old: list[int], n: int) -> dict:
         """n images of uniformly drawn old classes from G_{k-1}; labels are the conditioning class."""

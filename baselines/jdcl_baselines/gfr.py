@@ -157,6 +157,7 @@ PRESETS = {"fast": FAST, "smoke": SMOKE}
 
 class GFR(Method):
     name = "gfr"
+    display_name = "GFR"
     description = "GFR (CVPR-W 2020): generative feature replay with a conditional WGAN-GP and feature distillation"
     Config = GFRConfig
     presets = PRESETS

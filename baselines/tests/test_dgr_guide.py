@@ -173,3 +173,48 @@ def test_generator_sample_by_name(sampler):
     assert x.dtype == torch.uint8 and x.shape == (3, 1, 8, 8)
     with pytest.raises(ValueError, match="dpm-solver"):
         gen.sample(model, torch.tensor([0]), generator=torch.Generator(), sampler="euler", steps=3)
+
+
+# ---- replay diagnostics (jdcl_bench.replay_quality) --------------------------------------------------
+
+def test_diagnostics_on_in_fast_only():
+    from jdcl_baselines.dgr import DGR
+    from jdcl_baselines.guide import GUIDE
+
+    for cls in (DGR, GUIDE):
+        assert cls.config_for("fast", {}).diagnostics is True
+        assert cls.config_for("paper", {}).diagnostics is False
+        assert cls.config_for("smoke", {}).diagnostics is False
+
+
+@pytest.mark.parametrize("method", ["dgr", "guide"])
+def test_replay_diagnostics_of_the_classifier_replay(tmp_path, monkeypatch, method):
+    """--set diagnostics=true: the first and the last replay batch of every task after the first are
+    measured against the reference classifier and stored in metrics.json."""
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))  # the reference classifier is cached there
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", method, "--preset", "smoke",
+                                  "--set", "diagnostics=true", "--device", "cpu", "--out", str(tmp_path / "out")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    (d,) = (tmp_path / "out" / "runs" / "synthetic-t2" / method).glob("smoke+*/seed0")
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["complete"]
+    replay = [e for e in m["diagnostics"] if e["kind"] == "replay"]
+    assert [(e["task"], e["tag"].split(", ")[1]) for e in replay] == [(2, "first batch"), (2, "last batch")]
+    for e in replay:
+        assert e["classes"] == [0, 1] and e["overall"]["n"] == 16 - 8  # B*k/(k+1) of batch 16 at k=1
+        assert 0 <= e["overall"]["fidelity"] <= 1 and e["overall"]["fidelity_real"] > 0.5
+        assert ("guided replay (s=0.5)" in e["tag"]) is (method == "guide") and e["tag"].endswith("from G1")
+    assert json.loads((d / "manifest.json").read_text())["diagnostics_seconds"] >= 0
+    assert list((tmp_path / "cache" / "reference").glob("*.pt"))
+
+
+def test_conformance_with_diagnostics_on(tmp_path, monkeypatch):
+    """Diagnostics only measure: GUIDE (whose replay depends on the classifier) still resumes exactly."""
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    out = check_method("guide", preset="smoke", overrides={"diagnostics": True}, semi=False, workdir=tmp_path)
+    assert out["ticks"] > 0

@@ -153,3 +153,154 @@ def test_listed_as_plugin():
     assert "nncsl" in out and "jdcl-bench-baselines" in out
     assert METHODS.entry("nncsl").source == "jdcl-bench-baselines"
     assert METHODS.get("nncsl") is NNCSL
+
+
+# ---- the official run's BatchNorm and LARS (issue 21) -------------------------------------------------
+
+def test_official_batchnorm_and_classifier_lars_are_the_paper_defaults():
+    paper = NNCSL.config_for("paper", {})
+    assert paper.frozen_bn_after_first_task is True and paper.classifier_lars is True
+    for preset in ("paper-5120", "paper-cifar100", "smoke"):
+        c = NNCSL.config_for(preset, {})
+        assert c.frozen_bn_after_first_task is True and c.classifier_lars is True, preset
+    for preset in ("fast", "fast-5120"):  # fast keeps its committed choice for the classifier
+        c = NNCSL.config_for(preset, {})
+        assert c.frozen_bn_after_first_task is True and c.classifier_lars is False, preset
+    assert NNCSL.config_for("paper", {"frozen_bn_after_first_task": "false"}).frozen_bn_after_first_task is False
+
+
+class _Ctx:
+    device = torch.device("cpu")
+    rng = torch.Generator().manual_seed(0)
+
+    def progress(self, *a, **k):
+        import contextlib
+        return contextlib.nullcontext(lambda *a, **k: None)
+
+    def tick(self):
+        pass
+
+    def check_loss(self, loss):
+        pass
+
+    def artefact_path(self, name):
+        import tempfile
+        from pathlib import Path
+        return Path(tempfile.mkdtemp()) / name
+
+
+def _nncsl(**overrides):
+    from jdcl_bench.methods.base import ProtocolInfo
+
+    m = NNCSL(NNCSL.config_for("smoke", overrides), _Ctx())
+    m.setup(ProtocolInfo("t", 4, (1, 8, 8), [[0, 1], [2, 3]], False))
+    return m
+
+
+@pytest.mark.parametrize("lars", [True, False])
+def test_classifier_lars_switch_sets_its_param_group(lars):
+    m = _nncsl(classifier_lars=lars)
+    cls_params = {id(p) for p in m.model.classifier.parameters()}
+    groups = [g for g in m.opt.param_groups if {id(p) for p in g["params"]} == cls_params]
+    assert len(groups) == 1 and groups[0]["lars"] is lars and groups[0]["weight_decay"] == 0.0
+    # the classifier's step is trust-ratio scaled only when it is in LARS
+    w0 = m.model.classifier.weight.detach().clone()
+    for p in m.model.parameters():
+        p.grad = torch.ones_like(p)
+    for g in m.opt.param_groups:
+        g["lr"] = 1.0
+    m.opt.step()
+    step = (w0 - m.model.classifier.weight.detach()).norm()
+    lr_cls = groups[0]["lr"]
+    if lars:
+        torch.testing.assert_close(step, m.cfg.lars_trust * w0.norm() * lr_cls, rtol=1e-4, atol=1e-8)
+    else:
+        torch.testing.assert_close(step, torch.ones_like(w0).norm() * lr_cls, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_batchnorm_eval_mode_from_the_second_task(frozen):
+    """Official behaviour (default): task 1 trains BN in train mode, later tasks in eval mode (running
+    statistics untouched); the clean switch keeps train mode in every task."""
+    from jdcl_bench.methods.base import TaskData
+
+    m = _nncsl(frozen_bn_after_first_task=frozen)
+    x = torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8)
+    t0 = TaskData(0, [0, 1], [0, 1], x[:10], torch.tensor([0] * 5 + [1] * 5), x[:0])
+    t1 = TaskData(1, [2, 3], [0, 1, 2, 3], x[10:], torch.tensor([2] * 5 + [3] * 5), x[:0])
+    bn = next(mod for mod in m.model.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    m.begin_task(t0)
+    m.train_task(t0)
+    assert m.model.training
+    stats0 = bn.running_mean.clone()
+    m.end_task(t0)
+    m.begin_task(t1)
+    m.train_task(t1)
+    assert m.model.training is not frozen
+    assert torch.equal(bn.running_mean, stats0) is frozen  # frozen: the statistics of the end of task 1
+
+
+def test_label_follows_the_batchnorm_switch_and_old_records():
+    assert _nncsl().label() == "NNCSL (M=20)"
+    assert _nncsl(frozen_bn_after_first_task=False).label() == "NNCSL (M=20, BN in train mode)"
+    assert NNCSL.label_for_config({"buffer_size": 500, "frozen_bn_after_first_task": True}) == "NNCSL (M=500)"
+    # a record from before the switch existed trained in train mode
+    assert NNCSL.label_for_config({"buffer_size": 500}) == "NNCSL (M=500, BN in train mode)"
+    assert NNCSL.label_for_config({}) is None
+
+
+def test_leaderboard_labels_records_by_their_config(tmp_path):
+    """A record written before the BatchNorm default changed carries "NNCSL (M=500)" in its metrics but
+    ran in train mode (its config says so): the table labels it by its config, apart from new runs."""
+    from jdcl_bench.leaderboard import leaderboard, load_records, render_markdown
+
+    def record(seed, frozen, preset="fast"):
+        d = tmp_path / "runs" / "cifar10-semi-5pct" / "nncsl" / preset / f"seed{seed}"
+        d.mkdir(parents=True)
+        mc = {"buffer_size": 500, "steps_per_task": 750}
+        if frozen is not None:
+            mc["frozen_bn_after_first_task"] = frozen
+        (d / "config.json").write_text(json.dumps({"protocol": "cifar10-semi-5pct", "method": "nncsl",
+                                                   "preset": preset, "seed": seed, "method_config": mc}))
+        (d / "manifest.json").write_text(json.dumps({"budget": {"preset": preset, "reduced": True}}))
+        (d / "metrics.json").write_text(json.dumps({"complete": True, "final_acc": 50.0 + seed, "avg_acc": 50.0,
+                                                    "avg_inc_acc": 60.0, "forgetting": 20.0,
+                                                    "method_label": "NNCSL (M=500)"}))
+
+    record(0, False)
+    record(1, None)   # older still: no switch in the config at all
+    record(2, True)
+    df = load_records(tmp_path)
+    labels = dict(zip(df["seed"], df["method_label"]))
+    assert labels == {0: "NNCSL (M=500, BN in train mode)", 1: "NNCSL (M=500, BN in train mode)",
+                      2: "NNCSL (M=500)"}
+    text = render_markdown(leaderboard(df, "final_acc"))
+    assert "| NNCSL (M=500) | **52.0** (n=1)" in text and "| NNCSL (M=500, BN in train mode) | 50.5 ± 0.7 (n=2)" in text
+
+
+def test_compare_names_the_batchnorm_and_lars_differences(tmp_path):
+    """PAPER_VS_SUITE: a train-mode-BN record is a variant of the published "NNCSL (M=500)" setting,
+    and its row says what differs; a record with the official settings lists neither."""
+    from jdcl_bench.compare import comparison, load_published
+    from jdcl_bench.leaderboard import load_records
+
+    for seed, (frozen, lars, preset) in enumerate([(False, None, "fast"), (True, True, "paper")]):
+        d = tmp_path / "runs" / "cifar10-semi-5pct" / "nncsl" / preset / f"seed{seed}"
+        d.mkdir(parents=True)
+        mc = {"buffer_size": 500, "frozen_bn_after_first_task": frozen}
+        if lars is not None:
+            mc["classifier_lars"] = lars
+        (d / "config.json").write_text(json.dumps({"protocol": "cifar10-semi-5pct", "method": "nncsl",
+                                                   "preset": preset, "seed": seed, "method_config": mc}))
+        (d / "manifest.json").write_text(json.dumps({"budget": {"preset": preset, "reduced": preset != "paper"},
+                                                     "dataset": {"variant": "canonical", "canonical": True}}))
+        (d / "metrics.json").write_text(json.dumps({"complete": True, "final_acc": 50.0 + 20 * seed,
+                                                    "method_label": "NNCSL (M=500)"}))
+    pub = tmp_path / "p.toml"
+    pub.write_text('[[result]]\nmethod = "nncsl"\nlabel = "NNCSL (M=500)"\nprotocol = "cifar10-semi-5pct"\n'
+                   'final_acc = 77.2\nsource = "paper"\n')
+    df = comparison(load_records(tmp_path), load_published(pub)).set_index("method")
+    assert df.loc["NNCSL (M=500, BN in train mode)", "differs"] == (
+        "budget: preset fast, reduced (not the paper's steps); BatchNorm in train mode in every task "
+        "(official run: eval mode from task 2 on); linear classifier outside LARS (official: inside)")
+    assert df.loc["NNCSL (M=500)", "differs"] == "budget: preset paper (the paper's steps)"

@@ -112,6 +112,22 @@ class Method:
         """Row label on the leaderboard; override to include defining settings (e.g. buffer size)."""
         return self.display_name or self.name
 
+    @classmethod
+    def label_for_config(cls, method_config: dict) -> str | None:
+        """The label a run of this method config gets, read back from a record's ``config.json``
+        (``method_config``), or None to keep the label the record carries. Override it together
+        with :meth:`label` when a default changes what a label means, so that records written
+        before the change are labelled by what they ran (their config), not by today's default."""
+        return None
+
+    @classmethod
+    def differences_from_paper(cls, method_config: dict) -> list[str]:
+        """What a record of this method config does differently from the published setting, beyond
+        budget and data (which every record states): e.g. NNCSL's BatchNorm mode. Read from a record's
+        ``config.json`` by ``jdcl-bench compare``; an empty list says nothing more differs that the
+        method knows of."""
+        return []
+
     def budget(self) -> dict:
         """What the run cost in the method's own units (steps, images seen, ...)."""
         return {}
