@@ -245,6 +245,19 @@ class RunContext:
         self.info(f"task {self.task_index + 1}: {tag}: {100 * acc:.2f} % on the test images of classes {sorted(classes)}")
         return acc
 
+    def log_curve(self, stage: str, step: int, **scalars: float) -> None:
+        """One point of a training curve, appended to ``<run_dir>/curves.jsonl`` (rank 0 only) as
+        ``{"task", "stage", "step", **scalars}``. After a resume the steps since the last checkpoint are
+        trained again and written again: a reader keeps the last line of each (task, stage, step)."""
+        if not D.is_main():
+            return
+        import json as _json
+
+        line = {"task": self.task_index + 1, "stage": stage, "step": int(step),
+                **{k: float(v) for k, v in scalars.items()}}
+        with open(self.run_dir / "curves.jsonl", "a") as f:
+            f.write(_json.dumps(line) + "\n")
+
     def progress(self, description: str, total: int):
         return self.reporter.task(f"task {self.task_index + 1}: {description}", total)
 

@@ -235,3 +235,15 @@ def test_unknown_local_init_is_a_clear_config_error(tmp_path):
     assert r.exit_code == 2, r.output
     assert "local_init='copy'" in r.output and "global" in r.output
 
+
+
+def test_training_curves_are_kept(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "local_steps=100", "--set", "global_steps=100", "--device", "cpu",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    d = next((tmp_path / "runs" / "synthetic-t2" / "jdcl").glob("smoke+*/seed0"))
+    lines = [json.loads(x) for x in (d / "curves.jsonl").read_text().splitlines()]
+    assert [(x["task"], x["stage"], x["step"]) for x in lines] == [(1, "local", 100), (2, "local", 100),
+                                                                    (2, "global", 100)]
+    assert all(math.isfinite(x["loss"]) and "diff" in x for x in lines) and "kd" in lines[-1]

@@ -392,7 +392,10 @@ class JDCL(Method):
     def _report(self, advance, loss, parts) -> None:
         if self.step % 100 == 0:  # reading a loss syncs the GPU: not every step
             self.ctx.check_loss(loss)
-            advance(1, loss=float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()})
+            values = {"loss": float(loss.detach()),
+                      **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()}}
+            advance(1, **values)
+            self.ctx.log_curve(self.phase, self.step, **values)  # the training curve, kept in curves.jsonl
         else:
             advance(1)
 
