@@ -266,7 +266,7 @@ class RunContext:
 
 
 def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
-    """'key: old -> new' for the (flattened) settings that differ, at most ``limit`` of them."""
+    """'key: X there, Y now' for the (flattened) settings that differ, at most ``limit`` of them."""
     def flat(d, prefix=""):
         out = {}
         for k, v in (d or {}).items():
