@@ -30,7 +30,7 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
         seed = rest[0] if rest else "0"
         sets = [kv for kv in (rest[1].split(";") if len(rest) > 1 else []) if kv]
         left = args.deadline - (time.time() - t0)
-        if left < 30:
+        if left < args.min_start:
             status[spec] = "not started (deadline)"
             continue
         env = {**os.environ, "JDCL_BENCH_RUN_NOTE": f"ran as one of {n_parallel} parallel chains of runs sharing "
@@ -44,12 +44,29 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
         cmd = [sys.executable, "-m", "jdcl_bench.cli", "run", "--protocol", protocol, "--method", method,
                "--preset", preset, "--seed", seed, "--out", args.out, "--data-dir", args.data_dir,
                "--time-limit", f"{left:.0f}"] + [a for kv in sets for a in ("--set", kv)]
+        if args.stop_between_tasks:
+            cmd.append("--stop-between-tasks")
         with open(log, "w") as fh:
             rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         tail = log.read_text().strip().splitlines()[-1:] or [""]
         status[spec] = f"rc={rc} {tail[0][:160]}"
         if rc != 0:
             break  # a later run of the chain may depend on this one (GUIDE on DGR's generators)
+
+
+def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20) -> None:
+    """Split each unfinished run's checkpoint into parts the device machine can return."""
+    for ckpt in sorted(out.rglob("checkpoint.pt")):
+        metrics = ckpt.parent / "metrics.json"
+        if metrics.is_file():
+            d = json.loads(metrics.read_text())
+            if d.get("tasks_done") == d.get("num_tasks"):
+                continue
+        data = ckpt.read_bytes()
+        name = "__".join(ckpt.parent.relative_to(out).parts[-4:])  # protocol__method__preset__seed
+        for i in range(0, len(data), part_bytes):
+            (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
+        print(f"checkpoint {ckpt} ({len(data) / 2**20:.1f} MB) returned in {-(-len(data) // part_bytes)} part(s)")
 
 
 def main() -> None:
@@ -59,6 +76,15 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
     ap.add_argument("--out", default=".gpu-runs")
     ap.add_argument("--data-dir", default=".data/cifar10-jpeg")
+    ap.add_argument("--min-start", type=float, default=30,
+                    help="seconds that must be left to start (or resume) a run; with --stop-between-tasks a run "
+                         "always finishes the task it starts, so give it at least one task's length")
+    ap.add_argument("--stop-between-tasks", action="store_true",
+                    help="pass --stop-between-tasks to every run: a run stops only between tasks, leaving the small "
+                         "between-task checkpoint")
+    ap.add_argument("--bring-checkpoints", action="store_true",
+                    help="with $OUT set: also return the checkpoint of every unfinished run, split into parts under "
+                         "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; `cat` them back together), in case the machine goes cold")
     args = ap.parse_args()
     t0 = time.time()
     chains = [c.split(",") for c in args.chain]
@@ -81,6 +107,8 @@ def main() -> None:
         with tarfile.open(Path(os.environ["OUT"]) / "runs.tar.gz", "w:gz") as tf:
             tf.add(args.out, arcname="runs",
                    filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or "/shared" in ti.name else ti)
+        if args.bring_checkpoints:
+            bring_checkpoints(Path(args.out), Path(os.environ["OUT"]))
     print(f"done in {time.time() - t0:.0f}s")
 
 
