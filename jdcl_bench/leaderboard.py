@@ -65,7 +65,7 @@ METRIC_SHORT = {
 }
 
 RECORD_COLUMNS = [
-    "protocol", "method", "method_label", "bound", "preset", "seed",
+    "protocol", "method", "method_label", "base_label", "overrides_text", "bound", "preset", "seed",
     *METRICS,
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
@@ -175,8 +175,17 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     bare = label == config["method"]  # no display name recorded or installed: see _adopt_recorded_labels
     if bound:
         label += f" ({bound} bound)"
+    base_label = label
+    # A run with --set overrides is not its preset: its own row, never averaged with (or replacing)
+    # the preset's seeds. Its overrides are part of the label, as in its run directory's name.
+    overrides = _dict(config.get("overrides"))
+    overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    if overrides_text:
+        label += f" [{overrides_text}]"
     return {
         "_bare_label": bare,
+        "base_label": base_label,
+        "overrides_text": overrides_text,
         "_method_config": dict(_flatten(_dict(config.get("method_config")))),
         "protocol": config["protocol"],
         "method": config["method"],

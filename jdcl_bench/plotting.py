@@ -128,7 +128,11 @@ def compute_curve(records: pd.DataFrame, protocol: str) -> pd.DataFrame:
     shared its GPU (its minutes are then shared wall time, not the run's alone) and its directory;
     sorted by method and GPU-minutes."""
     runs = records[(records["protocol"] == protocol) & records["gpu_minutes"].notna() & (records["gpu_minutes"] > 0)]
-    rows = [{"method": r.method_label, "preset": r.preset, "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
+    # One line per method across budgets: a budget set by --set overrides (steps, say) is a point on
+    # the method's curve, so the series is the label without them and the table names them.
+    rows = [{"method": r.base_label,
+             "preset": f"{r.preset} [{r.overrides_text}]" if r.overrides_text else r.preset,
+             "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
              "final_acc": float(r.final_acc), "replay_fidelity": _replay_fidelity(r.run_dir),
              "gpu_shared_by": _shared_by(r.run_dir), "gpu_name": r.gpu_name, "run_dir": str(r.run_dir)}
             for r in runs.itertuples()]

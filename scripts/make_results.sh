@@ -14,6 +14,8 @@ jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --all --format latex
 jdcl-bench table --results results/runs "${P[@]}" "${M[@]}" --all --format csv -o results/leaderboard.csv
 jdcl-bench compare --results results/runs --published results/published.toml -o results/PAPER_VS_SUITE.md
 jdcl-bench plot --results results/runs --out-dir results/plots "${P[@]}"
+# accuracy against compute: every folder of results/curves/ holds one method's runs at several budgets
+for c in results/curves/*/; do jdcl-bench plot --results "$c" --x gpu-minutes --out-dir "$c"; done
 # the README's copy of the final-accuracy table, between its markers
 jdcl-bench table --results results/runs "${P[@]}" --all -o results/.readme_table.md
 python - <<'PY'

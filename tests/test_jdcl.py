@@ -247,3 +247,19 @@ def test_training_curves_are_kept(tmp_path):
     assert [(x["task"], x["stage"], x["step"]) for x in lines] == [(1, "local", 100), (2, "local", 100),
                                                                     (2, "global", 100)]
     assert all(math.isfinite(x["loss"]) and "diff" in x for x in lines) and "kd" in lines[-1]
+
+
+def test_records_from_before_the_short_budget_options_get_their_own_label():
+    """A record whose config lacks `sampler_clip_x0` ran LDM's unclipped sampler: it must not share a
+    table row with the `fast` preset's newer records. Today's configs keep the plain label, and the
+    options they turn on are listed as differences from the published setting."""
+    from dataclasses import asdict
+
+    from jdcl_bench.jdcl.method import JDCL
+
+    old = {"local_steps": 800, "global_steps": 500, "unet": "fast"}
+    assert JDCL.label_for_config(old) == "JDCL (before the short-budget options)"
+    fast = asdict(JDCL.config_for("fast", {}))
+    assert JDCL.label_for_config(fast) is None
+    assert any("sampler_clip_x0" in d for d in JDCL.differences_from_paper(fast))
+    assert JDCL.differences_from_paper(asdict(JDCL.config_for("paper", {}))) == []

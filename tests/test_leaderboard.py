@@ -499,3 +499,22 @@ def test_cli_table_tiers(tmp_path):
     assert r.exit_code == 0 and r.output.startswith("table,method,protocol,metric,mean,std,n,status")
     r = CliRunner().invoke(main, ["table", "--results", str(root), "--all", "--preset", "fast"])
     assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+def test_a_run_with_overrides_is_its_own_row_not_the_presets_seed(tmp_path):
+    """`--set local_steps=1600` on `fast` is not the `fast` preset: it must neither replace the preset's
+    record of the same seed (the newer of two duplicates wins) nor be averaged with it."""
+    root = tmp_path / "results"
+    write_run(root, P10, "jdcl", "JDCL", 0, 46.5, preset="fast", finished_at="2024-01-01T00:00:00+00:00")
+    longer = write_run(root, P10, "jdcl", "JDCL", 0, 53.9, preset="fast", subdir=f"{P10}/jdcl/fast+0ff0431e/seed0",
+                       finished_at="2024-01-02T00:00:00+00:00")
+    config = json.loads((longer / "config.json").read_text())
+    config["overrides"] = {"local_steps": "1600", "global_steps": "1000"}
+    (longer / "config.json").write_text(json.dumps(config))
+
+    df = load_records(root)
+    assert sorted(df["final_acc"]) == [46.5, 53.9]
+    labels = dict(zip(df["final_acc"], df["method_label"]))
+    assert labels[46.5] == "JDCL" and labels[53.9] == "JDCL [global_steps=1000, local_steps=1600]"
+    table = leaderboard(df, "final_acc")
+    assert len(table) == 2

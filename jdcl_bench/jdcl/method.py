@@ -177,6 +177,26 @@ class JDCL(Method):
     def global_batch(cls, cfg: JDCLConfig) -> int:
         return cfg.batch_size
 
+    @classmethod
+    def label_for_config(cls, method_config: dict) -> str | None:
+        """A record whose config has no ``sampler_clip_x0`` ran before the short-budget options existed
+        (LDM's unclipped sampler, continued global EMA, local model from scratch), whatever its preset
+        is called today: its own row, never averaged with the preset's newer seeds."""
+        if "local_steps" in method_config and "sampler_clip_x0" not in method_config:  # a JDCL config, older
+            return "JDCL (before the short-budget options)"
+        return None
+
+    @classmethod
+    def differences_from_paper(cls, method_config: dict) -> list[str]:
+        """The short-budget options a record ran with (docs/jdcl.md): each a deviation from the recipe."""
+        on = [(k, method_config.get(k)) for k in ("sampler_clip_x0", "global_ema_restart")]
+        out = [f"{k} on" for k, v in on if v is True]
+        if method_config.get("local_init") == "global":
+            out.append("local model initialised from G_{k-1}")
+        if method_config.get("sampler") not in (None, "ddim"):
+            out.append(f"sampler {method_config['sampler']}")
+        return out
+
     # ---- setup ------------------------------------------------------------------------
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
