@@ -223,7 +223,7 @@ def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, devi
 def table(results, fmt, metrics, protocols, presets, show_all, output) -> None:
     """Leaderboard: the budget-matched table (preset standard, missing cells said so), the paper table,
     and with --all or --preset every other tier in a table of its own; mean ± std over seeds."""
-    from . import leaderboard as lb
+    from . import results as lb
 
     try:
         df = lb.load_records(results)
@@ -244,7 +244,7 @@ def table(results, fmt, metrics, protocols, presets, show_all, output) -> None:
         for w in tab.attrs.get("warnings", []):
             click.secho(f"warning: {w}", fg="yellow", err=True)
     if left_out:
-        click.secho("note: " + lb._left_out_sentence(left_out).replace("`", ""), err=True)
+        click.secho("note: " + lb.left_out_sentence(left_out).replace("`", ""), err=True)
     if df.attrs.get("incomplete"):
         click.secho(f"note: {len(df.attrs['incomplete'])} run(s) still in progress are not in the table", err=True)
     _emit(lb.render_tiers(tabs, left_out, fmt), output)
@@ -258,8 +258,8 @@ def table(results, fmt, metrics, protocols, presets, show_all, output) -> None:
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write to a file instead of stdout.")
 def compare(results, published, output) -> None:
     """Published numbers next to the suite's runs of the same method and protocol, with both budgets."""
-    from . import compare as cmp
-    from . import leaderboard as lb
+    from .results import compare as cmp
+    from . import results as lb
 
     if published is None:
         # the user's folder may have its own; else the repository's committed list of published numbers
@@ -286,7 +286,7 @@ def show(run_dir) -> None:
     """A run's config, per-task accuracy matrix, timings and artefacts."""
     from rich.console import Console
 
-    from .leaderboard import render_show
+    from .results import render_show
 
     try:
         out = render_show(run_dir)
@@ -306,8 +306,8 @@ def show(run_dir) -> None:
 @click.option("--method", "methods", multiple=True, help="Only runs of these methods (registry names).")
 def plot(results, out_dir, protocols, x_axis, methods) -> None:
     """One PNG per protocol: accuracy over the tasks, or accuracy against compute (--x gpu-minutes)."""
-    from .leaderboard import load_records
-    from .plotting import compute_curve, compute_curve_markdown, plot_compute_curve, plot_seen_accuracy
+    from .results import load_records
+    from .results.plots import compute_curve, compute_curve_markdown, plot_compute_curve, plot_seen_accuracy
 
     try:
         df = load_records(results)

@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from jdcl_bench.compare import comparison, load_published, render_comparison
-from jdcl_bench.leaderboard import load_records
+from jdcl_bench.results.compare import comparison, load_published, render_comparison
+from jdcl_bench.results import load_records
 
 
 def _record(root, method, seed, acc, label=None, preset="fast"):
@@ -76,7 +76,7 @@ def test_compare_command_writes_the_page(tmp_path):
 
 
 def test_differs_column_reads_budget_data_and_overrides_from_the_records(tmp_path):
-    from jdcl_bench.compare import label_matches
+    from jdcl_bench.results.compare import label_matches
 
     _record(tmp_path, "jdcl", 0, 30.0)
     d = _record_paper(tmp_path)

@@ -363,7 +363,7 @@ def _complete_run(tmp_path, seed=0) -> Path:
 
 
 def test_show_survives_a_badly_typed_metrics_file(tmp_path):
-    from jdcl_bench.leaderboard import render_show_text
+    from jdcl_bench.results import render_show_text
 
     d = _complete_run(tmp_path)
     good = json.loads((d / "metrics.json").read_text())
@@ -376,7 +376,7 @@ def test_show_survives_a_badly_typed_metrics_file(tmp_path):
 
 
 def test_table_names_every_record_it_skips_and_why(tmp_path):
-    from jdcl_bench.leaderboard import load_records
+    from jdcl_bench.results import load_records
 
     d0, d1, d2 = (_complete_run(tmp_path, seed) for seed in (0, 1, 2))
     m = json.loads((d1 / "metrics.json").read_text())

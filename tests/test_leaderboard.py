@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jdcl_bench.leaderboard import (Cell, leaderboard, load_records, render_csv, render_latex,
+from jdcl_bench.results import (Cell, leaderboard, load_records, render_csv, render_latex,
                                     render_markdown, render_show, render_show_text)
 
 P10, P100 = "cifar10-t5", "cifar100_t10"  # the underscore exercises LaTeX escaping
@@ -110,7 +110,7 @@ def test_missing_manifest_and_duplicate_seed(tmp_path):
 
 
 def test_marked_folders_stay_out_of_tables_read_from_above(tmp_path):
-    from jdcl_bench.leaderboard import IGNORE_MARKER
+    from jdcl_bench.results import IGNORE_MARKER
 
     root = tmp_path / "results"
     write_run(root, P10, "jdcl", "JDCL", 0, 70.0, subdir="runs/a", finished_at="2024-01-01T00:00:00+00:00")
@@ -349,7 +349,7 @@ def test_show_rejects_non_run_dir(results):
 
 
 def test_plot_seen_accuracy(results, tmp_path):
-    from jdcl_bench.plotting import plot_seen_accuracy
+    from jdcl_bench.results.plots import plot_seen_accuracy
 
     write_run(results, P10, "gfr", "GFR", 0, 40.0, canonical=False, preset="fast", reduced=True)
     out = plot_seen_accuracy(load_records(results), P10, tmp_path / "figs" / "seen.png")
@@ -433,7 +433,7 @@ def _tiered(tmp_path):
 
 
 def test_tier_tables_main_table_is_standard_only_and_says_what_is_missing(tmp_path):
-    from jdcl_bench.leaderboard import preset_tier, tier_tables
+    from jdcl_bench.results import preset_tier, tier_tables
 
     assert [preset_tier(p) for p in ("standard", "paper-5120", "fast-5120", "smoke", None)] == \
         ["standard", "paper", "fast", "smoke", "unknown"]
@@ -460,7 +460,7 @@ def test_tier_tables_main_table_is_standard_only_and_says_what_is_missing(tmp_pa
 
 
 def test_tier_tables_all_and_named_tiers_keep_every_record_readable(tmp_path):
-    from jdcl_bench.leaderboard import render_tiers, tier_tables
+    from jdcl_bench.results import render_tiers, tier_tables
 
     df = load_records(_tiered(tmp_path))
     tabs, left = tier_tables(df, "final_acc", include_all=True)

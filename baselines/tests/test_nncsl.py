@@ -252,7 +252,7 @@ def test_label_follows_the_batchnorm_switch_and_old_records():
 def test_leaderboard_labels_records_by_their_config(tmp_path):
     """A record written before the BatchNorm default changed carries "NNCSL (M=500)" in its metrics but
     ran in train mode (its config says so): the table labels it by its config, apart from new runs."""
-    from jdcl_bench.leaderboard import leaderboard, load_records, render_markdown
+    from jdcl_bench.results import leaderboard, load_records, render_markdown
 
     def record(seed, frozen, preset="fast"):
         d = tmp_path / "runs" / "cifar10-semi-5pct" / "nncsl" / preset / f"seed{seed}"
@@ -281,8 +281,8 @@ def test_leaderboard_labels_records_by_their_config(tmp_path):
 def test_compare_names_the_batchnorm_and_lars_differences(tmp_path):
     """PAPER_VS_SUITE: a train-mode-BN record is a variant of the published "NNCSL (M=500)" setting,
     and its row says what differs; a record with the official settings lists neither."""
-    from jdcl_bench.compare import comparison, load_published
-    from jdcl_bench.leaderboard import load_records
+    from jdcl_bench.results.compare import comparison, load_published
+    from jdcl_bench.results import load_records
 
     for seed, (frozen, lars, preset) in enumerate([(False, None, "fast"), (True, True, "paper")]):
         d = tmp_path / "runs" / "cifar10-semi-5pct" / "nncsl" / preset / f"seed{seed}"

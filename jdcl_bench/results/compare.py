@@ -50,7 +50,7 @@ def differences(runs: pd.DataFrame) -> str:
     """What a group of records does differently from the published setting, from what they recorded:
     budget (preset, reduced or not), data (canonical or which variant), the method's own differences
     (``Method.differences_from_paper`` on the config, e.g. NNCSL's BatchNorm), and --set overrides."""
-    from .leaderboard import is_flag
+    from .schema import is_flag
 
     out = []
     presets = sorted({str(p) for p in runs["preset"].dropna()}) or ["not recorded"]
@@ -85,7 +85,7 @@ def differences(runs: pd.DataFrame) -> str:
 
 def _method_differences(method: str, method_config: dict) -> list[str]:
     try:
-        from .registry import METHODS
+        from ..registry import METHODS
 
         fn = getattr(METHODS.get(method), "differences_from_paper", None)
         got = fn(method_config) if fn is not None else []

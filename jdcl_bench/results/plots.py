@@ -1,4 +1,4 @@
-"""Figures from run records (see ``jdcl_bench.leaderboard.load_records``).
+"""Figures from run records (see ``jdcl_bench.results.load_records``).
 
 matplotlib is an optional dependency (``pip install jdcl-bench[plot]``), so it is imported inside
 the functions; figures are drawn on the Agg canvas directly, which needs no display and leaves
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .leaderboard import is_flag
+from .schema import is_flag
 
 
 def _seen_matrix(lists: list) -> np.ndarray:
@@ -45,7 +45,7 @@ def _subtitle(runs: pd.DataFrame) -> str:
 def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path) -> Path:
     """Plot accuracy on all classes seen so far after each task, one line per method label.
 
-    ``records`` is the DataFrame of :func:`jdcl_bench.leaderboard.load_records` (it uses the
+    ``records`` is the DataFrame of :func:`jdcl_bench.results.load_records` (it uses the
     ``protocol``, ``method_label`` and ``seen_acc`` columns, plus dataset/budget columns for the
     subtitle). Each line is the mean over seeds; when a method has more than one seed a shaded band
     shows ± one sample std (ddof=1). The title names the protocol, the subtitle flags non-canonical
