@@ -304,10 +304,27 @@ def show(run_dir) -> None:
               help="tasks: seen-class accuracy after each task; gpu-minutes: final accuracy and replay fidelity "
                    "against the runs' GPU-minutes (also writes a Markdown table beside the PNG).")
 @click.option("--method", "methods", multiple=True, help="Only runs of these methods (registry names).")
-def plot(results, out_dir, protocols, x_axis, methods) -> None:
-    """One PNG per protocol: accuracy over the tasks, or accuracy against compute (--x gpu-minutes)."""
+@click.option("--curves", "curve_runs", multiple=True, type=click.Path(),
+              help="Instead: the training curves of these run directories (their curves.jsonl: loss against "
+                   "step, a panel per stage, a line per task), one PNG each, curves.png in the run directory "
+                   "or <run name>.png under --out-dir.")
+def plot(results, out_dir, protocols, x_axis, methods, curve_runs) -> None:
+    """One PNG per protocol: accuracy over the tasks, or accuracy against compute (--x gpu-minutes);
+    or the training curves of single runs (--curves RUN_DIR)."""
     from .results import load_records
-    from .results.plots import compute_curve, compute_curve_markdown, plot_compute_curve, plot_seen_accuracy
+    from .results.plots import (compute_curve, compute_curve_markdown, plot_compute_curve, plot_seen_accuracy,
+                                plot_training_curves, read_curves)
+
+    if curve_runs:
+        for run in map(Path, curve_runs):
+            try:
+                curves = read_curves(run)
+            except ValueError as exc:
+                _fail(exc)
+            name = "_".join(run.resolve().parts[-4:])
+            target = Path(out_dir) / f"{name}.png" if out_dir else run / "curves.png"
+            click.echo(f"wrote {plot_training_curves(curves, target, title=name)}")
+        return
 
     try:
         df = load_records(results)

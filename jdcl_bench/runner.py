@@ -184,6 +184,7 @@ class RunContext:
         self.reporter = reporter
         self.rng = torch.Generator().manual_seed(seed)
         self.task_index = 0
+        self._bar: dict | None = None  # the innermost open progress bar (see log_step)
 
     def tick(self) -> None:
         """Call once per training step: checkpoints inside the task and enforces the time limit."""
@@ -258,8 +259,34 @@ class RunContext:
         with open(self.run_dir / "curves.jsonl", "a") as f:
             f.write(_json.dumps(line) + "\n")
 
+    @contextlib.contextmanager
     def progress(self, description: str, total: int):
-        return self.reporter.task(f"task {self.task_index + 1}: {description}", total)
+        """A progress bar for ``total`` steps (or items); yields ``advance(n=1, **fields)``. A training
+        loop inside it reports each step with :meth:`log_step` instead."""
+        with self.reporter.task(f"task {self.task_index + 1}: {description}", total) as advance:
+            outer, self._bar = self._bar, {"advance": advance, "stage": description, "left": total}
+            try:
+                yield advance
+            finally:
+                self._bar = outer
+
+    def log_step(self, step: int, loss: torch.Tensor, every: int = 50, **parts: Any) -> None:
+        """Report one training step inside :meth:`progress`: advance the bar; every ``every`` steps and at
+        the bar's last one also check the loss is finite, show it and ``parts`` (tensors or numbers)
+        next to the bar, and append them to the run's ``curves.jsonl`` under the bar's description.
+        Reading a loss syncs the GPU, hence not every step."""
+        bar = self._bar
+        if bar is None:
+            raise RuntimeError("ctx.log_step is called inside `with ctx.progress(...)`")
+        bar["left"] -= 1
+        if step % every and bar["left"] > 0:
+            bar["advance"](1)
+            return
+        self.check_loss(loss)
+        values = {"loss": float(loss.detach()),
+                  **{k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in parts.items()}}
+        bar["advance"](1, **values)
+        self.log_curve(bar["stage"], step, **values)
 
     def info(self, msg: str) -> None:
         self.reporter.info(msg)

@@ -244,8 +244,8 @@ def test_training_curves_are_kept(tmp_path):
     assert r.exit_code == 0, r.output
     d = next((tmp_path / "runs" / "synthetic-t2" / "jdcl").glob("smoke+*/seed0"))
     lines = [json.loads(x) for x in (d / "curves.jsonl").read_text().splitlines()]
-    assert [(x["task"], x["stage"], x["step"]) for x in lines] == [(1, "local", 100), (2, "local", 100),
-                                                                    (2, "global", 100)]
+    assert [(x["task"], x["stage"], x["step"]) for x in lines] == [(1, "local stage", 100), (2, "local stage", 100),
+                                                                    (2, "global stage", 100)]
     assert all(math.isfinite(x["loss"]) and "diff" in x for x in lines) and "kd" in lines[-1]
 
 

@@ -290,7 +290,7 @@ class GeneratorStage:
         if self.lab is None:
             self._new_labeller()
         bl, bu = c.labeller_batch, c.labeller_batch * c.labeller_mu
-        with self.ctx.progress("generator: pseudo-labeller", c.labeller_steps - self.lab_step) as advance:
+        with self.ctx.progress("generator: pseudo-labeller", c.labeller_steps - self.lab_step):
             while self.lab_step < c.labeller_steps:
                 li = torch.randint(len(task.x), (bl,), generator=rng).to(self.device)
                 ui = torch.randint(len(task.unlabelled_x), (bu,), generator=rng).to(self.device)
@@ -309,11 +309,7 @@ class GeneratorStage:
                 loss.backward()
                 self.lab_opt.step()
                 self.lab_step += 1
-                if self.lab_step % 50 == 0:
-                    self.ctx.check_loss(loss)
-                    advance(1, loss=float(loss.detach()), mask=float(mask))
-                else:
-                    advance(1)
+                self.ctx.log_step(self.lab_step, loss, mask=mask)
                 self.ctx.tick()
         self.lab.eval()
         preds = []
@@ -363,7 +359,7 @@ class GeneratorStage:
         diffusion = self.gen.diffusion
         self.net.train()
         net = self.gen.compiled(self.net)
-        with self.ctx.progress("generator: diffusion", self.total - self.step) as advance:
+        with self.ctx.progress("generator: diffusion", self.total - self.step):
             while self.step < self.total:
                 idx = torch.randint(len(data_x), (c.batch_size,), generator=self.rng).to(self.device)
                 x = A.to_unit(data_x[idx])
@@ -378,11 +374,7 @@ class GeneratorStage:
                 self.opt.step()
                 self.ema.update(self.net)
                 self.step += 1
-                if self.step % 100 == 0:  # a loss read syncs the GPU: not every step
-                    self.ctx.check_loss(loss)
-                    advance(1, loss=float(loss.detach()))
-                else:
-                    advance(1)
+                self.ctx.log_step(self.step, loss, every=100)
                 self.ctx.tick()
         self.result = {"raw": self.net.state_dict(), "ema": self.ema.state_dict(),
                        "meta": {"task": self.k + 1, "steps": self.total, "batch_size": c.batch_size,

@@ -271,7 +271,7 @@ class DGR(Method):
         lr0 = c.lr_first if k == 0 else c.lr_later
         semi = self.semi and len(task.unlabelled_x) > 0
         self.classifier.train()
-        with self.ctx.progress("classifier", self.cls_total - self.cls_step) as advance:
+        with self.ctx.progress("classifier", self.cls_total - self.cls_step):
             while self.cls_step < self.cls_total:
                 if n_replay and (self.replay is None or self.cls_step % c.regen_every == 0):
                     self.replay = self._generate_replay(task, old, n_replay)
@@ -307,11 +307,7 @@ class DGR(Method):
                 self.cls_step += 1
                 self.counters["classifier_steps"] += 1
                 self.counters["classifier_images_seen"] += n + (2 * c.ssl_unlabelled_batch if semi else 0)
-                if self.cls_step % 50 == 0 or self.cls_step == self.cls_total:
-                    self.ctx.check_loss(loss)
-                    advance(1, loss=float(loss.detach()), **{key: float(v) for key, v in parts.items()})
-                else:
-                    advance(1)
+                self.ctx.log_step(self.cls_step, loss, **parts)
                 self.ctx.tick()
         if n_replay:
             self._diagnose_replay(task, old, "last")

@@ -245,7 +245,7 @@ class GFR(Method):
         semi = len(task.unlabelled_x) > 0
         # official: from task 1 on the extractor trains in eval mode (BN statistics frozen)
         self.net.train(not (c.freeze_bn and task.index > 0))
-        with self.ctx.progress("GFR feature extractor", total - self.step) as advance:
+        with self.ctx.progress("GFR feature extractor", total - self.step):
             while self.step < total:
                 lr = c.lr * c.lr_gamma ** math.floor(self.step / max(1, c.lr_step_epochs * spe))
                 for g in self.opt.param_groups:
@@ -256,7 +256,7 @@ class GFR(Method):
                 self.opt.step()
                 self.step += 1
                 self.counters["extractor_steps"] += 1
-                self._report(advance, loss, parts, total)
+                self.ctx.log_step(self.step, loss, **parts)
                 self.ctx.tick()
 
     def _extractor_loss(self, task: TaskData, semi: bool) -> tuple[torch.Tensor, dict]:
@@ -340,7 +340,7 @@ class GFR(Method):
         self.net.eval()
         self.G.train()
         self.D.train()
-        with self.ctx.progress("GFR feature generator", total - self.step) as advance:
+        with self.ctx.progress("GFR feature generator", total - self.step):
             while self.step < total:
                 lr = c.gan_lr * c.gan_gamma ** math.floor(self.step / max(1, c.gan_step_epochs * spe))
                 for opt in (self.opt_G, self.opt_D):
@@ -381,7 +381,7 @@ class GFR(Method):
                     self.counters["generator_steps"] += 1
                     parts["g"] = g_loss
                 self.step += 1
-                self._report(advance, d_loss, parts, total)
+                self.ctx.log_step(self.step, d_loss, **parts)
                 self.ctx.tick()
 
     # ---- helpers ---------------------------------------------------------------------------------------
@@ -396,13 +396,6 @@ class GFR(Method):
     @staticmethod
     def _frozen(m: nn.Module) -> nn.Module:
         return copy.deepcopy(m).eval().requires_grad_(False)
-
-    def _report(self, advance, loss, parts, total) -> None:
-        if self.step % 50 == 0 or self.step == total:
-            self.ctx.check_loss(loss)  # a GPU sync: not every step
-            advance(1, loss=float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()})
-        else:
-            advance(1)
 
     # ---- artefact ----------------------------------------------------------------------------------------
     @torch.no_grad()

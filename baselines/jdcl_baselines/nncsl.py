@@ -218,7 +218,7 @@ class NNCSL(Method):
         c = self.cfg
         self._prepare(task)
         self.model.train(not (c.frozen_bn_after_first_task and task.index > 0))
-        with self.ctx.progress("NNCSL", c.steps_per_task - self.step) as advance:
+        with self.ctx.progress("NNCSL", c.steps_per_task - self.step):
             while self.step < c.steps_per_task:
                 lr = warmup_cosine(self.step, c.steps_per_task, c.warmup_steps, c.start_lr, c.ref_lr, c.final_lr)
                 for g in self.opt.param_groups:
@@ -229,11 +229,7 @@ class NNCSL(Method):
                 self.opt.step()
                 self.step += 1
                 self.counters["steps"] += 1
-                if self.step % 50 == 0 or self.step == c.steps_per_task:
-                    self.ctx.check_loss(loss)  # reading the loss syncs the GPU: not every step
-                    advance(1, loss=float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()})
-                else:
-                    advance(1)
+                self.ctx.log_step(self.step, loss, **parts)
                 self.ctx.tick()
 
     def end_task(self, task: TaskData) -> None:

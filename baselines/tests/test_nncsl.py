@@ -183,6 +183,9 @@ class _Ctx:
     def check_loss(self, loss):
         pass
 
+    def log_step(self, step, loss, every=50, **parts):
+        pass
+
     def artefact_path(self, name):
         import tempfile
         from pathlib import Path

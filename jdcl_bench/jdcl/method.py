@@ -350,13 +350,13 @@ class JDCL(Method):
         c = self.cfg
         fwd = self._train_fn()
         self.net.train()
-        with self.ctx.progress("local stage", c.local_steps - self.step) as advance:
+        with self.ctx.progress("local stage", c.local_steps - self.step):
             while self.step < c.local_steps:
                 loss, parts = (self._ssl_loss if self.semi else self._sup_loss)(fwd, task)
                 self._optimise(loss)
                 self.step += 1
                 self.counters["local_steps"] += 1
-                self._report(advance, loss, parts)
+                self.ctx.log_step(self.step, loss, every=100, **parts)
                 self.ctx.tick()
 
     def _sup_loss(self, fwd, task: TaskData):
@@ -408,16 +408,6 @@ class JDCL(Method):
         loss.backward()
         self.opt.step()
         self.ema.update(self.net)
-
-    def _report(self, advance, loss, parts) -> None:
-        if self.step % 100 == 0:  # reading a loss syncs the GPU: not every step
-            self.ctx.check_loss(loss)
-            values = {"loss": float(loss.detach()),
-                      **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()}}
-            advance(1, **values)
-            self.ctx.log_curve(self.phase, self.step, **values)  # the training curve, kept in curves.jsonl
-        else:
-            advance(1)
 
     # ---- replay ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -543,7 +533,7 @@ class JDCL(Method):
         rx, ry = self.replay["x"], self.replay["y"]
         cls_start = int(c.cls_start_fraction * c.global_steps)
         self.net.train()
-        with self.ctx.progress("global stage", c.global_steps - self.step) as advance:
+        with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
                 idx = torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng).to(self.device)
                 x, y = A.to_unit(rx[idx]), ry[idx]
@@ -580,7 +570,7 @@ class JDCL(Method):
                 self.step += 1
                 self.counters["global_steps"] += 1
                 self.counters["images_seen"] += c.batch_size
-                self._report(advance, loss, parts)
+                self.ctx.log_step(self.step, loss, every=100, **parts)
                 self.ctx.tick()
 
     # ---- state -------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class ClassifierTrainer:
         from ..data.augment import to_unit, weak_view
 
         self.model.train()
-        with ctx.progress(description, self.total_steps - self.step) as advance:
+        with ctx.progress(description, self.total_steps - self.step):
             while self.step < self.total_steps:
                 idx = torch.randint(len(x), (min(self.cfg.batch_size, len(x)),), generator=ctx.rng).to(x.device)
                 xb = to_unit(x[idx])
@@ -97,11 +97,7 @@ class ClassifierTrainer:
                 self.opt.step()
                 self.step += 1
                 self.images_seen += len(idx)
-                if self.step % 50 == 0 or self.step == self.total_steps:
-                    ctx.check_loss(loss)  # a sync every 50 steps, not every step
-                    advance(1, loss=float(loss.detach()))
-                else:
-                    advance(1)
+                ctx.log_step(self.step, loss)
                 ctx.tick()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -191,3 +191,55 @@ def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) 
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=150)
     return out_png
+
+
+def read_curves(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``curves.jsonl`` (``ctx.log_step``) as one row per (task, stage, step). A resumed run
+    trains the steps since its last checkpoint again and writes them again: the last line wins.
+    Raises ValueError when the run has no curve."""
+    import json
+
+    path = Path(run_dir) / "curves.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no curves.jsonl: runs made before the training curves existed "
+                         "(or a method that does not report through ctx.log_step) have none")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:  # a run killed mid-write leaves a partial last line
+            raise ValueError(f"{path}, line {n}: not JSON ({err})") from None
+    df = pd.DataFrame(rows)
+    if df.empty or not {"task", "stage", "step", "loss"} <= set(df.columns):
+        raise ValueError(f"{path} holds no training-curve points (task, stage, step, loss)")
+    return df.drop_duplicates(["task", "stage", "step"], keep="last").sort_values(["stage", "task", "step"])
+
+
+def plot_training_curves(curves: pd.DataFrame, out_png: str | Path, title: str = "") -> Path:
+    """The loss against the step, one panel per stage (in the order the run first reached them), one
+    line per task; log scale, since losses fall by orders of magnitude."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    stages = list(dict.fromkeys(curves.sort_index()["stage"]))
+    fig = Figure(figsize=(4.2 * len(stages), 3.6))
+    FigureCanvasAgg(fig)
+    for i, stage in enumerate(stages, 1):
+        ax = fig.add_subplot(1, len(stages), i)
+        for task, group in curves[curves["stage"] == stage].groupby("task"):
+            ax.plot(group["step"], group["loss"], marker="." if len(group) < 20 else None, label=f"task {task}")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss" if i == 1 else "")
+        ax.set_title(str(stage), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    return out_png
