@@ -55,6 +55,29 @@ def test_jdcl_smoke_run_on_embedded_protocol(tmp_path, protocol):
     assert shown.exit_code == 0 and "replay_task2.png" in shown.output
 
 
+
+def test_digits_preset_runs_on_cpu(tmp_path, monkeypatch):
+    """README's first run: the `digits` preset exists and completes digits-t5 with its replay grids,
+    here at a few steps (the measured run and its accuracy: results/probes/jdcl-digits-first-run)."""
+    from jdcl_bench.jdcl.method import PRESETS
+
+    assert {"sampler_clip_x0", "global_ema_restart", "local_init", "diagnostics"} <= set(PRESETS["digits"])
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    fewer = {"local_steps": 4, "global_steps": 4, "ddim_steps": 2, "replay_per_class": 4, "gen_batch": 16}
+    r = CliRunner().invoke(main, ["run", "--protocol", "digits-t5", "--method", "jdcl", "--preset", "digits",
+                                  *[a for k, v in fewer.items() for a in ("--set", f"{k}={v}")],
+                                  "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    d = next((tmp_path / "runs" / "digits-t5" / "jdcl").glob("digits+*/seed0"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["complete"] and len(m["acc_matrix"]) == 5
+    assert [e["kind"] for e in m["diagnostics"]].count("replay") == 4
+    assert all((d / "artefacts" / f"replay_task{k}.png").stat().st_size > 0 for k in range(2, 6))
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["budget"]["preset"] == "digits" and manifest["budget"]["batch_size"] == 64
+    table = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--preset", "digits"])
+    assert table.exit_code == 0 and "| JDCL |" in table.output
+
 SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global"}
 
 
