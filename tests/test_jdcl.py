@@ -76,7 +76,8 @@ def test_digits_preset_runs_on_cpu(tmp_path, monkeypatch):
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["budget"]["preset"] == "digits" and manifest["budget"]["batch_size"] == 64
     table = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--preset", "digits"])
-    assert table.exit_code == 0 and "| JDCL |" in table.output
+    # a run with --set overrides is its own row, its overrides in the label
+    assert table.exit_code == 0 and "| JDCL [ddim_steps=2, gen_batch=16, global_steps=4" in table.output
 
 SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global"}
 
