@@ -5,9 +5,10 @@ overrides). ``--set lr=1e-3 --set model.channels=64`` is parsed against the data
 types, so a typo or a wrong type fails before any work starts.
 
 Values are then checked by :func:`validate`: a config dataclass may define ``validate(self)``
-returning ``{field: problem}`` for values out of range (``{"width": "must be >= 1"}``), and
-batch sizes (fields named ``batch_size``, ``*_batch_size`` or ``*_batch``) must be >= 1 in every
-config, so ``--set classifier.batch_size=0`` is a ConfigError naming the key, not a traceback.
+returning ``{field: problem}`` for values out of range (``{"width": "must be >= 1"}``), and the
+ranges that follow from a field's name hold in every config (``_NAME_RULES``: batch sizes >= 1, step
+counts and loss weights >= 0, decays and thresholds in [0, 1], ...), so ``--set
+classifier.batch_size=0`` is a ConfigError naming the key, not a traceback.
 """
 from __future__ import annotations
 
@@ -116,21 +117,49 @@ def _is_batch_field(name: str) -> bool:
     return name == "batch_size" or name.endswith("_batch_size") or name.endswith("_batch") or name == "batch"
 
 
+# Ranges that follow from a field's name, checked in every method's config (a method adds its own with
+# a ``validate`` hook): counts of steps, epochs, images and weights of loss terms cannot be negative,
+# learning rates neither, a sampler needs at least one step, decays, thresholds and fractions are
+# probabilities. (name test, value test, what is wrong)
+_NAME_RULES = [
+    (_is_batch_field, lambda v: v >= 1, "a batch size must be >= 1"),
+    (lambda n: n.endswith("ddim_steps") or n == "timesteps", lambda v: v >= 1, "a sampler needs >= 1 step"),
+    (lambda n: n == "steps" or n.endswith("_steps") or n.startswith("steps_") or n == "epochs"
+     or n.endswith("_epochs") or n in ("buffer_size", "replay_per_class", "replay_per_task", "sup_per_class"),
+     lambda v: v >= 0, "a count must be >= 0"),
+    (lambda n: n.endswith("_weight") or n == "weight_decay", lambda v: v >= 0, "a loss weight must be >= 0"),
+    (lambda n: n == "lr" or n.endswith("_lr") or n in ("lr_first", "lr_later"), lambda v: v >= 0,
+     "a learning rate must be >= 0"),
+    (lambda n: n.endswith("ema_decay") or n.endswith("_threshold") or n.endswith("_fraction") or n == "momentum",
+     lambda v: 0 <= v <= 1, "must be within [0, 1]"),
+    (lambda n: n.endswith("_crop_scale"), lambda v: 0 < v <= 1, "a crop scale must be within (0, 1]"),
+]
+
+
+def _name_rule_problem(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    for applies, ok, problem in _NAME_RULES:
+        if applies(name) and not ok(value):
+            return problem
+    return None
+
+
 def validate(cfg: Any, prefix: str = "") -> None:
     """Raise ConfigError naming every value of ``cfg`` (nested dataclasses included) out of range."""
     problems: list[str] = []
 
     def walk(obj: Any, path: str) -> None:
+        hook = getattr(obj, "validate", None)
+        own = (hook() or {}) if callable(hook) else {}  # the config's own words win over the name rules
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 walk(value, f"{path}{f.name}.")
-            elif _is_batch_field(f.name) and isinstance(value, int) and not isinstance(value, bool) and value < 1:
-                problems.append(f"{path}{f.name} = {value!r}: a batch size must be >= 1")
-        hook = getattr(obj, "validate", None)
-        if callable(hook):
-            for key, problem in (hook() or {}).items():
-                problems.append(f"{path}{key} = {getattr(obj, key, '?')!r}: {problem}")
+            elif f.name not in own and (problem := _name_rule_problem(f.name, value)) is not None:
+                problems.append(f"{path}{f.name} = {value!r}: {problem}")
+        for key, problem in own.items():
+            problems.append(f"{path}{key} = {getattr(obj, key, '?')!r}: {problem}")
 
     walk(cfg, prefix)
     if problems:

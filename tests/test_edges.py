@@ -334,6 +334,39 @@ def test_values_out_of_range_are_config_errors(tmp_path, setting, needle):
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("method,setting,needle", [
+    ("jdcl", "local_steps=-1", "local_steps = -1: JDCL needs >= 1"),
+    ("jdcl", "ddim_steps=0", "ddim_steps = 0: a sampler needs >= 1 step"),
+    ("jdcl", "ema_decay=1.5", "ema_decay = 1.5: must be within [0, 1]"),
+    ("jdcl", "global_crop_scale=0", "global_crop_scale = 0.0: a crop scale must be within (0, 1]"),
+    ("jdcl", "kd_cls_weight=-1", "kd_cls_weight = -1.0: a loss weight must be >= 0"),
+    ("nncsl", "buffer_size=-5", "buffer_size = -5: a count must be >= 0"),
+    ("nncsl", "final_lr=-0.1", "final_lr = -0.1: a learning rate must be >= 0"),
+    ("gfr", "epochs=-2", "epochs = -2"),
+])
+def test_the_ranges_every_method_config_follows(tmp_path, method, setting, needle):
+    """Ranges that follow from a field's name (step counts, loss weights, learning rates, decays,
+    crop scales), in built-in methods and baselines alike: a clear error before anything is written."""
+    r = invoke("run", "--protocol", "synthetic-t2", "--method", method, "--preset", "smoke", "--device", "cpu",
+               "--set", setting, "--out", tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert needle in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_preset_of_every_method_is_in_range():
+    from jdcl_bench.config import validate
+    from jdcl_bench.registry import METHODS
+
+    checked = 0
+    for name in ["finetune", "joint", "jdcl", "nncsl", "dgr", "guide", "gfr"]:
+        cls = METHODS.get(name)
+        for preset in cls.presets:
+            validate(cls.config_for(preset, {}))
+            checked += 1
+    assert checked >= 15  # paper, standard, fast, smoke (and digits) of each
+
+
 def test_validate_hook_on_any_config_dataclass():
     from dataclasses import dataclass, field
 

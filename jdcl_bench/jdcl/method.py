@@ -108,6 +108,20 @@ class JDCLConfig:
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
     diagnostics: bool = False
 
+    def validate(self) -> dict[str, str]:
+        """Values out of range beyond the rules every config follows (jdcl_bench.config)."""
+        bad = {}
+        for key in ("local_steps", "global_steps", "replay_per_class"):
+            if getattr(self, key) < 1:
+                bad[key] = "JDCL needs >= 1 (a task trains a local model, then a global one, on replay)"
+        if not self.lr > 0:
+            bad["lr"] = "must be > 0"
+        if self.max_sampled_factor < 1:
+            bad["max_sampled_factor"] = "must be >= 1 (samples drawn per replay image before duplicates fill in)"
+        if self.model_channels < 0:
+            bad["model_channels"] = "must be >= 0 (0: the UNet preset's width)"
+        return bad
+
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOCAL_INITS = ("scratch", "global")
