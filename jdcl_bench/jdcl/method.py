@@ -247,6 +247,7 @@ class JDCL(Method):
         self.diffusion = GaussianDiffusion().to(self.device)
         self.amp = c.amp and self.device.type == "cuda"
         self.semi = info.semi_supervised
+        self._check_memory(info)
         if D.is_distributed():  # every global batch must split evenly over the processes
             D.local_batch(c.batch_size, "batch_size")
             if self.semi:
@@ -261,6 +262,39 @@ class JDCL(Method):
         self.phase = "idle"
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
                          "replay_accepted": 0, "ddim_steps": c.ddim_steps}
+
+    def _check_memory(self, info: ProtocolInfo) -> None:
+        """Refuse settings that cannot fit the device before anything trains (jdcl_bench.memory): the
+        tensors one training forward keeps for the backward pass, measured at batch 1 and scaled to the
+        per-process batch, plus the model, its gradients, AdamW state, EMA and the global stage's
+        teachers and previous global model (32 bytes a parameter)."""
+        from ..memory import GB, available_bytes, check_fits, saved_tensor_bytes
+
+        c = self.cfg
+        # a throw-away model (initialisation and dropout draw from the global generators: forked, so
+        # the run's own draws stay what they were). Saved tensors at batch 1 and 2: the difference is
+        # what each image adds, the rest (weights saved by every layer, their bf16 copies) is paid once.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            net = JointUNet(self.unet_cfg).to(self.device)
+            saved = []
+            for n in (1, 2):
+                x = torch.zeros(n, *info.image_shape, device=self.device)
+                t = torch.zeros(n, dtype=torch.long, device=self.device)
+                with self.autocast():
+                    saved.append(saved_tensor_bytes(lambda: net.forward_joint(x, t, x)))
+        per_image, once = saved[1] - saved[0], 2 * saved[0] - saved[1]
+        # images in one forward: the batch (supervised, global stage), or the FixMatch local step's
+        # labelled + weak and strong unlabelled views (semi-supervised), split over the processes
+        images = max(c.batch_size, c.ssl_labelled_batch * (1 + 2 * c.ssl_mu) if self.semi else 0)
+        images = -(-images // D.world_size())
+        fixed = 32 * self.num_params + max(once, 0)
+        free = available_bytes(self.device)
+        fits = max(0, int((0.8 * (free or 0) - fixed) // max(per_image, 1)))
+        hint = (f"a smaller batch (--set batch_size={min(fits, c.batch_size)} would leave 20 % free), the `fast` "
+                "preset's UNet (--set unet=fast) or another device")
+        check_fits({"activations": per_image * images, "model, AdamW, EMA and teachers": fixed}, self.device,
+                   hint, self.ctx.info)
+        self.memory_estimate_gb = round((per_image * images + fixed) / GB, 2)
 
     def new_model(self) -> JointUNet:
         m = JointUNet(self.unet_cfg).to(self.device)

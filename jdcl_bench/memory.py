@@ -1,0 +1,72 @@
+"""Will a run fit its device? An estimate made before training, so that a preset too large for the
+machine is refused with a clear message instead of ending in the kernel's "Killed" (JDCL's `paper`
+preset on a CPU: 23.5 GB) or an out-of-memory traceback hours later.
+
+The estimate is measured, not guessed from a formula: the tensors autograd keeps for the backward
+pass are counted during one training forward at batch 1 (``saved_tensor_bytes``), and scaled to the
+run's batch; parameters, gradients, optimiser state and the extra model copies (EMA, teachers) are
+counted from the parameter count. Allocator overhead and temporary buffers are not counted, so the
+estimate is a lower bound: a run estimated above what the device has cannot fit.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from .config import ConfigError
+
+SKIP_ENV = "JDCL_BENCH_SKIP_MEMORY_CHECK"
+GB = 1024 ** 3
+
+
+def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while ``step()`` builds its loss
+    (each storage counted once: views of one tensor share it)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory of the device: the GPU's free memory, or the machine's available RAM (Linux
+    ``MemAvailable``); None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class DoesNotFit(ConfigError):
+    """The run's settings need more memory than its device has free."""
+
+
+def check_fits(parts: dict[str, int], device: torch.device, hint: str, warn: Callable[[str], None]) -> int:
+    """Compare the estimate (``parts``: what -> bytes) with the device's free memory: DoesNotFit
+    naming the parts and ``hint`` when it cannot fit, a warning above 80 %. Returns the total."""
+    total = sum(parts.values())
+    free = available_bytes(device)
+    if free is None or os.environ.get(SKIP_ENV):
+        return total
+    words = ", ".join(f"{k} {v / GB:.1f}" for k, v in parts.items())
+    if total > free:
+        raise DoesNotFit(f"this run needs at least {total / GB:.1f} GB on {device} ({words}) and {free / GB:.1f} GB "
+                          f"are free: {hint}. (The estimate is a lower bound; {SKIP_ENV}=1 runs it anyway.)")
+    if total > 0.8 * free:
+        warn(f"warning: this run needs at least {total / GB:.1f} GB of the {free / GB:.1f} GB free on {device} "
+             f"({words}); it may not fit")
+    return total
