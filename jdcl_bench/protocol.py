@@ -43,9 +43,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .data.datasets import KNOWN_DATASETS  # one list: the loader's
 from .registry import RegistryError
 
-KNOWN_DATASETS = ("cifar10", "cifar100", "imagenet100", "digits", "synthetic")
 KNOWN_METRICS = ("final_acc", "avg_acc", "avg_inc_acc", "forgetting", "seen_acc")
 # datasets whose images change class (or stop being one) when mirrored: no horizontal flips by default
 NO_HFLIP_DATASETS = ("digits",)
