@@ -10,6 +10,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from jdcl_bench.data import augment as A
 from jdcl_bench.data import datasets as D
+from jdcl_bench.data import decode as DEC
 from jdcl_bench.data.datasets import DatasetError, content_hash, load_dataset
 from jdcl_bench.data.fixtures import write_canonical_labels, write_cifar_fixture, write_imagefolder_fixture
 
@@ -83,8 +84,10 @@ def test_cifar_class_list_must_match_meta(tmp_path):
 def test_torchvision_names_match_torchvision():
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    assert D._TORCHVISION_NAMES["cifar10"] == (CIFAR10.base_folder, CIFAR10.filename)
-    assert D._TORCHVISION_NAMES["cifar100"] == (CIFAR100.base_folder, CIFAR100.filename)
+    from jdcl_bench.data.core import _TORCHVISION_NAMES
+
+    assert _TORCHVISION_NAMES["cifar10"] == (CIFAR10.base_folder, CIFAR10.filename)
+    assert _TORCHVISION_NAMES["cifar100"] == (CIFAR100.base_folder, CIFAR100.filename)
 
 
 def test_missing_data_message(tmp_path, monkeypatch):
@@ -205,13 +208,13 @@ def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     assert len(list(cache.glob("*.npz"))) == 1 and not list(cache.glob("*.tmp"))
 
     calls = []
-    real = D._decode_chunk
+    real = DEC._decode_chunk
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(D, "_decode_chunk", counting)
+    monkeypatch.setattr(DEC, "_decode_chunk", counting)
     second = load_dataset("toy", data_dir=fx["path"], cache_dir=cache)
     assert calls == []  # served from the cache, nothing decoded
     for a in ("train_x", "train_y", "test_x", "test_y"):
@@ -228,7 +231,7 @@ def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
 
 def test_decode_in_worker_processes(tmp_path, monkeypatch):
     # more than one chunk with two workers: the process-pool path gives the same arrays
-    monkeypatch.setattr(D, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(DEC, "DECODE_CHUNK", 4)
     fx = write_imagefolder_fixture(tmp_path, CLASSES, 5, 8, fmt="png", as_tar=True)
     monkeypatch.setenv(D.WORKERS_ENV, "2")
     ds = load_dataset("toy", data_dir=tmp_path, cache_dir=tmp_path / "cache")

@@ -431,7 +431,9 @@ def test_records_follow_the_users_umask(tmp_path):
     try:
         d = _complete_run(tmp_path)
         cache = D.resolve_cache_dir()
-        D._cache_put(cache, "synthetic", {"loader": "t"}, D.make_synthetic())
+        from jdcl_bench.data.cache import _cache_put
+
+        _cache_put(cache, "synthetic", {"loader": "t"}, D.make_synthetic())
     finally:
         os.umask(old)
     for name in ("metrics.json", "config.json", "manifest.json", "checkpoint.pt"):
