@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from . import records
 from .config import ConfigError, to_dict
 from .fastpath import tune_backends
 from .metrics import per_task_accuracy, seen_accuracy, summarise
-from .methods.base import Method, ProtocolInfo, TaskData, derive_seed
+from .methods.base import Method, NonFiniteLoss, ProtocolInfo, RunContext, TaskData, derive_seed  # noqa: F401 (NonFiniteLoss, RunContext: importable from here too)
 from .progress import Reporter
 from .protocol import Protocol, get_protocol
 from .registry import METHODS
@@ -49,10 +48,6 @@ DEFAULT_OUT = "jdcl-runs"
 
 class StopRun(Exception):
     """Raised inside a task when the time limit is reached; the run was checkpointed."""
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -173,125 +168,6 @@ def seed_globals(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class RunContext:
-    """What a method may use from the runner: device, generator, progress, artefacts, ticks."""
-
-    def __init__(self, runner: "Runner", device: torch.device, seed: int, run_dir: Path, reporter: Reporter):
-        self._runner = runner
-        self.device = device
-        self.seed = seed
-        self.run_dir = run_dir
-        self.reporter = reporter
-        self.rng = torch.Generator().manual_seed(seed)
-        self.task_index = 0
-        self._bar: dict | None = None  # the innermost open progress bar (see log_step)
-
-    def tick(self) -> None:
-        """Call once per training step: checkpoints inside the task and enforces the time limit."""
-        self._runner.tick()
-
-    def check_loss(self, loss: torch.Tensor | float, what: str = "loss") -> None:
-        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-        # every rank checks at the same step; the mean is NaN if any rank's loss is, so all stop together
-        value = D.all_reduce_mean(value)
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"{what} became {value} in task {self.task_index + 1}. "
-                                f"{_checkpoint_note(self.run_dir)} {_nonfinite_hint(self._runner)}")
-
-    def shared_dir(self, name: str) -> Path:
-        """A folder shared by all runs writing into the same results folder (e.g. a generator cache
-        that two methods reuse). Write into it atomically (``jdcl_bench.records``)."""
-        p = Path(self._runner.cfg.out) / "shared" / name
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def artefact_path(self, name: str) -> Path:
-        """Where to write an artefact; in a distributed run only rank 0 writes."""
-        p = self.run_dir / "artefacts" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    # ---- replay diagnostics (jdcl_bench.replay_quality): measurements only, never training input ----
-    def replay_diagnostics(self, x: torch.Tensor, y: torch.Tensor, classes: list[int], tag: str) -> dict | None:
-        """Measure a replay set (uint8 images ``x``, labels ``y``, drawn for ``classes``) against the
-        dataset's reference classifier and real images; stored in the run's metrics under
-        ``diagnostics`` and logged. Returns the report (None on ranks other than 0)."""
-        diag = self._runner.diagnostics_instrument()
-        if diag is None:
-            return None
-        report = diag.measure(x, y, classes)
-        seconds = report.pop("seconds")  # a timing is not a result: kept out of metrics (exact resume compares them)
-        self._runner.diagnostics_seconds += seconds
-        self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "replay", **report})
-        from .replay_quality import near_chance, summary_line
-
-        self.info(f"task {self.task_index + 1}: " + summary_line(tag, report))
-        if near_chance(report):
-            self.info(f"warning: task {self.task_index + 1} {tag}: replay fidelity "
-                      f"{100 * report['overall']['fidelity']:.1f} % is near chance ({100 * report['chance']:.1f} %): "
-                      "the replay does not look like its classes to the reference classifier")
-        return report
-
-    def model_accuracy(self, predict, classes: list[int], tag: str) -> float | None:
-        """Accuracy of ``predict`` (uint8 images -> logits) on the real test images of ``classes``,
-        stored under ``diagnostics`` (e.g. JDCL's local model on its own task)."""
-        diag = self._runner.diagnostics_instrument()
-        if diag is None:
-            return None
-        t0 = time.time()
-        acc = diag.accuracy_on(predict, classes)
-        self._runner.diagnostics_seconds += time.time() - t0
-        self._runner.add_diagnostic({"task": self.task_index + 1, "tag": tag, "kind": "accuracy",
-                                     "classes": sorted(int(k) for k in classes), "acc": acc})
-        self.info(f"task {self.task_index + 1}: {tag}: {100 * acc:.2f} % on the test images of classes {sorted(classes)}")
-        return acc
-
-    def log_curve(self, stage: str, step: int, **scalars: float) -> None:
-        """One point of a training curve, appended to ``<run_dir>/curves.jsonl`` (rank 0 only) as
-        ``{"task", "stage", "step", **scalars}``. After a resume the steps since the last checkpoint are
-        trained again and written again: a reader keeps the last line of each (task, stage, step)."""
-        if not D.is_main():
-            return
-        import json as _json
-
-        line = {"task": self.task_index + 1, "stage": stage, "step": int(step),
-                **{k: float(v) for k, v in scalars.items()}}
-        with open(self.run_dir / "curves.jsonl", "a") as f:
-            f.write(_json.dumps(line) + "\n")
-
-    @contextlib.contextmanager
-    def progress(self, description: str, total: int):
-        """A progress bar for ``total`` steps (or items); yields ``advance(n=1, **fields)``. A training
-        loop inside it reports each step with :meth:`log_step` instead."""
-        with self.reporter.task(f"task {self.task_index + 1}: {description}", total) as advance:
-            outer, self._bar = self._bar, {"advance": advance, "stage": description, "left": total}
-            try:
-                yield advance
-            finally:
-                self._bar = outer
-
-    def log_step(self, step: int, loss: torch.Tensor, every: int = 50, **parts: Any) -> None:
-        """Report one training step inside :meth:`progress`: advance the bar; every ``every`` steps and at
-        the bar's last one also check the loss is finite, show it and ``parts`` (tensors or numbers)
-        next to the bar, and append them to the run's ``curves.jsonl`` under the bar's description.
-        Reading a loss syncs the GPU, hence not every step."""
-        bar = self._bar
-        if bar is None:
-            raise RuntimeError("ctx.log_step is called inside `with ctx.progress(...)`")
-        bar["left"] -= 1
-        if step % every and bar["left"] > 0:
-            bar["advance"](1)
-            return
-        self.check_loss(loss)
-        values = {"loss": float(loss.detach()),
-                  **{k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in parts.items()}}
-        bar["advance"](1, **values)
-        self.log_curve(bar["stage"], step, **values)
-
-    def info(self, msg: str) -> None:
-        self.reporter.info(msg)
-
-
 def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
     """'key: X there, Y now' for the (flattened) settings that differ, at most ``limit`` of them."""
     def flat(d, prefix=""):
@@ -371,6 +247,10 @@ class Runner:
         self.diagnostics.append(entry)
 
     # ---- time keeping and in-task checkpoints -------------------------------------------
+    def nonfinite_advice(self) -> str:
+        """What a run stopped by a non-finite loss has left and what to change (RunContext.check_loss)."""
+        return f"{_checkpoint_note(self.run_dir)} {_nonfinite_hint(self)}"
+
     def tick(self) -> None:
         if not self.method.supports_resume_in_task:
             return
