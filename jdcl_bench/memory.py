@@ -3,8 +3,8 @@ machine is refused with a clear message instead of ending in the kernel's "Kille
 preset on a CPU: 23.5 GB) or an out-of-memory traceback hours later.
 
 The estimate is measured, not guessed from a formula: the tensors autograd keeps for the backward
-pass are counted during one training forward at batch 1 (``saved_tensor_bytes``), and scaled to the
-run's batch; parameters, gradients, optimiser state and the extra model copies (EMA, teachers) are
+pass are counted during one training forward at batch 1 and at batch 2 (``saved_tensor_bytes``): the
+difference is what an image adds, scaled to the run's batch; parameters, gradients, optimiser state and the extra model copies (EMA, teachers) are
 counted from the parameter count. Allocator overhead and temporary buffers are not counted, so for an
 eager run the estimate is a lower bound: a run estimated above what the device has cannot fit.
 (torch.compile may recompute some activations instead of saving them; a compiled run can then need
@@ -57,13 +57,17 @@ class DoesNotFit(ConfigError):
     """The run's settings need more memory than its device has free."""
 
 
-def check_fits(parts: dict[str, int], device: torch.device, hint: str, warn: Callable[[str], None]) -> int:
-    """Compare the estimate (``parts``: what -> bytes) with the device's free memory: DoesNotFit
-    naming the parts and ``hint`` when it cannot fit, a warning above 80 %. Returns the total."""
+def free_bytes_to_check(device: torch.device) -> int | None:
+    """The free memory a run is checked against, or None: the check is switched off (``SKIP_ENV``)
+    or the device's free memory cannot be read. Ask first, so nothing is measured for nothing."""
+    return None if os.environ.get(SKIP_ENV) else available_bytes(device)
+
+
+def check_fits(parts: dict[str, int], free: int, device: torch.device, hint: str,
+               warn: Callable[[str], None]) -> None:
+    """Compare the estimate (``parts``: what -> bytes) with ``free`` bytes: DoesNotFit naming the
+    parts and ``hint`` when it cannot fit, a warning above 80 %."""
     total = sum(parts.values())
-    free = available_bytes(device)
-    if free is None or os.environ.get(SKIP_ENV):
-        return total
     words = ", ".join(f"{k} {v / GB:.1f}" for k, v in parts.items())
     if total > free:
         raise DoesNotFit(f"this run needs at least {total / GB:.1f} GB on {device} ({words}) and {free / GB:.1f} GB "
@@ -71,4 +75,3 @@ def check_fits(parts: dict[str, int], device: torch.device, hint: str, warn: Cal
     if total > 0.8 * free:
         warn(f"warning: this run needs at least {total / GB:.1f} GB of the {free / GB:.1f} GB free on {device} "
              f"({words}); it may not fit")
-    return total

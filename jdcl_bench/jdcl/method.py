@@ -214,8 +214,7 @@ class JDCL(Method):
     @classmethod
     def differences_from_paper(cls, method_config: dict) -> list[str]:
         """The short-budget options a record ran with (docs/jdcl.md): each a deviation from the recipe."""
-        on = [(k, method_config.get(k)) for k in ("sampler_clip_x0", "global_ema_restart")]
-        out = [f"{k} on" for k, v in on if v is True]
+        out = [f"{k} on" for k in ("sampler_clip_x0", "global_ema_restart") if method_config.get(k) is True]
         if method_config.get("local_init") == "global":
             out.append("local model initialised from G_{k-1}")
         if method_config.get("sampler") not in (None, "ddim"):
@@ -265,11 +264,14 @@ class JDCL(Method):
 
     def _check_memory(self, info: ProtocolInfo) -> None:
         """Refuse settings that cannot fit the device before anything trains (jdcl_bench.memory): the
-        tensors one training forward keeps for the backward pass, measured at batch 1 and scaled to the
-        per-process batch, plus the model, its gradients, AdamW state, EMA and the global stage's
+        tensors one training forward keeps for the backward pass, measured at batch 1 and 2 and scaled to
+        the per-process batch, plus the model, its gradients, AdamW state, EMA and the global stage's
         teachers and previous global model (32 bytes a parameter)."""
-        from ..memory import GB, available_bytes, check_fits, saved_tensor_bytes
+        from ..memory import check_fits, free_bytes_to_check, saved_tensor_bytes
 
+        free = free_bytes_to_check(self.device)
+        if free is None:
+            return
         c = self.cfg
         # a throw-away model (initialisation and dropout draw from the global generators: forked, so
         # the run's own draws stay what they were). Saved tensors at batch 1 and 2: the difference is
@@ -288,13 +290,11 @@ class JDCL(Method):
         images = max(c.batch_size, c.ssl_labelled_batch * (1 + 2 * c.ssl_mu) if self.semi else 0)
         images = -(-images // D.world_size())
         fixed = 32 * self.num_params + max(once, 0)
-        free = available_bytes(self.device)
-        fits = max(0, int((0.8 * (free or 0) - fixed) // max(per_image, 1)))
+        fits = max(0, int((0.8 * free - fixed) // max(per_image, 1)))
         hint = (f"a smaller batch (--set batch_size={min(fits, c.batch_size)} would leave 20 % free), the `fast` "
                 "preset's UNet (--set unet=fast) or another device")
-        check_fits({"activations": per_image * images, "model, AdamW, EMA and teachers": fixed}, self.device,
+        check_fits({"activations": per_image * images, "model, AdamW, EMA and teachers": fixed}, free, self.device,
                    hint, self.ctx.info)
-        self.memory_estimate_gb = round((per_image * images + fixed) / GB, 2)
 
     def new_model(self) -> JointUNet:
         m = JointUNet(self.unet_cfg).to(self.device)
