@@ -33,9 +33,11 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
         if left < args.min_start:
             status[spec] = "not started (deadline)"
             continue
-        env = {**os.environ, "JDCL_BENCH_RUN_NOTE": f"ran as one of {n_parallel} parallel chains of runs sharing "
-                                                    f"one GPU (scripts/gpu_batch.py); GPU-seconds are shared wall time",
-               "JDCL_BENCH_GPU_SHARED_BY": str(n_parallel)}
+        # one chain: the run had the GPU to itself (records before 2026-12-06 said "one of 1 parallel chains")
+        note = ("ran alone on the GPU (scripts/gpu_batch.py, one chain)" if n_parallel == 1 else
+                f"ran as one of {n_parallel} parallel chains of runs sharing one GPU (scripts/gpu_batch.py); "
+                f"GPU-seconds are shared wall time")
+        env = {**os.environ, "JDCL_BENCH_RUN_NOTE": note, "JDCL_BENCH_GPU_SHARED_BY": str(n_parallel)}
         log_dir = Path(args.out) / "_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]

@@ -142,7 +142,8 @@ PRESETS = {
     # `fast` at 5x the steps: sized from the rates measured alone on an H200 (fast UNet compiled:
     # 25 local / 18 global steps per second, results/probes/jdcl-cifar10-first2) for about 30 GPU-minutes
     # a cifar10-t5 run with compilation and replay; not yet run end to end (docs/jdcl.md says what is
-    # measured). The two-task probe improved at 2x `fast` on every measure without bending.
+    # measured). On cifar10-t5 the gain per doubling of `fast`'s steps falls (+10.1, then +7.3 points),
+    # so at this recipe it projects to about 60 %, not the budget issue's 75 %.
     "standard": {"unet": "fast", "batch_size": 512, "local_steps": 4000, "global_steps": 2500, "ddim_steps": 50,
                  "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
                  "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
