@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, parse_set
+from .config import ConfigError, load_settings_file, parse_set
 from .protocol import ProtocolError
 from .registry import METHODS, RegistryError
 
@@ -59,6 +59,11 @@ def list_cmd(what: str) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
+def _overrides(settings_file: str | None, sets) -> dict[str, str]:
+    """``--config FILE.toml`` then ``--set`` (the command line wins over the file)."""
+    return {**(load_settings_file(settings_file) if settings_file else {}), **parse_set(sets)}
+
+
 def _emit(text: str, output: str | None) -> None:
     """Print, or write atomically to a file (a table being regenerated is never left half-written)."""
     if output:
@@ -76,6 +81,9 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--preset", default=None, help="Method preset: paper (default), fast, smoke, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--config", "settings_file", default=None, type=click.Path(), metavar="FILE.toml",
+              help="Method settings from a TOML file (config fields as keys, tables for nested configs); "
+                   "checked like --set, and --set wins over it.")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
 @click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(),
@@ -89,8 +97,8 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--stop-between-tasks", is_flag=True,
               help="With --time-limit: stop only between tasks (never inside one), before a task the longest so "
                    "far says would not finish; the checkpoint left is small enough to carry between machines.")
-def run(protocol, method, seed, preset, sets, data_dir, download, out, device, time_limit, checkpoint_every,
-        restart, stop_between_tasks) -> None:
+def run(protocol, method, seed, preset, sets, settings_file, data_dir, download, out, device, time_limit,
+        checkpoint_every, restart, stop_between_tasks) -> None:
     """Run one experiment; resumes if the run directory already holds a checkpoint."""
     from .data.datasets import DatasetError
     from .progress import Reporter
@@ -101,7 +109,7 @@ def run(protocol, method, seed, preset, sets, data_dir, download, out, device, t
                     device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
                     restart=restart, stop_between_tasks=stop_between_tasks)
     try:
-        cfg.overrides = parse_set(sets)
+        cfg.overrides = _overrides(settings_file, sets)
         run_dir = run_experiment(cfg, Reporter())
     except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss, CheckpointError) as exc:
         _fail(exc)
@@ -149,6 +157,8 @@ def reference(protocol, data_dir, device) -> None:
               help="Seeds: 0,1,2 or an inclusive range 0-4 (comma-separated or repeated).")
 @click.option("--preset", default=None, help="Method preset for every cell (default: each method's own).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every cell (repeatable).")
+@click.option("--config", "settings_file", default=None, type=click.Path(), metavar="FILE.toml",
+              help="Method settings for every cell from a TOML file; --set wins over it.")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root (default: $JDCL_BENCH_DATA).")
 @click.option("--download", is_flag=True, help="Download datasets that are missing.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(), help="Shared results folder.")
@@ -175,7 +185,7 @@ def reference(protocol, data_dir, device) -> None:
 @click.option("--gpus", default=None, help="Local executor: GPUs to pin cells to (CUDA_VISIBLE_DEVICES values, "
                                            "e.g. 0,1,2,3), --per-gpu cells on each, filled round robin.")
 @click.option("--dry-run", is_flag=True, help="Only list the cells and what would run; writes nothing.")
-def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, device, time_limit, executor, partition,
+def sweep(methods, protocols, seeds, preset, sets, settings_file, data_dir, download, out, device, time_limit, executor, partition,
           account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, per_gpu, gpus,
           dry_run) -> None:
     """Run methods x protocols x seeds, skipping cells whose run is already complete.
@@ -190,7 +200,8 @@ def sweep(methods, protocols, seeds, preset, sets, data_dir, download, out, devi
 
     try:
         spec = sw.SweepSpec(methods=sw.split_list(methods), protocols=sw.split_list(protocols),
-                            seeds=sw.parse_seeds(seeds), preset=preset, overrides=parse_set(sets), data_dir=data_dir,
+                            seeds=sw.parse_seeds(seeds), preset=preset, overrides=_overrides(settings_file, sets),
+                            data_dir=data_dir,
                             out=out, device=device, time_limit_s=time_limit, download=download)
         opts = sw.SubmititOptions(partition=partition, account=account, qos=qos, constraint=constraint,
                                   time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -106,6 +107,45 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
+    return out
+
+
+def load_settings_file(path: str | Path) -> dict[str, str]:
+    """A TOML file of method settings as ``--set`` overrides: top-level keys are config fields,
+    tables are nested configs (``[classifier]`` + ``lr = 0.1`` is ``classifier.lr=0.1``).
+
+    Values are turned into the text ``--set`` would pass (booleans as true/false, lists as JSON), so
+    they go through the same typed checks and the same settings name the same run directory
+    whichever way they were given."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+
+    out: dict[str, str] = {}
+
+    def walk(table: dict, prefix: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, bool):
+                out[prefix + key] = "true" if value else "false"
+            elif isinstance(value, (list, tuple)):
+                out[prefix + key] = json.dumps(value)
+            elif isinstance(value, (int, float, str)):
+                out[prefix + key] = str(value)
+            else:
+                raise ConfigError(f"--config {path}: {prefix + key} = {value!r} is not a number, string, "
+                                  f"boolean or list")
+
+    walk(data, "")
     return out
 
 
