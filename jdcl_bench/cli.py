@@ -54,7 +54,7 @@ def list_cmd(what: str) -> None:
                 caps = [c for c, on in (("unlabelled", cls.uses_unlabelled), ("generator", cls.has_generator),
                                         ("buffer", cls.stores_buffer)) if on]
                 table.add_row(e.name, cls.description, ", ".join(caps) or "-", e.source)
-            except RegistryError as exc:
+            except RegistryError:
                 table.add_row(e.name, f"[red]failed to load: {e.error}[/red]", "-", e.source)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 

@@ -110,6 +110,20 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def read_toml(path: Path, error: type[Exception], what: str) -> dict:
+    """A TOML file's table; a missing file or bad TOML raises ``error`` naming ``what``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{what}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what}: not valid TOML ({exc})") from None
+
+
 def load_settings_file(path: str | Path) -> dict[str, str]:
     """A TOML file of method settings as ``--set`` overrides: top-level keys are config fields,
     tables are nested configs (``[classifier]`` + ``lr = 0.1`` is ``classifier.lr=0.1``).
@@ -117,18 +131,8 @@ def load_settings_file(path: str | Path) -> dict[str, str]:
     Values are turned into the text ``--set`` would pass (booleans as true/false, lists as JSON), so
     they go through the same typed checks and the same settings name the same run directory
     whichever way they were given."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
-
+    data = read_toml(path, ConfigError, f"--config {path}")
     out: dict[str, str] = {}
 
     def walk(table: dict, prefix: str) -> None:

@@ -7,7 +7,9 @@ Two things live here so that every user of the UNet gets them the same way:
   a bench with it on measured the paper config's compiled step 1 % faster but the fast config's
   18 % slower than the previous bench without it (two machines, not a controlled comparison:
   results/bench/README.md), so nothing shows it pays.
-- :func:`unet_memory_format`: channels_last for the UNet only where it runs compiled.
+- :func:`unet_memory_format`: channels_last for the UNet only where it runs compiled;
+  :func:`cuda_channels_last`: channels_last for the ResNet classifiers and their inputs on CUDA.
+- :func:`autocast`: bf16 autocast on CUDA, a no-op elsewhere (every method's mixed precision).
 - :func:`maybe_compile`: ``torch.compile`` with a clean fallback. ``torch.compile`` itself never
   fails; a broken toolchain (no C compiler, an unsupported GPU, a Triton problem) surfaces at the
   first call. The wrapper runs that first call compiled, and if it raises, says why once and runs
@@ -39,6 +41,21 @@ def unet_memory_format(device: torch.device | str, compiled: bool) -> torch.memo
     copies, 17 % with NCHW). A compiled run that falls back to eager at its first call keeps
     channels_last: the fallback is for broken toolchains, not the fast path."""
     return torch.channels_last if compiled and torch.device(device).type == "cuda" else torch.contiguous_format
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """bf16 autocast on CUDA when ``enabled``; a disabled context elsewhere (CPU runs stay fp32, so
+    their numbers do not depend on the CPU's bf16 support)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def cuda_channels_last(x):
+    """A tensor or module in channels_last on CUDA (cuDNN's fast path for the ResNets), unchanged on CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    on_cuda = any(p.is_cuda for p in x.parameters())
+    return x.to(memory_format=torch.channels_last) if on_cuda else x
 
 
 class _FallbackToEager:

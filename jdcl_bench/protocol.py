@@ -32,17 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from .config import read_toml
 from .data.datasets import KNOWN_DATASETS  # one list: the loader's
 from .registry import RegistryError
 
@@ -254,12 +249,7 @@ def parse_protocol(data: dict, name: str, where: str) -> Protocol:
 
 def load_protocol_file(path: str | Path, source: str = "local") -> Protocol:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProtocolError(f"protocol file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, ProtocolError, f"protocol file {path}")
     proto = parse_protocol(data, path.stem, str(path))
     proto.source, proto.path = source, str(path)
     return proto

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from jdcl_bench.data import augment as A
+from jdcl_bench.data.colour import equalize, luma
 from jdcl_bench.data import datasets as D
 from jdcl_bench.data import decode as DEC
 from jdcl_bench.data.datasets import DatasetError, content_hash, load_dataset
@@ -386,7 +387,7 @@ def test_rand_augment_ops_match_pil():
     b = len(x)
     full = lambda v: torch.full((b, 1, 1, 1), float(v))  # noqa: E731
     exact = [
-        (A._equalize(x), ImageOps.equalize),
+        (equalize(x), ImageOps.equalize),
         (A._posterize(x, full(5)), lambda i: ImageOps.posterize(i, 5)),
         (A._solarize(x, full(128)), lambda i: ImageOps.solarize(i, 128)),
     ]
@@ -396,8 +397,8 @@ def test_rand_augment_ops_match_pil():
     near = [  # PIL rounds to 8 bits after each op; we stay in float
         (A._autocontrast(x), ImageOps.autocontrast),
         (A._blend(torch.zeros_like(x), x, f), lambda i: ImageEnhance.Brightness(i).enhance(f)),
-        (A._blend(A._grey(x).expand_as(x), x, f), lambda i: ImageEnhance.Color(i).enhance(f)),
-        (A._blend(A._grey(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), x, f),
+        (A._blend(luma(x).expand_as(x), x, f), lambda i: ImageEnhance.Color(i).enhance(f)),
+        (A._blend(luma(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), x, f),
          lambda i: ImageEnhance.Contrast(i).enhance(f)),
         (A._blend(A._smooth(x), x, f), lambda i: ImageEnhance.Sharpness(i).enhance(f)),
     ]

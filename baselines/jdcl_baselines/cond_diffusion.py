@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.fastpath import maybe_compile, unet_memory_format
+from jdcl_bench.fastpath import autocast, cuda_channels_last, maybe_compile, unet_memory_format
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.methods.base import ProtocolInfo, TaskData
@@ -178,7 +178,7 @@ class ConditionalGenerator:
             self.num_params = count_parameters(m) - count_parameters(m.head)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return autocast(self.device, self.amp)
 
     def new_model(self) -> JointUNet:
         """A freshly initialised UNet (draws from torch's global generators)."""
@@ -299,7 +299,7 @@ class GeneratorStage:
                 x = torch.cat([A.weak_view(A.to_unit(task.x[li]), rng, fp), A.weak_view(xu, rng, fp),
                                A.strong_view(xu, rng, fp)]) * 2 - 1
                 with self.gen.autocast():
-                    logits = self.lab(self._layout(x)).float()
+                    logits = self.lab(cuda_channels_last(x)).float()
                 l_sup = F.cross_entropy(logits[:bl], y_local[li])
                 l_u, mask = fixmatch_loss(logits[bl:bl + bu], logits[bl + bu:], c.labeller_threshold)
                 loss = l_sup + l_u
@@ -316,14 +316,14 @@ class GeneratorStage:
         with torch.no_grad(), self.gen.autocast():
             for i in range(0, len(task.unlabelled_x), 1024):
                 xb = A.to_unit(task.unlabelled_x[i:i + 1024]) * 2 - 1
-                preds.append(self.lab(self._layout(xb)).float().argmax(1))
+                preds.append(self.lab(cuda_channels_last(xb)).float().argmax(1))
         self.pseudo = classes[torch.cat(preds)]
         self.lab = self.lab_opt = None  # the labeller is task-local: dropped once it has labelled
 
     def _new_labeller(self, quiet: bool = False) -> None:
         c = self.cfg
-        build = lambda: self._cuda_layout(cifar_resnet(len(self.new), self.gen.info.image_shape[0],
-                                                       c.labeller_width, c.labeller_layers).to(self.device))
+        build = lambda: cuda_channels_last(cifar_resnet(len(self.new), self.gen.info.image_shape[0],
+                                                        c.labeller_width, c.labeller_layers).to(self.device))
         self.lab = quiet_build(build) if quiet else build()
         self.lab.train()
         self.lab_opt = torch.optim.SGD(self.lab.parameters(), lr=c.labeller_lr, momentum=0.9, nesterov=True,
@@ -394,12 +394,6 @@ class GeneratorStage:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
                                      fused=self.device.type == "cuda")
         self.ema = EMA(self.net, c.ema_decay, warmup=c.ema_warmup)
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
-
-    def _cuda_layout(self, m: nn.Module) -> nn.Module:
-        return m.to(memory_format=torch.channels_last) if self.device.type == "cuda" else m
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from jdcl_bench.artefacts import save_class_grid
 from jdcl_bench.data import augment as A
+from jdcl_bench.data.colour import color_jitter
+from jdcl_bench.fastpath import autocast, cuda_channels_last
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
 from jdcl_bench.models import cifar_resnet, normalise
 
@@ -102,15 +104,9 @@ def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     x = torch.where(dev(u[:, 1] < flip_p).bool(), x.flip(3), x)
-    # colour jitter, fixed order: brightness, contrast, saturation, hue
-    grey = lambda v: v if c == 1 else (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3])
-    x = (x * dev(1 + 0.1 * (2 * u[:, 2] - 1))).clamp(0, 1)
-    mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * dev(1 + 0.1 * (2 * u[:, 3] - 1)) + mean).clamp(0, 1)
-    if c == 3:
-        g = grey(x)
-        x = ((x - g) * dev(1 + 0.1 * (2 * u[:, 4] - 1)) + g).clamp(0, 1)
-        x = _hue_shift(x, dev(0.1 * (2 * u[:, 5] - 1) * 2 * math.pi)).clamp(0, 1)
+    # colour jitter, fixed order: brightness, contrast, saturation, hue (0.1 of a turn at most)
+    x = color_jitter(x, dev(1 + 0.1 * (2 * u[:, 2] - 1)), dev(1 + 0.1 * (2 * u[:, 3] - 1)),
+                     dev(1 + 0.1 * (2 * u[:, 4] - 1)), dev(0.1 * (2 * u[:, 5] - 1)))
     # random erasing of one rectangle with probability 0.5
     area = (0.1 + 0.4 * u[:, 6]) * h * w
     ratio = torch.exp(math.log(0.3) + u[:, 7] * (math.log(3.3) - math.log(0.3)))
@@ -125,17 +121,6 @@ def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.
     in_c = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])
     mask = (in_r[:, :, None] & in_c[:, None, :] & on[:, None, None])[:, None].to(x.device)
     return x.masked_fill(mask, 0.0)
-
-
-def _hue_shift(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate the chroma of RGB images in YIQ space by ``angle`` radians (B, 1, 1, 1)."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    yy = 0.299 * r + 0.587 * g + 0.114 * b
-    i = 0.596 * r - 0.274 * g - 0.322 * b
-    q = 0.211 * r - 0.523 * g + 0.312 * b
-    cos, sin = angle[:, 0].cos(), angle[:, 0].sin()
-    i, q = i * cos - q * sin, i * sin + q * cos
-    return torch.stack([yy + 0.956 * i + 0.621 * q, yy - 0.272 * i - 0.647 * q, yy - 1.106 * i + 1.703 * q], 1)
 
 
 class DGR(Method):
@@ -210,13 +195,10 @@ class DGR(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.classifier.eval()
         with self.autocast():
-            return self.classifier(self._layout(normalise(x))).float()
+            return self.classifier(cuda_channels_last(normalise(x))).float()
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return autocast(self.device, self.amp)
 
     # ---- stage 1: the generator, trained here or loaded from the shared cache ----------------
     def _generator_stage(self, task: TaskData) -> dict:
@@ -289,7 +271,7 @@ class DGR(Method):
                     xu = A.to_unit(task.unlabelled_x[ui.to(self.device)])
                     views += [A.weak_view(xu, rng, fp), A.strong_view(xu, rng, fp)]
                 with self.autocast():
-                    logits = self.classifier(self._layout(torch.cat(views) * 2 - 1))
+                    logits = self.classifier(cuda_channels_last(torch.cat(views) * 2 - 1))
                 logits = logits.float().masked_fill(~seen, float("-inf"))  # CE over the seen classes
                 n = len(y)
                 loss = F.cross_entropy(logits[:n], y)

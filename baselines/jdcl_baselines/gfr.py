@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
+from jdcl_bench.fastpath import autocast, cuda_channels_last
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, sample_indices
 from jdcl_bench.models import cifar_resnet, normalise
-
-from ._nncsl_gfr_utils import autocast, sample_indices, to_model_layout
 
 
 # ---- networks -------------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ class GFR(Method):
                            (("extractor", self.net), ("generator", self.G), ("discriminator", self.D))}
 
     def _features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model.global_pool(model.forward_features(to_model_layout(x)))
+        return model.global_pool(model.forward_features(cuda_channels_last(x)))
 
     def _adam(self, params, lr, **kw):
         return torch.optim.Adam(params, lr=lr, fused=self.device.type == "cuda", **kw)
@@ -228,7 +227,7 @@ class GFR(Method):
         """Argmax over all the head's logits (as the official test)."""
         self.net.eval()
         with autocast(self.device, self.cfg.amp):
-            return self.net(to_model_layout(normalise(x))).float()
+            return self.net(cuda_channels_last(normalise(x))).float()
 
     # ---- stage 1: feature extractor ---------------------------------------------------------------
     def _augment(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jdcl_bench.fastpath import cuda_channels_last
 from jdcl_bench.methods.base import TaskData
 
 from .cond_diffusion import GuidedEps
@@ -60,7 +61,7 @@ class GUIDE(DGR):
 
         def log_prob(x0: torch.Tensor) -> torch.Tensor:
             with self.autocast():
-                logits = self.classifier(self._layout(x0))
+                logits = self.classifier(cuda_channels_last(x0))
             return new_class_log_prob(logits, seen, new_pos)
 
         return GuidedEps(model, self.gen.diffusion, log_prob, self.cfg.guidance_scale)

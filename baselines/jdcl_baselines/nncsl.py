@@ -32,11 +32,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData
+from jdcl_bench.data.colour import color_distort
+from jdcl_bench.fastpath import autocast, cuda_channels_last
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, sample_indices
 from jdcl_bench.models import cifar_resnet, normalise
 
-from ._nncsl_gfr_utils import (LARSSGD, autocast, color_distort, resize, sample_indices, to_model_layout,
-                               unseen_mask, warmup_cosine)
+from .lars import LARSSGD, warmup_cosine
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Square ``size`` (antialiased bilinear): the multi-crop views."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def unseen_mask(num_classes: int, seen: list[int], device) -> torch.Tensor:
+    """True for the classes no task has introduced yet."""
+    mask = torch.ones(num_classes, dtype=torch.bool, device=device)
+    if seen:
+        mask[torch.tensor(seen, device=device)] = False
+    return mask
 
 
 # ---- losses (module level, so the tests can check them on hand-computed values) ---------------
@@ -245,7 +261,7 @@ class NNCSL(Method):
         """The linear head (the paper's reported accuracy), restricted to the classes seen so far."""
         self.model.eval()
         with autocast(self.device, self.cfg.amp):
-            h = self.model.features(to_model_layout(normalise(x)))
+            h = self.model.features(cuda_channels_last(normalise(x)))
         logits = self.model.classifier(h.float())
         return logits.masked_fill(unseen_mask(self.info.num_classes, self.seen, x.device), -1e9)
 
@@ -313,8 +329,8 @@ class NNCSL(Method):
         big = torch.cat([self._global_view(xl), self._global_view(xl), self._global_view(xu), self._global_view(xu)])
         small = torch.cat([self._multicrop(xu) for _ in range(c.multicrop)]) if c.multicrop else None
         with autocast(self.device, c.amp):
-            h, z = self.model(to_model_layout(big * 2 - 1))
-            z_mc = self.model(to_model_layout(small * 2 - 1))[1] if small is not None else None
+            h, z = self.model(cuda_channels_last(big * 2 - 1))
+            z_mc = self.model(cuda_channels_last(small * 2 - 1))[1] if small is not None else None
         h, z = h.float(), z.float()
         self.counters["labelled_images_seen"] += nl
         self.counters["unlabelled_images_seen"] += nu
@@ -346,8 +362,8 @@ class NNCSL(Method):
         # NND: SNN over the old-class supports, current model vs the previous task's model
         if self.teacher is not None and self.Y_old is not None and c.nnd_weight > 0:
             with torch.no_grad(), autocast(self.device, c.amp):
-                zt = self.teacher(to_model_layout(big * 2 - 1))[1].float()
-                zt_mc = self.teacher(to_model_layout(small * 2 - 1))[1].float() if small is not None else None
+                zt = self.teacher(cuda_channels_last(big * 2 - 1))[1].float()
+                zt_mc = self.teacher(cuda_channels_last(small * 2 - 1))[1].float() if small is not None else None
             t_anchors = zt[2 * nl:] if zt_mc is None else torch.cat([zt[2 * nl:], zt_mc])
             with torch.no_grad():
                 p_old = snn(t_anchors, lab_rows(zt, 0, self.n_old_rows), self.Y_old, c.tau)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from jdcl_baselines._nncsl_gfr_utils import LARSSGD, color_distort, equalize, warmup_cosine
+from jdcl_baselines.lars import LARSSGD, warmup_cosine
+from jdcl_bench.data.colour import color_distort, equalize
 from jdcl_baselines.nncsl import (NNCSL, cross_entropy_soft, memax, paws_targets, sharpen, smoothed_one_hot, snn)
 
 
@@ -94,9 +95,14 @@ def test_schedule_and_colour_ops():
         x = torch.rand(5, c, 8, 8)
         y = color_distort(x, g)
         assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
-    ramp = torch.linspace(0.2, 0.4, 64).view(1, 1, 8, 8)
+    # PAWS' Equalize is PIL's ImageOps.equalize: a 32x32 ramp is stretched to the full range as PIL does
+    import numpy as np
+    from PIL import Image, ImageOps
+    ramp = torch.linspace(0.2, 0.4, 1024).view(1, 1, 32, 32)
+    pil = np.asarray(ImageOps.equalize(Image.fromarray((ramp[0, 0] * 255).round().byte().numpy())))
     eq = equalize(ramp)
-    assert float(eq.min()) == 0 and float(eq.max()) == 1  # stretched to the full range
+    assert torch.equal((eq[0, 0] * 255).round().byte(), torch.from_numpy(pil.copy()))
+    assert float(eq.min()) == 0 and float(eq.max()) == 1
 
 
 # ---- the framework contract -------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .colour import equalize, luma
+
 __all__ = ["images_to_tensor", "to_unit", "to_float", "hflip", "random_crop", "random_resized_crop", "cutout",
            "rand_augment", "weak_view", "strong_view", "RAND_AUGMENT_OPS"]
 
@@ -195,14 +197,14 @@ def _apply_ops(x, op, level, apply, sign):
         return _on(level * 0.9 / _PARAMETER_MAX + 0.05, x).view(b, 1, 1, 1)
 
     out = x
-    grey = _grey(x)
+    grey = luma(x)
     out = torch.where(chosen["AutoContrast"], _autocontrast(x), out)
     out = torch.where(chosen["Brightness"], _blend(torch.zeros_like(x), x, factor()), out)
     if c == 3:  # Color is the identity on one-channel images
         out = torch.where(chosen["Color"], _blend(grey.expand_as(x), x, factor()), out)
     out = torch.where(chosen["Contrast"], _blend(grey.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), x, factor()),
                       out)
-    out = torch.where(chosen["Equalize"], _equalize(x), out)
+    out = torch.where(chosen["Equalize"], equalize(x), out)
     bits = _on((level * 4 / _PARAMETER_MAX).floor() + 4, x).view(b, 1, 1, 1)  # 4..7 bits kept
     out = torch.where(chosen["Posterize"], _posterize(x, bits), out)
     out = torch.where(chosen["Sharpness"], _blend(_smooth(x), x, factor()), out)
@@ -263,13 +265,6 @@ def _affine(x, mats, fill):
     return out
 
 
-def _grey(x):
-    """ITU-R 601 luma (PIL's "L" conversion), (B, 1, H, W)."""
-    if x.shape[1] == 1:
-        return x
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
 def _blend(degenerate, x, factor):
     """PIL ImageEnhance: degenerate + factor * (x - degenerate), clipped."""
     return (degenerate + factor * (x - degenerate)).clamp(0, 1)
@@ -282,21 +277,6 @@ def _autocontrast(x):
     span = hi - lo
     stretched = (x - lo) / span.clamp(min=1e-8)
     return torch.where(span > 1e-8, stretched, x)  # flat channels stay as they are
-
-
-def _equalize(x):
-    """Histogram equalisation per image and channel on 256 levels (PIL ImageOps.equalize's lut)."""
-    b, c, h, w = x.shape
-    q = (x * 255).round().long().clamp_(0, 255).view(b * c, h * w)
-    hist = torch.zeros(b * c, 256, dtype=torch.long, device=x.device).scatter_add_(1, q, torch.ones_like(q))
-    # PIL: step = (number of pixels - count of the last non-empty level) // 255
-    last = 255 - torch.argmax(hist.flip(1).gt(0).long(), dim=1, keepdim=True)
-    step = (h * w - hist.gather(1, last)) // 255  # (B*C, 1)
-    cum_before = hist.cumsum(1) - hist
-    lut = ((step // 2 + cum_before) // step.clamp(min=1)).clamp_(0, 255)
-    # step 0 (a near-constant channel) leaves the channel unchanged, as in PIL
-    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).expand_as(lut))
-    return (lut.gather(1, q).to(x.dtype) / 255).view(b, c, h, w)
 
 
 def _posterize(x, bits):

@@ -21,9 +21,7 @@ with noise of its own, the parts are gathered, and every rank keeps the same cla
 """
 from __future__ import annotations
 
-import copy
 import json
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +32,7 @@ from .. import distributed as D
 from ..artefacts import save_class_grid
 from ..config import ConfigError
 from ..data import augment as A
-from ..fastpath import maybe_compile, unet_memory_format
+from ..fastpath import autocast, maybe_compile, unet_memory_format
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion, ema_start_share
 from .losses import kd_classifier, kd_diffusion
@@ -325,7 +323,7 @@ class JDCL(Method):
         return self._fn(JointForward(self.net))
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return autocast(self.device, self.amp)
 
     @property
     def compiled(self) -> bool:

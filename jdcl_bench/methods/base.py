@@ -182,6 +182,16 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+def sample_indices(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
+    """``k`` indices into range(n) from the run's CPU generator: without replacement when the pool
+    is large enough, with replacement otherwise (a minibatch from a small labelled set)."""
+    if n <= 0:
+        raise ValueError("cannot sample from an empty pool")
+    if n >= k:
+        return torch.randperm(n, generator=gen)[:k].to(device)
+    return torch.randint(n, (k,), generator=gen).to(device)
+
+
 def config_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
