@@ -35,9 +35,6 @@ def main() -> None:
     ap.add_argument("--triton-norm", choices=("on", "off", "both"), default="on",
                     help="the ResBlock norm steps through triton_norm (on), inductor's kernels (off), or both, "
                          "each batch size timed without it first (its row is '<batch>-no-triton-norm')")
-    ap.add_argument("--norm-variant", action="append", default=[], choices=sorted(NORM_VARIANTS),
-                    help="after the --triton-norm runs, also time the kernel with this change (repeatable; "
-                         "row '<batch>-<variant>')")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
     batches = args.batch or [128, 256, 512, 1000, 2000]
@@ -46,6 +43,8 @@ def main() -> None:
 
     from jdcl_bench.bench import (device_info, flops_per_image, kernel_breakdown, median_time, record_path,
                                   trained_looking_model, unet_config)
+    from jdcl_bench.jdcl.unet import apply_fast_path
+    from jdcl_bench.kernels import FastPath
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
     for kv in args.inductor_option:
@@ -59,14 +58,10 @@ def main() -> None:
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev),
               "settings": {**vars(args), "batches": batches}, "eps_flops_per_image": flops, "batches": {}}
     path = record_path(args.out, "ddim-batch", record["gpu_name"])
-    runs = [(n, tn, None) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
-    runs += [(n, True, v) for n in batches for v in args.norm_variant]
-    for n, tn, variant in runs:
-        for m in model.modules():
-            if hasattr(m, "triton_norm"):
-                m.triton_norm = tn
-        undo = NORM_VARIANTS[variant]() if variant else None
-        key = f"{n}-{variant}" if variant else str(n) if tn or args.triton_norm == "off" else f"{n}-no-triton-norm"
+    runs = [(n, tn) for n in batches for tn in {"on": (True,), "off": (False,), "both": (False, True)}[args.triton_norm]]
+    for n, tn in runs:
+        apply_fast_path(model, FastPath(triton_norm=tn))
+        key = str(n) if tn or args.triton_norm == "off" else f"{n}-no-triton-norm"
         torch._dynamo.reset()  # one static-shape graph per size: no dynamic-shape kernels
         x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), device=dev)
         t = torch.full((n,), 500, device=dev, dtype=torch.long)
@@ -98,87 +93,8 @@ def main() -> None:
                   f"{k.split(' ')[0]} {v:.2f}" for k, v in row["gpu_ms_by_kind"].items())), flush=True)
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())  # a stopped sweep keeps what it measured
         del call
-        if undo:
-            undo()
     print(f"wrote {path}")
 
-
-def _without_32x32():
-    """triton_norm as it was before it took 32x32 maps (8x8 and 16x16 only)."""
-    from jdcl_bench.jdcl import triton_norm
-    saved = triton_norm.LAUNCH.pop(1024)
-    return lambda: triton_norm.LAUNCH.__setitem__(1024, saved)
-
-
-def _second_norm_only_at_32x32():
-    """At 32x32, only the ResBlocks' second norm through the kernel. A first norm goes there when a
-    1x1 skip convolution reads the block input anyway; at 32x32 that input is a decoder
-    concatenation, which inductor otherwise writes from inside its own norm-statistics kernel."""
-    from jdcl_bench.jdcl import triton_norm
-    from jdcl_bench.jdcl.unet import norm_act
-    kernel = triton_norm.norm_act
-
-    def routed(norm, x, scale=None, shift=None, **kw):
-        if x.shape[-1] == 32 and scale is None:  # the first norm: no FiLM
-            return norm_act(norm, x)
-        return kernel(norm, x, scale, shift, **kw)
-    triton_norm.norm_act = routed
-    return lambda: setattr(triton_norm, "norm_act", kernel)
-
-
-def _both_norms_required():
-    """The rule before per-norm routing: a ResBlock takes the kernel only if it takes both of its
-    norms, so the 384-channel decoder block at 32x32 (12-channel groups) kept its second norm
-    compiled too."""
-    from jdcl_bench.jdcl import triton_norm
-    from jdcl_bench.jdcl.unet import ResBlock, use_norm_act
-    forward = ResBlock.forward
-
-    def old_rule(self, x, emb):
-        if use_norm_act(self, self.in_layers[0], x) and not triton_norm.usable(self, self.in_layers[0], x):
-            return self._fused(x, emb)
-        return forward(self, x, emb)
-    ResBlock.forward = old_rule
-    return lambda: setattr(ResBlock, "forward", forward)
-
-
-def _padded_io_convs():
-    """conv_in (3 input channels) and the output convolution (3 output channels) with their thin
-    channel dimension zero-padded to 8, the output sliced back: the same sums; cuDNN picks sm80
-    kernels for the thin forms (0.6 ms each at batch 2000, ...T142335)."""
-    import torch.nn.functional as F
-
-    from jdcl_bench.jdcl.unet import JointUNet, cat_channels, norm_act, use_norm_act
-    encode, decode = JointUNet._encode, JointUNet._decode
-
-    def conv(m, x):
-        pin, pout = -m.in_channels % 8, -m.out_channels % 8
-        w = F.pad(m.weight, (0, 0, 0, 0, 0, pin, 0, pout))
-        y = F.conv2d(F.pad(x, (0, 0, 0, 0, 0, pin)) if pin else x, w, F.pad(m.bias, (0, pout)), padding=1)
-        return y[:, :m.out_channels] if pout else y
-
-    def _encode(self, x, emb):
-        h = conv(self.conv_in, x)
-        hs = [h]
-        for b in self.input_blocks:
-            h = b(h, emb)
-            hs.append(h)
-        return self.middle_block(h, emb), hs
-
-    def _decode(self, h, hs, emb):
-        for b, skip in zip(self.output_blocks, reversed(hs)):
-            h = b(cat_channels(h, skip, layout_keeping=self.layout_cat), emb)
-        a = norm_act(self.out[0], h) if use_norm_act(self, self.out[0], h) else self.out[1](self.out[0](h))
-        return conv(self.out[2], a)
-    JointUNet._encode, JointUNet._decode = _encode, _decode
-
-    def undo():
-        JointUNet._encode, JointUNet._decode = encode, decode
-    return undo
-
-
-NORM_VARIANTS = {"no-32x32": _without_32x32, "second-only-at-32x32": _second_norm_only_at_32x32,
-                 "both-norms-required": _both_norms_required, "padded-io-convs": _padded_io_convs}
 
 
 def concurrent_graphs(model, x, t, parts: int):

@@ -7,10 +7,10 @@ roofline of the same bytes (a compiled copy of the input), forward alone (sampli
 backward (training):
 
 - ``native``: ``F.group_norm`` (torch's kernel; the UNet's form before 2026-11-25);
-- ``group_view``: fp32 ``var_mean`` over a (B, G, C/G, H, W) view, as ``unet.group_norm_channels_last``;
+- ``group_view``: fp32 ``var_mean`` over a (B, G, C/G, H, W) view, as ``kernels.layout.group_norm_channels_last``;
 - ``per_channel``: per-channel ``var_mean`` over H, W (a reduction along the strided axis of a
   channels_last tensor), then the group's mean and variance from its channels' (law of total
-  variance: exact, no E[x^2] - E[x]^2 cancellation): ``unet.group_norm_channels_last`` itself,
+  variance: exact, no E[x^2] - E[x]^2 cancellation): ``kernels.layout.group_norm_channels_last`` itself,
   whose code was inlined here when the 20261125T0418 record was made.
 
 Usage (GPU): python benchmarks/groupnorm_layouts.py [--out results/bench/groupnorm-....json]
@@ -36,8 +36,8 @@ def group_view(x, G, w, b, scale, shift):
     return F.silu(y * (1 + scale) + shift).to(torch.bfloat16)
 
 
-def per_channel(x, G, w, b, scale, shift):  # what the UNet runs (unet.group_norm_channels_last)
-    from jdcl_bench.jdcl.unet import group_norm_channels_last
+def per_channel(x, G, w, b, scale, shift):  # what the UNet runs (kernels.layout.group_norm_channels_last)
+    from jdcl_bench.kernels.layout import group_norm_channels_last
 
     y = group_norm_channels_last(x, G, w, b, 1e-5)
     return F.silu(y * (1 + scale) + shift).to(torch.bfloat16)

@@ -4,7 +4,7 @@ One norm-activation step as DDIM sampling runs it (no grad, bf16, channels_last,
 the preceding convolution's bias added, GroupNorm, FiLM, SiLU, bf16 out. Timed for map shapes of
 the paper config's ResBlocks (``--maps``):
 
-- ``compiled``: ``unet.norm_act`` under torch.compile, what the UNet runs where triton_norm does
+- ``compiled``: ``kernels.norm_act`` under torch.compile, what the UNet runs where triton_norm does
   not (a statistics reduction over the map, then an element-wise pass that reads it again);
 - ``triton LANES/WARPS``: :func:`triton_norm.norm_act`, one program per (sample, LANES channels),
   the slice held in registers (read once), for each slice width and warp count asked for
@@ -35,8 +35,9 @@ def main():
     args = ap.parse_args()
 
     from jdcl_bench.bench import median_time, record_path
-    from jdcl_bench.jdcl import triton_norm
-    from jdcl_bench.jdcl.unet import GroupNorm, norm_act
+    from jdcl_bench.kernels import triton_norm
+    from jdcl_bench.jdcl.unet import GroupNorm
+    from jdcl_bench.kernels.norm_act import norm_act
     from jdcl_bench.records import atomic_write_bytes, code_version, now
 
     dev = torch.device("cuda")

@@ -15,7 +15,7 @@
   forms, i.e. the UNet before its layout-keeping blocks: what those bought, in one process.
   ``optimised_bf16_cudagraphs_prev_blocks`` (on request) is the CUDA-graph path with the
   upsampling, attention-input cast, decoder concatenation and norm-activation steps as they were
-  before the sub-pixel upsampling (``unet.Upsample``) and ``unet.norm_act``: what those bought,
+  before the sub-pixel upsampling (``unet.Upsample``) and ``kernels.norm_act``: what those bought,
   in one process. The fp32 reference always
   runs the literal upsampling (interpolate, then a 3x3 convolution), so parity checks the
   sub-pixel form against it.
@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
-from .jdcl.unet import AttentionBlock, GroupNorm, JointUNet, ResBlock, UNetConfig, Upsample, count_parameters
+from .jdcl.unet import JointUNet, UNetConfig, apply_fast_path, count_parameters
+from .kernels import FastPath
 
 
 @dataclass
@@ -165,18 +166,10 @@ class Path:
         self.device, self.optimised = device, optimised
         self.model = model_cls(cfg).to(device)
         self.model.load_state_dict(state)
-        for m in self.model.modules():
-            if isinstance(m, (GroupNorm, AttentionBlock)):
-                m.layout_preserving = not nchw_blocks
-            if isinstance(m, AttentionBlock):
-                m.cast_early = not prev_blocks
-            if isinstance(m, (ResBlock, JointUNet)):
-                m.fused_norm_act = not prev_blocks
-            if isinstance(m, ResBlock):
-                m.triton_norm = not prev_blocks
-            if isinstance(m, Upsample):  # the reference keeps the official arithmetic: interpolate, then conv
-                m.subpixel = optimised and not prev_blocks
-        self.model.layout_cat = not prev_blocks
+        # the reference keeps the official arithmetic (interpolate, then conv: subpixel off)
+        apply_fast_path(self.model, FastPath(
+            layout_norm=not nchw_blocks, cast_early=not prev_blocks, fused_norm_act=not prev_blocks,
+            triton_norm=not prev_blocks, subpixel=optimised and not prev_blocks, layout_cat=not prev_blocks))
         if optimised and channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-4, weight_decay=0.01,
@@ -378,7 +371,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
 # matrix multiplies of linear layers; flash/efficient attention; copies are named as such.
 # First match wins. Attention comes before convolution because cuDNN's fused attention kernels are
 # named like its convolutions ("cudnn_generated_..._sdpa_sm90_flash_fprop_wgmma..."); "_norm_act" is
-# jdcl_bench.jdcl.triton_norm's kernel, a Triton kernel whose name does not say so.
+# jdcl_bench.kernels.triton_norm's kernel, a Triton kernel whose name does not say so.
 KERNEL_KINDS = (("triton (fused norm / element-wise)", ("triton", "_norm_act")),
                 ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
                 ("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),

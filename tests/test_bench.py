@@ -117,4 +117,4 @@ def test_nchw_blocks_path_runs_only_when_named_and_switches_norm_and_attention()
         p = Path(cfg, _weights(cfg), torch.device("cpu"), optimised=True, compile=False, nchw_blocks=nchw)
         blocks = [m for m in p.model.modules() if isinstance(m, (GroupNorm, AttentionBlock))]
         assert any(isinstance(m, AttentionBlock) for m in blocks)
-        assert all(m.layout_preserving is not nchw for m in blocks)
+        assert all(m.fast.layout_norm is not nchw for m in blocks)

@@ -21,8 +21,9 @@ def _interpreted(code: str) -> None:
 def test_kernel_matches_the_norm_act_composition():
     _interpreted("""
         import torch, torch.nn.functional as F
-        from jdcl_bench.jdcl import triton_norm
-        from jdcl_bench.jdcl.unet import GroupNorm, group_norm_channels_last
+        from jdcl_bench.kernels import triton_norm
+        from jdcl_bench.jdcl.unet import GroupNorm
+        from jdcl_bench.kernels.layout import group_norm_channels_last
         g = torch.Generator().manual_seed(0)
         # 8x8 (64-channel slices): 4 channels per group, 2 slices; one group per slice;
         # 16x16 (32-channel slices): 16 channels per group, 2 slices;
@@ -59,7 +60,7 @@ def test_kernel_matches_the_norm_act_composition():
 def test_resblocks_take_the_kernel_only_for_inference_and_match_their_compiled_form():
     _interpreted("""
         import torch
-        from jdcl_bench.jdcl import triton_norm
+        from jdcl_bench.kernels import FastPath, triton_norm
         from jdcl_bench.jdcl.unet import ResBlock
         g = torch.Generator().manual_seed(1)
         calls = []
@@ -83,10 +84,10 @@ def test_resblocks_take_the_kernel_only_for_inference_and_match_their_compiled_f
                 calls.clear()
                 ours = blk(x, emb)
                 assert len(calls) == expected, (c_in, c_out, len(calls))
-                blk.triton_norm = False
+                blk.fast = FastPath(triton_norm=False)
                 ref = blk(x, emb)
             assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (c_in, (ours - ref).abs().max())
-            blk.triton_norm = True
+            blk.fast = FastPath()
             n1 = blk.in_layers[0]
             assert not triton_norm.usable(blk, n1, x)  # grad enabled: training keeps norm_act's backward
             with torch.no_grad():
@@ -100,8 +101,9 @@ def test_resblocks_take_the_kernel_only_for_inference_and_match_their_compiled_f
 def test_unet_eps_is_the_same_with_and_without_the_kernel():
     _interpreted("""
         import torch
-        from jdcl_bench.jdcl import triton_norm
-        from jdcl_bench.jdcl.unet import JointUNet, ResBlock, UNetConfig
+        from jdcl_bench.kernels import triton_norm
+        from jdcl_bench.kernels import FastPath
+        from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, apply_fast_path
         calls = []
         kernel = triton_norm.norm_act
         triton_norm.norm_act = lambda norm, x, *a, **kw: calls.append(x.shape) or kernel(norm, x, *a, **kw)
@@ -116,9 +118,7 @@ def test_unet_eps_is_the_same_with_and_without_the_kernel():
             # both levels; the 48-channel decoder blocks (3-channel groups) stay compiled
             assert {s[2] for s in calls} == {16, 32}, calls
             assert all(s[1] != 48 for s in calls), calls
-            for m in model.modules():
-                if isinstance(m, ResBlock):
-                    m.triton_norm = False
+            apply_fast_path(model, FastPath(triton_norm=False))
             ref = model(x, t)
         assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (ours - ref).abs().max()
     """)
@@ -127,7 +127,7 @@ def test_unet_eps_is_the_same_with_and_without_the_kernel():
 def test_no_kernel_path_on_cpu_without_the_interpreter(monkeypatch):
     import torch
 
-    from jdcl_bench.jdcl import triton_norm
+    from jdcl_bench.kernels import triton_norm
     from jdcl_bench.jdcl.unet import ResBlock
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

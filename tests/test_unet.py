@@ -149,7 +149,7 @@ def test_group_norm_layout_as_torch_compile_traces_it_on_cuda():
     # reports an NCHW result for a channels_last input, ours keeps channels_last. No GPU needed.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from jdcl_bench.jdcl.unet import group_norm_channels_last
+    from jdcl_bench.kernels.layout import group_norm_channels_last
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(2, 128, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -182,7 +182,7 @@ def test_attention_token_form_matches_the_nchw_form_with_grads():
 def test_group_norm_statistics_hold_for_a_large_mean():
     # the group's variance comes from per-channel ones: it must be as accurate as torch's kernel
     # where E[x^2] - E[x]^2 would cancel to nothing (mean 300, std 0.01: 1e-9 of E[x^2] in fp32)
-    from jdcl_bench.jdcl.unet import group_norm_channels_last
+    from jdcl_bench.kernels.layout import group_norm_channels_last
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 16, 8, 8, generator=g, dtype=torch.float64) * 0.01 + 300.0
@@ -238,7 +238,7 @@ def _norm_act_reference(x, w, b, scale, shift, keep, groups, eps, keep_prob):
 def test_norm_act_matches_the_module_composition_with_grads(film):
     # the fused norm-FiLM-SiLU-dropout with its written-out backward against autograd through
     # torch's GroupNorm, in float64 (the function computes in fp32): output and every gradient
-    from jdcl_bench.jdcl.unet import _NormAct
+    from jdcl_bench.kernels.norm_act import _NormAct
 
     g = torch.Generator().manual_seed(3)
     B, C, H, W, G = 3, 8, 5, 4, 4
@@ -257,7 +257,8 @@ def test_norm_act_matches_the_module_composition_with_grads(film):
 
 
 def test_norm_act_holds_for_a_large_mean_and_drops_as_dropout():
-    from jdcl_bench.jdcl.unet import GroupNorm, norm_act
+    from jdcl_bench.jdcl.unet import GroupNorm
+    from jdcl_bench.kernels.norm_act import norm_act
 
     g = torch.Generator().manual_seed(4)
     norm = GroupNorm(4, 16)
@@ -301,7 +302,7 @@ def test_resblock_fused_form_matches_the_modules_with_grads():
 @pytest.mark.parametrize("size", [(4, 4), (5, 3), (1, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_subpixel_upsample_equals_interpolate_then_conv(size, channels_last):
-    from jdcl_bench.jdcl.unet import upsample_conv
+    from jdcl_bench.kernels.layout import upsample_conv
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 6, *size, generator=g, dtype=torch.float64)
@@ -319,7 +320,7 @@ def test_subpixel_upsample_equals_interpolate_then_conv(size, channels_last):
 
 
 def test_decoder_concatenation_returns_channels_last_gradients():
-    from jdcl_bench.jdcl.unet import cat_channels
+    from jdcl_bench.kernels.layout import cat_channels
 
     a = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     b = torch.randn(2, 5, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()

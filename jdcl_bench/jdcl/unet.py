@@ -23,6 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kernels import FastPath
+from ..kernels.layout import (autocast_input, cat_channels, group_norm_channels_last, is_channels_last, split_batch,
+                              upsample_conv)
+from ..kernels import triton_norm
+from ..kernels.norm_act import norm_act
+
 
 # -----------------------------------------------------------------------------
 # config
@@ -90,12 +96,6 @@ def count_parameters(module: nn.Module) -> int:
 # building blocks
 
 
-def is_channels_last(x: torch.Tensor) -> bool:
-    """A 4-d tensor laid out channels_last and not also plain contiguous (as a 1x1 map would be):
-    the inputs the layout-keeping forms below are for."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that keeps a channels_last input channels_last, forward and backward.
 
@@ -114,127 +114,17 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout_preserving and is_channels_last(x):
+        if self.fast.layout_norm and is_channels_last(x):
             return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
-    # the bench turns this off on one path to time torch's own kernel against it
-    layout_preserving: bool = True
-
-
-def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None,
-                             bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """GroupNorm from plain ops, statistics per channel first, then per group.
-
-    Each channel's mean and variance over H, W is a reduction along the strided axis of a
-    channels_last tensor, which inductor compiles into coalesced kernels; a group's mean is the
-    mean of its channels' means and its variance the mean of their variances plus the variance of
-    their means (law of total variance, exact; no E[x^2] - E[x]^2 cancellation). Reducing over a
-    (B, G, C/G, H, W) view directly gives the same numbers but compiled 1.5x slower forward and
-    2.4x slower forward + backward on an H100 (benchmarks/groupnorm_layouts.py,
-    results/bench/groupnorm-NVIDIA_H100_80GB_HBM3-20261125T0418.json)."""
-    xf = x.float()
-    mean, rstd = _group_stats(xf, groups, eps)  # (B, C): one value per channel, broadcast over H, W
-    y = (xf - mean[:, :, None, None]) * rstd[:, :, None, None]
-    if weight is not None:
-        y = y * weight.float()[:, None, None]
-    if bias is not None:
-        y = y + bias.float()[:, None, None]
-    return y
-
-
-def _group_stats(xf: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm's mean and 1/std per (sample, group) of an fp32 map, expanded to (B, C):
-    per-channel statistics first, then per group (as :func:`group_norm_channels_last`)."""
-    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
-    mean = _per_group_mean(mean_c, groups)
-    var = _per_group_mean(var_c + (mean_c - mean).pow(2), groups)  # law of total variance
-    return mean, torch.rsqrt(var + eps)
-
-
-def _per_group_mean(v: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, C) -> the mean over each group's channels, broadcast back to (B, C)."""
-    B, C = v.shape
-    return v.view(B, groups, C // groups).mean(-1, keepdim=True).expand(B, groups, C // groups).reshape(B, C)
-
-
-def _film(v: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """``v * (1 + scale)``, or ``v`` without FiLM: how the norm's gain and bias, and their
-    gradients, pass through the scale."""
-    return v * (1 + scale.float()) if scale is not None else v
-
-
-class _NormAct(torch.autograd.Function):
-    """silu(GroupNorm(x) * (1 + scale) + shift) * keep / keep_prob in one function with a
-    backward written out: one reduction pass over (x, grad) for two sums per (sample, channel),
-    then one element-wise pass for the input gradient.
-
-    Left to autograd, the composition's backward made torch.compile store three fp32 maps per
-    block between its reduction and element-wise kernels (x - mean, the FiLM output, a gradient
-    term; one of them in NCHW order): about 18 bf16-map sizes of memory traffic per decoder block
-    at 32x32 in the H100 training step, where this needs about 7 (results/bench/). The arithmetic
-    is the composition's: the same statistics (:func:`_group_stats`), (x - mean) * a + c in fp32."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, scale, shift, keep, groups: int, eps: float, keep_prob: float):
-        xf = x.float()
-        mean, rstd = _group_stats(xf, groups, eps)
-        gamma, c = _film(weight.float()[None], scale), _film(bias.float()[None], scale)
-        if shift is not None:
-            c = c + shift.float()
-        a = rstd * gamma  # f = (x - mean) * a + c
-        f = (xf - mean[:, :, None, None]) * a[:, :, None, None] + c[:, :, None, None]
-        out = F.silu(f)
-        if keep is not None:
-            out = out * keep * (1.0 / keep_prob)
-        ctx.save_for_backward(x, mean, rstd, a, c, weight, bias, scale, keep)  # gamma: rebuilt from weight, scale
-        ctx.groups, ctx.keep_prob = groups, keep_prob
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, mean, rstd, a, c, weight, bias, scale, keep = ctx.saved_tensors
-        gamma = _film(weight.float()[None], scale)
-        B, C, H, W = x.shape
-        xc = x.float() - mean[:, :, None, None]
-        f = xc * a[:, :, None, None] + c[:, :, None, None]
-        sig = torch.sigmoid(f)
-        dg = dout.float() if keep is None else dout.float() * keep * (1.0 / ctx.keep_prob)
-        df = dg * sig * (1 + f * (1 - sig))
-        s1 = df.sum(dim=(2, 3))          # (B, C): sum of df
-        s2 = (df * xc).sum(dim=(2, 3))   # (B, C): sum of df * (x - mean)
-        # through the normalisation: dx = a * df - rstd * mean_g(gamma * s1) / HW
-        #                                 - (x - mean) * rstd^3 * mean_g(gamma * s2) / HW
-        hw = H * W
-        k1 = -rstd * _per_group_mean(gamma * s1, ctx.groups) / hw
-        k2 = -rstd.pow(3) * _per_group_mean(gamma * s2, ctx.groups) / hw
-        dx = df * a[:, :, None, None] + xc * k2[:, :, None, None] + k1[:, :, None, None]
-        s2n = s2 * rstd  # sum of df * x_hat
-        d_weight, d_bias = _film(s2n, scale).sum(0), _film(s1, scale).sum(0)
-        d_scale = (weight.float()[None] * s2n + bias.float()[None] * s1) if ctx.needs_input_grad[3] else None
-        d_shift = s1 if ctx.needs_input_grad[4] else None
-        return (dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype),
-                None if d_scale is None else d_scale.to(scale.dtype), d_shift, None, None, None, None)
-
-
-def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
-             shift: torch.Tensor | None = None, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
-    """``dropout(silu(norm(x) * (1 + scale) + shift))`` (scale, shift: (B, C) or None) through
-    :class:`_NormAct`; fp32 out, as autocast's GroupNorm. The keep mask is drawn outside the
-    function (``torch.rand_like``, the same Bernoulli(1 - p) as ``nn.Dropout``; another stream)."""
-    keep = None
-    if training and dropout > 0:
-        # a bool mask in x's layout: an fp32 NCHW one (torch.rand(x.shape)) made the compiled
-        # forward write and the backward read 4 bytes per value across the map's layout, 5x slower
-        # than autograd's dropout (H100 profile, results/bench/...20261125T072827.json)
-        keep = torch.rand_like(x, dtype=torch.float32) >= dropout
-    return _NormAct.apply(x, norm.weight, norm.bias, scale, shift, keep, norm.num_groups, norm.eps, 1.0 - dropout)
+    fast = FastPath()  # apply_fast_path sets a model's
 
 
 def use_norm_act(owner: nn.Module, norm: nn.GroupNorm, x: torch.Tensor) -> bool:
     """Whether ``owner`` (a ResBlock or the output head) runs its norm-activation step through
     :func:`norm_act`: its switch is on, the norm keeps layouts, and ``x`` is channels_last."""
-    return owner.fused_norm_act and norm.layout_preserving and is_channels_last(x)
+    return owner.fast.fused_norm_act and norm.fast.layout_norm and is_channels_last(x)
 
 
 def norm(channels: int) -> GroupNorm:
@@ -270,14 +160,13 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     # channels_last input (the compiled path): norm, FiLM, SiLU and dropout through norm_act, whose
-    # written-out backward the compiler turns into two passes; off on the bench's before-path
-    fused_norm_act: bool = True
-    # inference on the maps triton_norm takes: the norm steps through its one-read kernel
-    triton_norm: bool = True
+    # written-out backward the compiler turns into two passes (FastPath.fused_norm_act); in
+    # inference on the maps triton_norm takes, the norm steps through its one-read kernel
+    # (FastPath.triton_norm)
+    fast = FastPath()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if use_norm_act(self, self.in_layers[0], x):
-            from . import triton_norm
             if triton_norm.usable(self, self.out_norm, x):
                 return self._infer(x, emb)
             return self._fused(x, emb)
@@ -303,8 +192,6 @@ class ResBlock(nn.Module):
         kernels rather than write it out, and which this opaque kernel would make it write
         (measured: a net loss, results/bench/); or its groups do not fit the kernel's slices (the
         384-channel decoder concatenation at 32x32), and the compiler keeps the first norm."""
-        from . import triton_norm
-
         n1, conv1 = self.in_layers[0], self.in_layers[2]
         first = isinstance(self.skip, nn.Conv2d) and triton_norm.usable(self, n1, x)
         a = triton_norm.norm_act(n1, x) if first else norm_act(n1, x)
@@ -312,20 +199,6 @@ class ResBlock(nn.Module):
         scale, shift = self.emb_layers(emb).chunk(2, dim=1)
         h = self.out_layers[2](triton_norm.norm_act(self.out_norm, h, scale, shift, x_bias=conv1.bias))
         return self.skip(x) + h
-
-
-def autocast_input(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the dtype autocast would give the next matrix multiply (unchanged outside autocast).
-
-    The cast autocast makes anyway, made where the value is produced: GroupNorm's output is fp32,
-    and the attention's token reshape between it and the qkv matmul made torch.compile store the
-    fp32 map and cast it in a kernel of its own (an fp32 write and read of every attention input:
-    2000 x 256 x 16 x 16 x 4 bytes per block when sampling, results/bench/). Cast first, the norm
-    kernel writes the bf16 tokens itself."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        return x.to(torch.get_autocast_dtype(dev))
-    return x
 
 
 class AttentionBlock(nn.Module):
@@ -339,19 +212,17 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
-    # off: the NCHW form for every input (the bench times it against the token form)
-    layout_preserving: bool = True
-
-    # cast the norm's output for the qkv matmul right away (autocast_input); off on the bench path
-    # that times the blocks as they were before
-    cast_early: bool = True
+    # FastPath.layout_norm off: the NCHW form for every input (the bench times it against the
+    # token form); FastPath.cast_early: cast the norm's output for the qkv matmul right away
+    # (autocast_input)
+    fast = FastPath()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
-        if self.layout_preserving and is_channels_last(x):
+        if self.fast.layout_norm and is_channels_last(x):
             h = self.norm(x)
-            return x + self._tokens(autocast_input(h) if self.cast_early else h)
+            return x + self._tokens(autocast_input(h) if self.fast.cast_early else h)
         # (B, 3C, H, W) -> three (B, heads, HW, head_dim) tensors, head_dim the unit-stride axis
         qkv = self.qkv(self.norm(x)).reshape(B, 3, nh, C // nh, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)
@@ -387,56 +258,24 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour 2x upsampling, then a 3x3 convolution (LDM's conv resampling).
 
-    ``subpixel`` (the default) computes the same function without building the upsampled map:
+    ``FastPath.subpixel`` (the default) computes the same function without building the upsampled map:
     each of the four output phases (even/odd row, even/odd column) is a 2x2 convolution of the
     low-resolution input whose taps are sums of the 3x3 taps that land on the same input pixel
     (:func:`upsample_conv`). That is 16 instead of 36 multiply-adds per input pixel and channel
     pair, and no 4x-sized map to write, read and (in the backward) scatter-add back. The
-    weights are the 3x3 ones, so checkpoints are unchanged. ``subpixel = False`` is the literal form
+    weights are the 3x3 ones, so checkpoints are unchanged. With it off, the literal form
     (the bench's fp32 reference runs it)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    subpixel: bool = True
+    fast = FastPath()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        if self.subpixel:
+        if self.fast.subpixel:
             return upsample_conv(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 2-tap kernels along ``dim`` (a 3-tap axis) of the even and odd output phases.
-
-    Nearest 2x upsampling repeats input row i at output rows 2i and 2i+1, so the 3x3 kernel's taps
-    at offsets -1, 0, +1 read, for output row 2i, input rows i-1, i, i (taps 0 | 1+2) and, for
-    row 2i+1, input rows i, i, i+1 (taps 0+1 | 2)."""
-    t0, t1, t2 = w.unbind(dim)
-    return torch.stack([t0, t1 + t2], dim), torch.stack([t0 + t1, t2], dim)
-
-
-def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a
-    3x3 ``weight``, computed on the low-resolution ``x`` (same function; the summed taps round
-    differently, by the input dtype's precision).
-
-    One 2x2 convolution with padding 1 makes all four phases at once (4 * C_out channels, an
-    (H+1) x (W+1) map): phase (a, b)'s output pixel (i, j) sits at (i + a, j + b) of its channel
-    block. The interleave into (2H, 2W) is done on the (B, H, W, C) view, so a channels_last input
-    gives a channels_last output without a transpose."""
-    B, _, H, W = x.shape
-    c_out = weight.shape[0]
-    kernels = [kc for kr in _phase_taps(weight, 2) for kc in _phase_taps(kr, 3)]  # (a, b) = 00, 01, 10, 11
-    full = F.conv2d(x, torch.cat(kernels), padding=1)  # (B, 4 * C_out, H + 1, W + 1)
-    nhwc = full.permute(0, 2, 3, 1).unflatten(3, (2, 2, c_out))  # (B, H+1, W+1, a, b, C_out)
-    rows = [nhwc[:, a:a + H, :, a] for a in (0, 1)]  # (B, H, W+1, b, C_out)
-    phases = [torch.stack([r[:, :, b:b + W, b] for b in (0, 1)], dim=3) for r in rows]  # (B, H, W, 2, C_out)
-    y = torch.stack(phases, dim=2).reshape(B, 2 * H, 2 * W, c_out).permute(0, 3, 1, 2)
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1).to(y.dtype)
-    return y.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
 
 
 class EmbSequential(nn.ModuleList):
@@ -520,11 +359,9 @@ class JointUNet(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.num_classes),
         )
 
-    # the decoder's concatenation keeps gradients channels_last (cat_channels); the bench turns
-    # this off on the path that times the blocks as they were before
-    layout_cat: bool = True
-    # the output head's norm-SiLU through norm_act (ResBlock.fused_norm_act does the same per block)
-    fused_norm_act: bool = True
+    # FastPath.layout_cat: the decoder's concatenation keeps gradients channels_last (cat_channels);
+    # FastPath.fused_norm_act: the output head's norm-SiLU through norm_act, as in every ResBlock
+    fast = FastPath()
 
     # --- internals
 
@@ -548,7 +385,7 @@ class JointUNet(nn.Module):
 
     def _decode(self, h: torch.Tensor, hs: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         for b, skip in zip(self.output_blocks, reversed(hs)):
-            h = b(cat_channels(h, skip, layout_keeping=self.layout_cat), emb)
+            h = b(cat_channels(h, skip, layout_keeping=self.fast.layout_cat), emb)
         if use_norm_act(self, self.out[0], h):
             return self.out[2](norm_act(self.out[0], h))
         return self.out(h)
@@ -597,54 +434,9 @@ class JointUNet(nn.Module):
         return eps, logits
 
 
-class _SplitBatch(torch.autograd.Function):
-    """``(m[:n], m[n:])``, whose backward joins the two gradients in ``m``'s memory layout.
-
-    Autograd's own backward of a slice writes the gradient into a fresh NCHW zero tensor, so every
-    encoder map of ``forward_joint`` would get an NCHW gradient in a channels_last model, and the
-    compiled backward would copy it back to channels_last for cuDNN (whole-activation
-    ``aten::copy_`` next to ``convolution_backward`` in the H100 profiles, results/bench/)."""
-
-    @staticmethod
-    def forward(ctx, m: torch.Tensor, n: int):
-        ctx.channels_last = is_channels_last(m)
-        return m[:n], m[n:]
-
-    @staticmethod
-    def backward(ctx, g_first: torch.Tensor, g_rest: torch.Tensor):
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        return torch.cat([g_first.contiguous(memory_format=fmt), g_rest.contiguous(memory_format=fmt)]), None
-
-
-def split_batch(m: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` samples and the rest, as views; gradients come back in ``m``'s layout."""
-    return _SplitBatch.apply(m, n)
-
-
-class _CatChannels(torch.autograd.Function):
-    """``torch.cat([a, b], dim=1)`` whose backward gives ``a`` and ``b`` gradients in their layout.
-
-    Autograd's backward of a channel concatenation hands each input a channel slice of the
-    gradient; for channels_last maps that slice is strided (every pixel's channels are split),
-    and cuDNN's convolution_backward copies it before use (the decoder's share of the
-    ``direct_copy_kernel`` launches in the compiled step's profile, results/bench/). Made contiguous
-    here, the copy is a pointwise op the compiled backward can fuse into the kernel that produced
-    the gradient."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor):
-        ctx.split = a.shape[1]
-        return torch.cat([a, b], dim=1)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        ga, gb = g[:, :ctx.split], g[:, ctx.split:]
-        return ga.contiguous(memory_format=torch.channels_last), gb.contiguous(memory_format=torch.channels_last)
-
-
-def cat_channels(a: torch.Tensor, b: torch.Tensor, layout_keeping: bool = True) -> torch.Tensor:
-    """The decoder's ``torch.cat([a, b], dim=1)``; for two channels_last maps through
-    :class:`_CatChannels` unless ``layout_keeping`` is off."""
-    if layout_keeping and is_channels_last(a) and is_channels_last(b):
-        return _CatChannels.apply(a, b)
-    return torch.cat([a, b], dim=1)
+def apply_fast_path(model: nn.Module, fast: FastPath) -> nn.Module:
+    """Run ``model``'s blocks (this module's classes) with the steps ``fast`` turns on."""
+    for m in model.modules():
+        if isinstance(m, (GroupNorm, ResBlock, AttentionBlock, Upsample, JointUNet)):
+            m.fast = fast
+    return model

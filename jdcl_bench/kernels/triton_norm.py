@@ -7,7 +7,7 @@ of an ε evaluation (18.8 of 37.6 ms on an H100, results/bench/ddim-batch-...T10
 GroupNorm's statistics are per sample, so one program holds a (sample, whole groups of channels)
 slice of a map in registers: one read, the statistics, the normalisation, one write.
 
-The arithmetic is :func:`unet._NormAct`'s forward without dropout: each channel's mean and
+The arithmetic is :class:`jdcl_bench.kernels.norm_act._NormAct`'s forward without dropout: each channel's mean and
 variance over H, W (two passes over the registers: no E[x^2] - E[x]^2 cancellation), the group's
 from its channels' (law of total variance), then f = (x - mean) * rstd * w * (1 + scale) +
 b * (1 + scale) + shift in fp32, SiLU, one rounding to the output dtype. A per-channel bias can be
@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from .layout import is_channels_last
 
 try:
     import triton
@@ -53,9 +55,8 @@ def usable(owner: torch.nn.Module, norm: torch.nn.GroupNorm, x: torch.Tensor) ->
     """Whether ``owner`` (a ResBlock, switch ``triton_norm``) runs ``norm`` here on maps the size of
     ``x``: no autograd, eval mode (no dropout), a channels_last map of a size in LAUNCH, a device
     the kernel runs on, whole groups of ``norm`` per slice."""
-    from .unet import is_channels_last
 
-    return (owner.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
+    return (owner.fast.triton_norm and not owner.training and not torch.is_grad_enabled() and is_channels_last(x)
             and available(x) and _slice_channels(norm.num_channels, norm.num_groups, x.shape[2] * x.shape[3]) > 0)
 
 
