@@ -34,7 +34,6 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from .config import read_toml
@@ -255,36 +254,47 @@ def load_protocol_file(path: str | Path, source: str = "local") -> Protocol:
     return proto
 
 
-def _protocol_files() -> dict[str, tuple[Path, str]]:
-    """name -> (file, source) for built-in and plugin protocols."""
+def _protocol_files() -> tuple[dict[str, tuple[Path, str]], list[tuple[str, str, str]]]:
+    """name -> (file, source) for built-in and plugin protocols, and the plugin entries that failed
+    to load as (entry name, source, error): listed, never hiding the others."""
+    from .registry import PROTOCOL_SOURCES, RegistryError, warn_name_collision
+
     found: dict[str, tuple[Path, str]] = {}
+    broken: list[tuple[str, str, str]] = []
     builtin = Path(str(resources.files("jdcl_bench.protocols")))
     for f in sorted(builtin.glob("*.toml")):
         found[f.stem] = (f, "jdcl-bench")
-    for ep in entry_points(group="jdcl_bench.protocols"):
+    for entry in PROTOCOL_SOURCES.entries():
         try:
-            target = Path(ep.load()() if callable(ep.load()) else ep.load())
-        except Exception:  # a broken plugin must not hide the built-ins
+            obj = entry.load()
+            target = Path(obj() if callable(obj) else obj)
+        except RegistryError:
+            broken.append((entry.name, entry.source, entry.error or "failed to load"))
             continue
-        source = ep.dist.name if ep.dist is not None else "plugin"
+        except Exception as exc:  # the function it names raised
+            broken.append((entry.name, entry.source, f"{type(exc).__name__}: {exc}"))
+            continue
         for f in ([target] if target.is_file() else sorted(target.glob("*.toml"))):
             if f.stem in found:
                 if found[f.stem][0].resolve() != f.resolve():
-                    from .registry import warn_name_collision
-
-                    warn_name_collision("protocol", f.stem, source, found[f.stem][1])
+                    warn_name_collision("protocol", f.stem, entry.source, found[f.stem][1])
                 continue
-            found[f.stem] = (f, source)
-    return found
+            found[f.stem] = (f, entry.source)
+    return found, broken
 
 
 def list_protocols() -> list[Protocol]:
+    """Every registered protocol; a broken file or plugin is listed with its error."""
+    files, broken = _protocol_files()
     out = []
-    for name, (f, source) in sorted(_protocol_files().items()):
+    for name, (f, source) in sorted(files.items()):
         try:
             out.append(load_protocol_file(f, source))
         except ProtocolError as exc:
             out.append(Protocol(name=name, description=f"BROKEN: {exc}", dataset="?", num_tasks=0, source=source))
+    for name, source, error in broken:
+        out.append(Protocol(name=f"{name} (plugin entry)", description=f"BROKEN: failed to load: {error}",
+                            dataset="?", num_tasks=0, source=source))
     return out
 
 
@@ -292,9 +302,10 @@ def get_protocol(name_or_path: str) -> Protocol:
     """A registered protocol by name, or a user's TOML file by path."""
     if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
         return load_protocol_file(name_or_path, "local")
-    files = _protocol_files()
+    files, broken = _protocol_files()
     if name_or_path not in files:
+        hint = "".join(f"; plugin entry {n!r} ({src}) failed to load: {err}" for n, src, err in broken)
         raise RegistryError(f"unknown protocol {name_or_path!r}; known protocols: {', '.join(sorted(files))} "
-                            "(or pass a path to a .toml protocol file)")
+                            f"(or pass a path to a .toml protocol file){hint}")
     f, source = files[name_or_path]
     return load_protocol_file(f, source)

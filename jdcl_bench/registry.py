@@ -107,3 +107,6 @@ class Registry:
 
 
 METHODS = Registry("method", "jdcl_bench.methods")
+# A protocol plugin's entry point names a folder of TOML files (or one file, or a function returning
+# either); jdcl_bench.protocol reads the files, so one entry can register many protocols.
+PROTOCOL_SOURCES = Registry("protocol", "jdcl_bench.protocols")

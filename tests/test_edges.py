@@ -472,9 +472,31 @@ def test_a_plugin_protocol_reusing_a_builtin_name_is_warned_about(monkeypatch, t
     (tmp_path / "digits-t5.toml").write_text('[dataset]\nname = "digits"\n[tasks]\nnum_tasks = 2\n')
     ep = _EP("x", "os:getcwd", "evil-plugin")
     ep.load = lambda: str(tmp_path)
-    monkeypatch.setattr(P, "entry_points", lambda group: [ep])
+    _plugin_protocols(monkeypatch, [ep])
     with pytest.warns(PluginNameCollision, match="protocol 'digits-t5' from evil-plugin is ignored"):
         assert P.get_protocol("digits-t5").num_tasks == 5
+
+
+def _plugin_protocols(monkeypatch, eps):
+    """The protocol entry points the suite discovers (through the same Registry as methods)."""
+    from jdcl_bench import registry as R
+
+    monkeypatch.setattr(R, "entry_points", lambda group: eps)
+    monkeypatch.setattr(R, "PROTOCOL_SOURCES", R.Registry("protocol", "jdcl_bench.protocols"))
+
+
+def test_a_broken_protocol_plugin_is_listed_with_its_error_and_hides_nothing(monkeypatch):
+    from jdcl_bench import protocol as P
+
+    ep = _EP("broken", "no_such_module_xyz:protocols_dir", "broken-plugin")
+    _plugin_protocols(monkeypatch, [ep])
+    r = invoke("list", "protocols")
+    assert r.exit_code == 0
+    assert "broken (plugin entry)" in r.output and "No" in r.output and "no_such_module_xyz" in r.output
+    assert "cifar10-t5" in r.output  # the built-ins are still there
+    assert P.get_protocol("digits-t5").num_tasks == 5
+    with pytest.raises(Exception, match="plugin entry 'broken' \\(broken-plugin\\) failed to load"):
+        P.get_protocol("toy-digits-t2")  # the fixture's protocols come through the (replaced) entry points only
 
 
 # ---- 7. a user's runs go to a folder of their own; the committed results/ stays readable ------
