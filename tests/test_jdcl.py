@@ -104,7 +104,10 @@ def test_unknown_compile_mode_is_a_clear_config_error(tmp_path):
     r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
                                   "--set", "compile_mode=fastest", "--out", str(tmp_path), "--device", "cpu"])
     assert r.exit_code == 2, r.output
-    assert "compile_mode='fastest'" in r.output and "reduce-overhead" in r.output
+    assert "compile_mode = 'fastest'" in r.output and "reduce-overhead" in r.output
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "unet=huge", "--out", str(tmp_path), "--device", "cpu"])
+    assert r.exit_code == 2 and "unet = 'huge'" in r.output and "fast" in r.output, r.output
 
 
 def test_ema_start_share_matches_real_updates():
@@ -257,7 +260,7 @@ def test_unknown_local_init_is_a_clear_config_error(tmp_path):
     r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
                                   "--set", "local_init=copy", "--out", str(tmp_path), "--device", "cpu"])
     assert r.exit_code == 2, r.output
-    assert "local_init='copy'" in r.output and "global" in r.output
+    assert "local_init = 'copy'" in r.output and "global" in r.output
 
 
 

@@ -22,7 +22,6 @@ with noise of its own, the parts are gathered, and every rank keeps the same cla
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -30,136 +29,14 @@ import torch.nn.functional as F
 
 from .. import distributed as D
 from ..artefacts import save_class_grid
-from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import autocast, maybe_compile, unet_memory_format
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion, ema_start_share
 from .losses import kd_classifier, kd_diffusion
+from .replay import class_balanced
+from .config import PRESETS, JDCLConfig
 from .unet import JointUNet, UNetConfig, count_parameters
-
-
-@dataclass
-class JDCLConfig:
-    unet: str = "paper"                # paper | fast | smoke (UNetConfig presets)
-    model_channels: int = 0            # > 0 overrides the preset's base width
-    batch_size: int = 256
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    local_steps: int = 50_000          # CIFAR-10 (CIFAR-100: 100k)
-    global_steps: int = 30_000         # CIFAR-10 (CIFAR-100: 70k)
-    ema_decay: float = 0.9999          # with LDM warm-up min(decay, (1+n)/(10+n))
-    cls_weight: float = 0.001          # local stage: CE scale
-    local_crop_scale: float = 0.85     # RandomResizedCrop scale floor of the diffusion view
-    global_crop_scale: float = 0.64    # CIFAR-10 global stages (0.85 for CIFAR-100)
-    # global stage
-    l_simple_weight: float = 0.01
-    kd_diff_weight: float = 1.0
-    global_ce_weight: float = 1e-5
-    kd_cls_weight: float = 0.001
-    kd_weighting: str = "main"         # main: 2 x batch mean; paper_branch: mean_old + mean_new
-    cls_start_fraction: float = 1 / 3  # CE and class-KD switch on after this fraction of global steps (10k of 30k)
-    teacher_weights: str = "raw"       # raw (official) | ema
-    keep_raw_global: bool = True       # False: the global model is kept as EMA weights only (student init,
-                                       # old teacher and sampling all use them); halves checkpoints
-    # replay
-    replay_per_class: int = 1000       # CIFAR-10 (CIFAR-100: 400)
-    ddim_steps: int = 250
-    gen_batch: int = 2000
-    max_sampled_factor: float = 2.0    # stop sampling after this x quota images, then duplicate
-    # semi-supervised local stage (FixMatch in the joint model)
-    ssl_labelled_batch: int = 32
-    ssl_mu: int = 7
-    ssl_threshold: float = 0.95
-    ssl_ema_decay: float = 0.999       # FixMatchEma: no warm-up
-    # Without warm-up, 0.999 leaves 0.999^n of the random initialisation in the EMA: nothing after the
-    # official 50 k steps, but 45 % after 800 (the `fast` preset), so its sampler and classifier are
-    # mostly noise. `fast` and `smoke` turn on the LDM warm-up the supervised local stage uses.
-    ssl_ema_warmup: bool = False
-    # speed
-    amp: bool = True                   # bf16 autocast on CUDA
-    compile: bool = True               # torch.compile the UNet (CUDA only; eager if it fails)
-    # torch.compile mode. CUDA graphs ("reduce-overhead") remove the compiled step's launch cost:
-    # in one H100 command (results/bench/jdcl-loop-*-20261125-cmd*.log) JDCL's fast local stage ran
-    # 18.8 steps/s against 14.8 with "default" (+27 %), and a 5-task cifar10-t5 run with replay and
-    # the global stage completed under it. Compiling takes longer (about 45 s more, cold cache).
-    compile_mode: str = "reduce-overhead"
-    grid_per_class: int = 8
-    # ---- short-budget options: deviations from the official recipe, all off in `paper` -----------
-    # (docs/jdcl.md, "Short-budget options", gives each one's measured effect)
-    # DDIM with x̂0 clipped to [-1, 1] at every step and the last x̂0 returned (guided-diffusion's
-    # clip_denoised): LDM's sampler does not clip, and at high noise levels it multiplies the ε error
-    # of a briefly trained model by up to 1/sqrt(ᾱ_t) ≈ 160, which gives saturated colour noise.
-    sampler_clip_x0: bool = False
-    # ddim (the official sampler) | dpm-solver++ (DPM-Solver++(2M), GaussianDiffusion.dpm_solver_sample,
-    # which always returns its last x̂0); either runs `ddim_steps` model evaluations. Not yet compared
-    # on a trained model (benchmarks/sampler_fidelity.py does that on a GPU): no preset uses it.
-    sampler: str = "ddim"
-    # The global student's EMA restarts its warm-up at each global stage (from G_{k-1}'s EMA weights)
-    # instead of continuing G_{k-1}'s update count at full decay: a short stage otherwise leaves
-    # much of the evaluated EMA from before the classification terms switched on.
-    global_ema_restart: bool = False
-    # scratch: every local model L_k starts from random weights (the official CIFAR scripts);
-    # global: from G_{k-1} (the official ImageNet-100 recipe; the paper's text describes a copy).
-    local_init: str = "scratch"
-    # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
-    # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
-    diagnostics: bool = False
-
-    def validate(self) -> dict[str, str]:
-        """Values out of range beyond the rules every config follows (jdcl_bench.config)."""
-        bad = {}
-        for key in ("local_steps", "global_steps", "replay_per_class"):
-            if getattr(self, key) < 1:
-                bad[key] = "JDCL needs >= 1 (a task trains a local model, then a global one, on replay)"
-        if not self.lr > 0:
-            bad["lr"] = "must be > 0"
-        if self.max_sampled_factor < 1:
-            bad["max_sampled_factor"] = "must be >= 1 (samples drawn per replay image before duplicates fill in)"
-        if self.model_channels < 0:
-            bad["model_channels"] = "must be >= 0 (0: the UNet preset's width)"
-        return bad
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-LOCAL_INITS = ("scratch", "global")
-SAMPLERS = ("ddim", "dpm-solver++")
-
-# The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
-# results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
-# replay fidelity 41.9 % -> 55.3 %, saturated pixel values 44 % -> 5 %.
-SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global", "diagnostics": True}
-
-PRESETS = {
-    # The quick look: a 7.5M-parameter UNet, batch 512 (the small model is launch-bound at 256, so 512
-    # costs little more per step), 1.6 % / 1.7 % of the official local / global steps, DDIM-50 replay,
-    # 1000 replay images per class (as the paper), the short-budget options and the diagnostics.
-    "fast": {"unet": "fast", "batch_size": 512, "local_steps": 800, "global_steps": 500, "ddim_steps": 50,
-             "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
-             "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
-    # `fast` at 5x the steps: sized from the rates measured alone on an H200 (fast UNet compiled:
-    # 25 local / 18 global steps per second, results/probes/jdcl-cifar10-first2) for about 30 GPU-minutes
-    # a cifar10-t5 run with compilation and replay; not yet run end to end (docs/jdcl.md says what is
-    # measured). On cifar10-t5 the gain per doubling of `fast`'s steps falls (+10.1, then +7.3 points),
-    # so at this recipe it projects to about 60 %, not the budget issue's 75 %.
-    "standard": {"unet": "fast", "batch_size": 512, "local_steps": 4000, "global_steps": 2500, "ddim_steps": 50,
-                 "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
-                 "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
-    # The first run: digits-t5 on a 2-core CPU in about 5 minutes (results/probes/jdcl-digits-first-run).
-    # The tiny `smoke` UNet is enough for 8x8 digits. With steps this few the recipe's class weights
-    # leave the global model's classifier behind (seen accuracy 36.7 % after task 4 against 96.4 %,
-    # for replay about as faithful), so the class terms are raised together: local CE, global CE and
-    # class distillation, on from the first global step. EMA 0.999 (with warm-up) so the evaluated
-    # weights follow a 500-step stage; DDIM-20 and 150 replay images a class keep sampling to
-    # seconds. compile off: sized for a CPU, where the UNet runs eager anyway.
-    "digits": {"unet": "smoke", "batch_size": 64, "lr": 1e-3, "local_steps": 500, "global_steps": 300,
-               "ema_decay": 0.999, "cls_weight": 0.05, "global_ce_weight": 0.01, "kd_cls_weight": 0.05,
-               "cls_start_fraction": 0.0, "ddim_steps": 20, "replay_per_class": 150, "gen_batch": 500,
-               "teacher_weights": "ema", "compile": False, **SHORT_BUDGET},
-    "smoke": {"unet": "smoke", "batch_size": 16, "local_steps": 6, "global_steps": 6, "ddim_steps": 3,
-              "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2,
-              "ssl_ema_warmup": True},
-}
 
 
 def global_ema(net: nn.Module, g_ema: dict, decay: float) -> EMA:
@@ -224,14 +101,6 @@ class JDCL(Method):
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
         c, (ch, h, _) = self.cfg, info.image_shape
-        if c.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"compile_mode={c.compile_mode!r} is not a torch.compile mode; use one of "
-                              f"{', '.join(COMPILE_MODES)} (e.g. --set compile_mode=reduce-overhead)")
-        if c.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler={c.sampler!r} is not one of {', '.join(SAMPLERS)} (e.g. --set sampler=ddim)")
-        if c.local_init not in LOCAL_INITS:
-            raise ConfigError(f"local_init={c.local_init!r} is not one of {', '.join(LOCAL_INITS)} "
-                              "(e.g. --set local_init=global)")
         if c.compile and D.is_distributed() and self.device.type == "cuda":
             self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
         base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
@@ -485,45 +354,16 @@ class JDCL(Method):
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
 
     def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str, gen: torch.Generator):
-        """Class-balanced replay for ``classes`` from one generator, by rejection then duplication.
-
-        Distributed: each rank samples its part of every batch with its own ``gen``; the parts are
-        gathered, so every rank then makes the same choices on the same images."""
-        c, quota = self.cfg, self.cfg.replay_per_class
+        """Class-balanced replay for ``classes`` from one generator (replay.class_balanced)."""
+        c = self.cfg
         per_rank = -(-c.gen_batch // D.world_size())
-        kept = {k: [] for k in classes}
-        have = {k: 0 for k in classes}
-        sampled, cap = 0, int(c.max_sampled_factor * quota * len(classes))
-        with self.ctx.progress(f"replay ({desc})", quota * len(classes)) as advance:
-            while sampled < cap and min(have.values()) < quota:
-                x, y = self._sample_labelled(state, per_rank, gen)
-                x, y = D.all_gather_tensor(x), D.all_gather_tensor(y)
-                sampled += len(x)
-                self.counters["replay_sampled"] += len(x)
-                before = sum(have.values())
-                for k in classes:
-                    take = x[y == k][: quota - have[k]]
-                    if len(take):
-                        kept[k].append(take)
-                        have[k] += len(take)
-                advance(sum(have.values()) - before)
-        counts = {}
-        xs, ys = [], []
-        for k in classes:
-            got = torch.cat(kept[k]) if kept[k] else torch.empty((0, *self.info.image_shape), dtype=torch.uint8,
-                                                                  device=self.device)
-            accepted = len(got)
-            if 0 < accepted < quota:  # official fallback: flipped/cropped duplicates of accepted samples
-                idx = torch.randint(accepted, (quota - accepted,), generator=self.ctx.rng).to(self.device)
-                rng = self.ctx.rng
-                dup = A.random_resized_crop(A.hflip(A.to_unit(got[idx]), rng, self.info.flip_p), rng,
-                                            scale=(crop_scale, 1.0))
-                got = torch.cat([got, (dup * 255).round().to(torch.uint8)])
-            counts[int(k)] = {"accepted": int(accepted), "duplicated": int(len(got) - accepted)}
-            xs.append(got)
-            ys.append(torch.full((len(got),), int(k), device=self.device, dtype=torch.long))
+        with self.ctx.progress(f"replay ({desc})", c.replay_per_class * len(classes)) as advance:
+            x, y, counts, sampled = class_balanced(
+                lambda: self._sample_labelled(state, per_rank, gen), classes, c.replay_per_class,
+                c.max_sampled_factor, crop_scale, self.info, self.ctx.rng, self.device, advance)
+        self.counters["replay_sampled"] += sampled
         self.counters["replay_accepted"] += sum(v["accepted"] for v in counts.values())
-        return torch.cat(xs), torch.cat(ys), counts, sampled
+        return x, y, counts, sampled
 
     def _make_replay(self, task: TaskData) -> dict:
         old = [k for k in task.seen_classes if k not in task.classes]

@@ -1,0 +1,134 @@
+"""JDCL's settings: the official recipe's values as defaults (``paper``), the short-budget options
+(deviations, all off in ``paper``, each documented in docs/jdcl.md with its measured effect) and
+the presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class JDCLConfig:
+    unet: str = "paper"                # paper | fast | smoke (UNetConfig presets)
+    model_channels: int = 0            # > 0 overrides the preset's base width
+    batch_size: int = 256
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    local_steps: int = 50_000          # CIFAR-10 (CIFAR-100: 100k)
+    global_steps: int = 30_000         # CIFAR-10 (CIFAR-100: 70k)
+    ema_decay: float = 0.9999          # with LDM warm-up min(decay, (1+n)/(10+n))
+    cls_weight: float = 0.001          # local stage: CE scale
+    local_crop_scale: float = 0.85     # RandomResizedCrop scale floor of the diffusion view
+    global_crop_scale: float = 0.64    # CIFAR-10 global stages (0.85 for CIFAR-100)
+    # global stage
+    l_simple_weight: float = 0.01
+    kd_diff_weight: float = 1.0
+    global_ce_weight: float = 1e-5
+    kd_cls_weight: float = 0.001
+    kd_weighting: str = "main"         # main: 2 x batch mean; paper_branch: mean_old + mean_new
+    cls_start_fraction: float = 1 / 3  # CE and class-KD switch on after this fraction of global steps (10k of 30k)
+    teacher_weights: str = "raw"       # raw (official) | ema
+    keep_raw_global: bool = True       # False: the global model is kept as EMA weights only (student init,
+                                       # old teacher and sampling all use them); halves checkpoints
+    # replay
+    replay_per_class: int = 1000       # CIFAR-10 (CIFAR-100: 400)
+    ddim_steps: int = 250
+    gen_batch: int = 2000
+    max_sampled_factor: float = 2.0    # stop sampling after this x quota images, then duplicate
+    # semi-supervised local stage (FixMatch in the joint model)
+    ssl_labelled_batch: int = 32
+    ssl_mu: int = 7
+    ssl_threshold: float = 0.95
+    ssl_ema_decay: float = 0.999       # FixMatchEma: no warm-up
+    # Without warm-up, 0.999 leaves 0.999^n of the random initialisation in the EMA: nothing after the
+    # official 50 k steps, but 45 % after 800 (the `fast` preset), so its sampler and classifier are
+    # mostly noise. `fast` and `smoke` turn on the LDM warm-up the supervised local stage uses.
+    ssl_ema_warmup: bool = False
+    # speed
+    amp: bool = True                   # bf16 autocast on CUDA
+    compile: bool = True               # torch.compile the UNet (CUDA only; eager if it fails)
+    # torch.compile mode. CUDA graphs ("reduce-overhead") remove the compiled step's launch cost:
+    # in one H100 command (results/bench/jdcl-loop-*-20261125-cmd*.log) JDCL's fast local stage ran
+    # 18.8 steps/s against 14.8 with "default" (+27 %), and a 5-task cifar10-t5 run with replay and
+    # the global stage completed under it. Compiling takes longer (about 45 s more, cold cache).
+    compile_mode: str = "reduce-overhead"
+    grid_per_class: int = 8
+    # ---- short-budget options: deviations from the official recipe, all off in `paper` -----------
+    # (docs/jdcl.md, "Short-budget options", gives each one's measured effect)
+    # DDIM with x̂0 clipped to [-1, 1] at every step and the last x̂0 returned (guided-diffusion's
+    # clip_denoised): LDM's sampler does not clip, and at high noise levels it multiplies the ε error
+    # of a briefly trained model by up to 1/sqrt(ᾱ_t) ≈ 160, which gives saturated colour noise.
+    sampler_clip_x0: bool = False
+    # ddim (the official sampler) | dpm-solver++ (DPM-Solver++(2M), GaussianDiffusion.dpm_solver_sample,
+    # which always returns its last x̂0); either runs `ddim_steps` model evaluations. Not yet compared
+    # on a trained model (benchmarks/sampler_fidelity.py does that on a GPU): no preset uses it.
+    sampler: str = "ddim"
+    # The global student's EMA restarts its warm-up at each global stage (from G_{k-1}'s EMA weights)
+    # instead of continuing G_{k-1}'s update count at full decay: a short stage otherwise leaves
+    # much of the evaluated EMA from before the classification terms switched on.
+    global_ema_restart: bool = False
+    # scratch: every local model L_k starts from random weights (the official CIFAR scripts);
+    # global: from G_{k-1} (the official ImageNet-100 recipe; the paper's text describes a copy).
+    local_init: str = "scratch"
+    # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
+    # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
+    diagnostics: bool = False
+
+    def validate(self) -> dict[str, str]:
+        """Values out of range beyond the rules every config follows (jdcl_bench.config)."""
+        bad = {}
+        for key in ("local_steps", "global_steps", "replay_per_class"):
+            if getattr(self, key) < 1:
+                bad[key] = "JDCL needs >= 1 (a task trains a local model, then a global one, on replay)"
+        if not self.lr > 0:
+            bad["lr"] = "must be > 0"
+        if self.max_sampled_factor < 1:
+            bad["max_sampled_factor"] = "must be >= 1 (samples drawn per replay image before duplicates fill in)"
+        if self.model_channels < 0:
+            bad["model_channels"] = "must be >= 0 (0: the UNet preset's width)"
+        for key, allowed, example in (("unet", UNETS, "fast"), ("compile_mode", COMPILE_MODES, "reduce-overhead"),
+                                      ("sampler", SAMPLERS, "ddim"), ("local_init", LOCAL_INITS, "global")):
+            if getattr(self, key) not in allowed:
+                bad[key] = f"not one of {', '.join(allowed)} (e.g. --set {key}={example})"
+        return bad
+
+
+UNETS = ("paper", "fast", "smoke")  # UNetConfig's presets
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LOCAL_INITS = ("scratch", "global")
+SAMPLERS = ("ddim", "dpm-solver++")
+
+# The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
+# results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
+# replay fidelity 41.9 % -> 55.3 %, saturated pixel values 44 % -> 5 %.
+SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global", "diagnostics": True}
+
+PRESETS = {
+    # The quick look: a 7.5M-parameter UNet, batch 512 (the small model is launch-bound at 256, so 512
+    # costs little more per step), 1.6 % / 1.7 % of the official local / global steps, DDIM-50 replay,
+    # 1000 replay images per class (as the paper), the short-budget options and the diagnostics.
+    "fast": {"unet": "fast", "batch_size": 512, "local_steps": 800, "global_steps": 500, "ddim_steps": 50,
+             "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
+             "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
+    # `fast` at 5x the steps: sized from the rates measured alone on an H200 (fast UNet compiled:
+    # 25 local / 18 global steps per second, results/probes/jdcl-cifar10-first2) for about 30 GPU-minutes
+    # a cifar10-t5 run with compilation and replay; not yet run end to end (docs/jdcl.md says what is
+    # measured). On cifar10-t5 the gain per doubling of `fast`'s steps falls (+10.1, then +7.3 points),
+    # so at this recipe it projects to about 60 %, not the budget issue's 75 %.
+    "standard": {"unet": "fast", "batch_size": 512, "local_steps": 4000, "global_steps": 2500, "ddim_steps": 50,
+                 "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
+                 "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
+    # The first run: digits-t5 on a 2-core CPU in about 5 minutes (results/probes/jdcl-digits-first-run).
+    # The tiny `smoke` UNet is enough for 8x8 digits. With steps this few the recipe's class weights
+    # leave the global model's classifier behind (seen accuracy 36.7 % after task 4 against 96.4 %,
+    # for replay about as faithful), so the class terms are raised together: local CE, global CE and
+    # class distillation, on from the first global step. EMA 0.999 (with warm-up) so the evaluated
+    # weights follow a 500-step stage; DDIM-20 and 150 replay images a class keep sampling to
+    # seconds. compile off: sized for a CPU, where the UNet runs eager anyway.
+    "digits": {"unet": "smoke", "batch_size": 64, "lr": 1e-3, "local_steps": 500, "global_steps": 300,
+               "ema_decay": 0.999, "cls_weight": 0.05, "global_ce_weight": 0.01, "kd_cls_weight": 0.05,
+               "cls_start_fraction": 0.0, "ddim_steps": 20, "replay_per_class": 150, "gen_batch": 500,
+               "teacher_weights": "ema", "compile": False, **SHORT_BUDGET},
+    "smoke": {"unet": "smoke", "batch_size": 16, "local_steps": 6, "global_steps": 6, "ddim_steps": 3,
+              "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2,
+              "ssl_ema_warmup": True},
+}
