@@ -39,3 +39,25 @@ def test_a_resumed_stage_keeps_the_last_line_of_each_step(tmp_path):
         {"task": 1, "stage": "s", "step": 100, "loss": 1.0}]) + "\n")
     df = read_curves(tmp_path)
     assert list(df["loss"]) == [2.0, 1.0]
+
+
+def test_curves_also_go_to_tensorboard_when_it_is_installed(tmp_path, monkeypatch):
+    """The optional `tensorboard` extra: the same scalars as curves.jsonl, per task and stage."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke",
+                                  "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs" / "synthetic-t2" / "finetune").glob("*/seed0"))
+    lines = [json.loads(x) for x in (run / "curves.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for x in lines:
+        [point] = [e for e in events.Scalars(f"task{x['task']}/{x['stage']}/loss") if e.step == x["step"]]
+        assert point.value == pytest.approx(x["loss"], rel=1e-6)
+    # off on request: curves.jsonl alone
+    monkeypatch.setenv("JDCL_BENCH_TENSORBOARD", "0")
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke",
+                                  "--device", "cpu", "--out", str(tmp_path / "off")])
+    assert r.exit_code == 0 and not list((tmp_path / "off").rglob("tensorboard"))

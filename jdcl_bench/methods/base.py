@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ class RunContext:
         self.rng = torch.Generator().manual_seed(seed)
         self.task_index = 0
         self._bar: dict | None = None  # the innermost open progress bar (see log_step)
+        self._tb: Any = None  # TensorBoard writer: None until first used, False when not installed or off
 
     def tick(self) -> None:
         """Call once per training step: checkpoints inside the task and enforces the time limit."""
@@ -289,6 +291,24 @@ class RunContext:
                 **{k: float(v) for k, v in scalars.items()}}
         with open(self.run_dir / "curves.jsonl", "a") as f:
             f.write(_json.dumps(line) + "\n")
+        tb = self._tensorboard()
+        if tb is not None:
+            for k, v in scalars.items():
+                tb.add_scalar(f"task{line['task']}/{stage}/{k}", float(v), int(step))
+            tb.flush()  # a run may stop (time limit) at any step: nothing waits in a buffer
+
+    def _tensorboard(self):
+        """The same curves for TensorBoard in ``<run_dir>/tensorboard/`` when it is installed (the
+        ``tensorboard`` extra) and ``JDCL_BENCH_TENSORBOARD`` is not 0; None otherwise."""
+        if self._tb is None:
+            self._tb = False
+            if os.environ.get("JDCL_BENCH_TENSORBOARD", "1") != "0":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:  # tensorboard is not installed: curves.jsonl alone
+                    return None
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb or None
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int):
