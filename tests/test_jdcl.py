@@ -290,3 +290,22 @@ def test_records_from_before_the_short_budget_options_get_their_own_label():
     assert JDCL.label_for_config(fast) is None
     assert any("sampler_clip_x0" in d for d in JDCL.differences_from_paper(fast))
     assert JDCL.differences_from_paper(asdict(JDCL.config_for("paper", {}))) == []
+
+
+def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
+    """replay_confidence_threshold: a sample's label is kept only at that probability or above (-1 = no
+    class, never taken into the replay); 0 keeps every label. A threshold nothing passes stops the run
+    with what to change."""
+    from jdcl_bench.jdcl.method import JDCL
+    from jdcl_bench.jdcl.replay import confident_labels
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.1, 0.0, 0.2], [0.0, 3.0, 0.0]])  # sure, unsure, sure
+    assert confident_labels(logits, 0.0).tolist() == [0, 2, 1]
+    assert confident_labels(logits, 0.8).tolist() == [0, -1, 1]
+    assert confident_labels(logits, 0.99).tolist() == [-1, -1, -1]
+    assert any("confidence >= 0.5" in d for d in JDCL.differences_from_paper({"replay_confidence_threshold": 0.5}))
+    r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "replay_confidence_threshold=1.0", "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "no replay sample was kept" in r.output and "replay_confidence_threshold" in r.output
+    # task 1 (no replay) is recorded and checkpointed: nothing before the error is lost
+    assert json.loads(next(tmp_path.rglob("metrics.json")).read_text())["tasks_done"] == 1

@@ -69,6 +69,11 @@ class JDCLConfig:
     # scratch: every local model L_k starts from random weights (the official CIFAR scripts);
     # global: from G_{k-1} (the official ImageNet-100 recipe; the paper's text describes a copy).
     local_init: str = "scratch"
+    # Replay filtered by confidence: a sample joins the replay only if its own classifier gives its label
+    # at least this probability (0: every sample, the official rule). A short-budget generator makes
+    # blurred or wrong images whose labels are guesses; this keeps the ones its classifier is sure of,
+    # at the cost of more sampling (max_sampled_factor still caps it). Not yet measured: no preset uses it.
+    replay_confidence_threshold: float = 0.0
     # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
     diagnostics: bool = False

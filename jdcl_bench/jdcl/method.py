@@ -29,12 +29,13 @@ import torch.nn.functional as F
 
 from .. import distributed as D
 from ..artefacts import save_class_grid
+from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import autocast, maybe_compile, unet_memory_format
 from ..methods.base import Method, ProtocolInfo, TaskData
 from .diffusion import EMA, GaussianDiffusion, ema_start_share
 from .losses import kd_classifier, kd_diffusion
-from .replay import class_balanced
+from .replay import class_balanced, confident_labels
 from .config import PRESETS, JDCLConfig
 from .unet import JointUNet, UNetConfig, count_parameters
 
@@ -95,6 +96,8 @@ class JDCL(Method):
             out.append("local model initialised from G_{k-1}")
         if method_config.get("sampler") not in (None, "ddim"):
             out.append(f"sampler {method_config['sampler']}")
+        if method_config.get("replay_confidence_threshold"):
+            out.append(f"replay kept at classifier confidence >= {method_config['replay_confidence_threshold']}")
         return out
 
     # ---- setup ------------------------------------------------------------------------
@@ -338,8 +341,11 @@ class JDCL(Method):
 
     # ---- replay ----------------------------------------------------------------------------
     @torch.no_grad()
-    def _sample_labelled(self, state: dict, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n unconditional DDIM samples (EMA weights, eval mode) and their own classifier's labels."""
+    def _sample_labelled(self, state: dict, n: int, gen: torch.Generator,
+                         filtered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """n unconditional DDIM samples (EMA weights, eval mode) and their own classifier's labels;
+        ``filtered``: -1 (no class, never kept) where that label's probability is below
+        ``replay_confidence_threshold``."""
         model = self.model_from(state, ema=True).eval()
         fn = self._fn(model)
         shape = (n, *self.info.image_shape)
@@ -350,7 +356,8 @@ class JDCL(Method):
             x = sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device,
                        clip_denoised=clip, return_pred_x0=clip)
             x = x.clamp(-1, 1)
-            y = model.classify(x).float().argmax(1)
+            logits = model.classify(x).float()
+        y = confident_labels(logits, self.cfg.replay_confidence_threshold if filtered else 0.0)
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
 
     def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str, gen: torch.Generator):
@@ -376,6 +383,10 @@ class JDCL(Method):
         if missing:
             self.ctx.info(f"warning: the generators produced no sample of classes {missing}; they get no replay")
         x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
+        if len(x) == 0:
+            raise ConfigError(f"task {task.index + 1}: no replay sample was kept for any class (sampled {so + sn}); "
+                               f"lower replay_confidence_threshold (now {self.cfg.replay_confidence_threshold}) or "
+                               "raise max_sampled_factor")
         if self.cfg.diagnostics:
             self.ctx.replay_diagnostics(x, y, task.seen_classes, "replay (old from G, new from L)")
         if D.is_main():  # every rank holds the same replay set; one writes it down
@@ -397,7 +408,8 @@ class JDCL(Method):
             return
         gen_state = self.dev_rng.get_state()
         n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
-        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch), self.dev_rng)  # not counted: a diagnostic
+        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch), self.dev_rng,  # not counted: a diagnostic
+                                     filtered=False)
         self.dev_rng.set_state(gen_state)  # diagnostics must not change the training randomness
         save_class_grid(self.ctx, f"samples_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
 

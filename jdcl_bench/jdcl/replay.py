@@ -47,3 +47,13 @@ def class_balanced(sample: Callable[[], tuple[torch.Tensor, torch.Tensor]], clas
         xs.append(got)
         ys.append(torch.full((len(got),), int(k), device=device, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys), counts, sampled
+
+
+def confident_labels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The classifier's labels, -1 (no class: never kept) where the label's probability is below
+    ``threshold``. -1 rather than dropping the sample: every rank's batch keeps its size for the
+    gather in :func:`class_balanced`."""
+    y = logits.argmax(1)
+    if threshold <= 0:
+        return y
+    return torch.where(logits.softmax(1).amax(1) >= threshold, y, torch.full_like(y, -1))
