@@ -42,3 +42,11 @@ def test_changelog_cites_commits_of_this_repository():
     missing = [h for h in hashes if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{h}^{{commit}}"],
                                                     capture_output=True).returncode != 0]
     assert not missing, f"CHANGELOG.md cites commits that do not exist: {missing}"
+
+
+def test_pyproject_lists_every_package_a_wheel_needs():
+    """setuptools is given the package list by hand: a subpackage missing from it is missing from a
+    wheel (an editable install would still find it, so nothing else would notice)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jdcl_bench").rglob("__init__.py")}
+    assert on_disk - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
