@@ -41,8 +41,9 @@ def main() -> None:
 
     import torch._inductor.config as icfg
 
-    from jdcl_bench.bench import (device_info, flops_per_image, kernel_breakdown, median_time, record_path,
-                                  trained_looking_model, unet_config)
+    from jdcl_bench.bench import (device_info, flops_per_image, median_time, record_path, trained_looking_model,
+                                  unet_config)
+    from jdcl_bench.profiling import kernel_breakdown
     from jdcl_bench.jdcl.unet import apply_fast_path
     from jdcl_bench.kernels import FastPath
     from jdcl_bench.records import atomic_write_bytes, code_version, now

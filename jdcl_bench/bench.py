@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
 from .jdcl.unet import JointUNet, UNetConfig, apply_fast_path, count_parameters
+from .profiling import kernel_breakdown
 from .kernels import FastPath
 
 
@@ -281,6 +282,28 @@ def parity(cfg: UNetConfig, state: dict, device: torch.device, n: int = 8, steps
             "ddim_mean_abs_diff_fp32_perturbed": float((s_ref - s_pert).abs().mean()), "ddim_steps": steps}
 
 
+def parse_inductor_options(pairs) -> dict:
+    """``KEY=VALUE`` strings -> inductor settings, values as Python literals (``True``, ``3``) or text."""
+    import ast
+
+    from torch._inductor import config as inductor_config
+
+    known = set(inductor_config.get_config_copy())
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--inductor-option {pair!r} is not KEY=VALUE")
+        if key not in known:
+            close = ", ".join(sorted(k for k in known if key.lower() in k.lower())[:8]) or "none similar"
+            raise ValueError(f"--inductor-option {key!r} is not a torch._inductor.config setting (similar: {close})")
+        try:
+            options[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            options[key] = raw
+    return options
+
+
 def check_paths(only, inductor_options) -> None:
     """A chosen path set the bench can run: known names, and inductor options for the path that needs them."""
     unknown = sorted(set(only) - set(PATH_NAMES))
@@ -369,84 +392,6 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
 # "conv" match would count fused element-wise work as convolution. cuDNN/CUTLASS convolution
 # kernels are named for their pass (fprop/dgrad/wgrad); "gemm"/"nvjet"/"cutlass" covers the
 # matrix multiplies of linear layers; flash/efficient attention; copies are named as such.
-# First match wins. Attention comes before convolution because cuDNN's fused attention kernels are
-# named like its convolutions ("cudnn_generated_..._sdpa_sm90_flash_fprop_wgmma..."); "_norm_act" is
-# jdcl_bench.kernels.triton_norm's kernel, a Triton kernel whose name does not say so.
-KERNEL_KINDS = (("triton (fused norm / element-wise)", ("triton", "_norm_act")),
-                ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
-                ("convolution", ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm", "xmma")),
-                ("matmul", ("gemm", "nvjet", "cutlass", "cublas")),
-                ("copy / layout", ("copy", "memcpy", "memset")))
-
-
-def kernel_kind(name: str) -> str:
-    low = name.lower()
-    for kind, keys in KERNEL_KINDS:
-        if any(k in low for k in keys):
-            return kind
-    return "other"
-
-
-def kernel_breakdown(fn, repeats: int = 3, no_grad: bool = False, top: int = 25) -> dict:
-    """GPU kernel time of ``fn`` by kind, from torch.profiler over ``repeats`` calls (after one warm call)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    ctx = torch.no_grad if no_grad else torch.enable_grad
-    with ctx():
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                fn()
-            torch.cuda.synchronize()
-    kinds: dict[str, float] = {}
-    kernels = []
-    for e in prof.key_averages():
-        us = _gpu_us(e, "device_time_total")
-        if not us:
-            continue
-        kind = kernel_kind(e.key)
-        kinds[kind] = kinds.get(kind, 0.0) + us
-        kernels.append((us, e.key, kind, e.count / repeats))
-    total = sum(kinds.values()) or 1.0
-    kernels.sort(reverse=True)
-    by_kind = sorted(kinds.items(), key=lambda kv: -kv[1])
-    return {"gpu_ms_per_call": total / repeats / 1000,
-            "share_pct": {k: 100 * v / total for k, v in by_kind},
-            "gpu_ms_by_kind": {k: v / repeats / 1000 for k, v in by_kind},
-            # launches per call: inductor reuses one kernel for every block of the same shape
-            "top_kernels": [{"name": n[:160], "ms_per_call": us / repeats / 1000, "kind": kind, "launches": c}
-                            for us, n, kind, c in kernels[:top]],
-            "top_ops": _top_ops(fn, ctx, top)}
-
-
-def _gpu_us(event, field: str) -> float:
-    """A profiler event's GPU microseconds: ``device_*`` in current torch, ``cuda_*`` in older ones."""
-    us = getattr(event, field, None)
-    return getattr(event, field.replace("device", "cuda"), 0.0) if us is None else us
-
-
-def _top_ops(fn, ctx, top: int) -> list[dict] | str:
-    """Which ATen ops (with input shapes) launched the most GPU time: names a copy's source tensor."""
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        with ctx(), profile(activities=acts, record_shapes=True) as prof:
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        rows = []
-        for e in prof.key_averages(group_by_input_shape=True):
-            us = _gpu_us(e, "self_device_time_total")
-            if us and e.key.startswith("aten::"):
-                rows.append({"op": e.key, "self_gpu_ms": us / 1000, "calls": e.count,
-                             "input_shapes": str(e.input_shapes)[:200]})
-        return sorted(rows, key=lambda r: -r["self_gpu_ms"])[:top]
-    except Exception as exc:  # a diagnostic: never fail the benchmark over it
-        return f"unavailable: {type(exc).__name__}: {exc}"
-
-
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__}
     if device.type == "cuda":

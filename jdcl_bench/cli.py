@@ -361,29 +361,6 @@ def plot(results, out_dir, protocols, x_axis, methods, curve_runs) -> None:
         click.echo(f"wrote {path}")
 
 
-def _inductor_options(pairs) -> dict:
-    """``KEY=VALUE`` strings -> inductor settings, values as Python literals (``True``, ``3``) or text."""
-    import ast
-
-    from torch._inductor import config as inductor_config
-
-    known = set(inductor_config.get_config_copy())
-    options = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--inductor-option")
-        if key not in known:
-            close = ", ".join(sorted(k for k in known if key.lower() in k.lower())[:8]) or "none similar"
-            raise click.BadParameter(f"{key!r} is not a torch._inductor.config setting (similar: {close})",
-                                     param_hint="--inductor-option")
-        try:
-            options[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            options[key] = raw
-    return options
-
-
 # training batch, generation batch and DDIM steps of JDCL's presets
 BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (16, 16, 4)}
 
@@ -412,11 +389,14 @@ def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
 
-    from .bench import BenchSettings, check_paths, device_info, record_path, run_bench
+    from .bench import BenchSettings, check_paths, device_info, parse_inductor_options, record_path, run_bench
     from .records import atomic_write_bytes, code_version, now
     from .runner import resolve_device
 
-    options = _inductor_options(inductor_options)
+    try:
+        options = parse_inductor_options(inductor_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--inductor-option") from None
     try:
         check_paths(only, options)
     except ValueError as exc:

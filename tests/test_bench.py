@@ -92,9 +92,9 @@ def test_inductor_options_reach_torch_compile_for_their_own_path(monkeypatch):
 
 
 def test_inductor_option_is_checked_and_parsed(tmp_path):
-    from jdcl_bench.cli import _inductor_options
+    from jdcl_bench.bench import parse_inductor_options
 
-    assert _inductor_options(["max_autotune=True", "triton.cudagraphs=False"]) == {
+    assert parse_inductor_options(["max_autotune=True", "triton.cudagraphs=False"]) == {
         "max_autotune": True, "triton.cudagraphs": False}
     r = CliRunner().invoke(main, ["bench", "--config", "smoke", "--device", "cpu", "--inductor-option",
                                   "max_autotuned=True", "--out", str(tmp_path)])

@@ -1,7 +1,7 @@
 """jdcl_bench.fastpath: compile with a clean fallback to eager; backend switches only on CUDA."""
 import torch
 
-from jdcl_bench.bench import kernel_kind
+from jdcl_bench.profiling import kernel_kind
 from jdcl_bench.fastpath import maybe_compile, tune_backends, unet_memory_format
 
 
@@ -70,7 +70,7 @@ def test_kernel_names_are_sorted_into_kinds():
 
 
 def test_op_profile_reads_the_profiler_api_of_this_torch():
-    from jdcl_bench.bench import _top_ops
+    from jdcl_bench.profiling import _top_ops
 
     x = torch.randn(64, 64)
     rows = _top_ops(lambda: (x @ x).sum(), torch.no_grad, 5)
