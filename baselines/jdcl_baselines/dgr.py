@@ -28,8 +28,8 @@ from jdcl_bench.fastpath import autocast, cuda_channels_last
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
 from jdcl_bench.models import cifar_resnet, normalise
 
-from .cond_diffusion import (ConditionalGenerator, GeneratorCache, GeneratorConfig, GeneratorStage,
-                             data_fingerprint, fixmatch_loss)
+from .cond_diffusion import ConditionalGenerator, GeneratorConfig, GeneratorStage, fixmatch_loss
+from .generator_cache import GeneratorCache, data_fingerprint
 
 
 @dataclass

@@ -8,7 +8,7 @@ logits = f(x0_hat) cut to the seen classes and c* the most likely *new-task* cla
     eps' = eps - s * sqrt(1 - abar_t) * grad_{x_t} log softmax(logits)[c*]
 
 (back-propagated through the UNet). The label stays y. Stage 1 (the generator with self-replay)
-is DGR's, so both methods share cached generators (cond_diffusion.GeneratorCache).
+is DGR's, so both methods share cached generators (generator_cache.GeneratorCache).
 """
 from __future__ import annotations
 
