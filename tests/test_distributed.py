@@ -36,7 +36,7 @@ def _jdcl_local_step(rank: int, world: int, port: int, out: str) -> None:
                           WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
         D.init("cpu")
     from jdcl_bench.jdcl import unet
-    from jdcl_bench.jdcl.method import JDCL
+    from jdcl_bench.methods.jdcl import JDCL
     from jdcl_bench.methods.base import ProtocolInfo, TaskData
     from jdcl_bench.progress import Reporter
     from jdcl_bench.runner import RunContext

@@ -90,7 +90,7 @@ def test_jdcl_and_the_generators_build_their_unet_in_that_layout(monkeypatch):
     import types
 
     import jdcl_baselines.cond_diffusion as cd
-    import jdcl_bench.jdcl.method as jm
+    import jdcl_bench.methods.jdcl as jm
     from jdcl_bench.bench import unet_config
 
     rule = lambda device, compiled: torch.channels_last if compiled else torch.contiguous_format

@@ -59,7 +59,7 @@ def test_jdcl_smoke_run_on_embedded_protocol(tmp_path, protocol):
 def test_digits_preset_runs_on_cpu(tmp_path, monkeypatch):
     """README's first run: the `digits` preset exists and completes digits-t5 with its replay grids,
     here at a few steps (the measured run and its accuracy: results/probes/jdcl-digits-first-run)."""
-    from jdcl_bench.jdcl.method import PRESETS
+    from jdcl_bench.methods.jdcl import PRESETS
 
     assert {"sampler_clip_x0", "global_ema_restart", "local_init", "diagnostics"} <= set(PRESETS["digits"])
     monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
@@ -132,7 +132,7 @@ def test_local_stage_ema_forgets_the_random_initialisation(preset, semi):
     # the EMA is what samples replay and what is evaluated: at the end of a local stage it must be the
     # trained model, not its random start (0.999 without warm-up kept 45 % of it after fast's 800 steps)
     from jdcl_bench.jdcl.diffusion import ema_start_share
-    from jdcl_bench.jdcl.method import JDCL, JDCLConfig
+    from jdcl_bench.methods.jdcl import JDCL, JDCLConfig
 
     cfg = JDCLConfig(**JDCL.presets.get(preset, {}))
     decay, warmup = (cfg.ssl_ema_decay, cfg.ssl_ema_warmup) if semi else (cfg.ema_decay, True)
@@ -154,7 +154,7 @@ def test_global_ema_does_not_inherit_fixmatch_decay():
     # semi-supervised: G_1 is a local model with FixMatch's EMA (0.999, no warm-up); the global student
     # keeps its weights and count but runs the recipe's 0.9999 with warm-up
     from jdcl_bench.jdcl.diffusion import EMA
-    from jdcl_bench.jdcl.method import global_ema
+    from jdcl_bench.methods.jdcl import global_ema
 
     net = torch.nn.Linear(1, 1, bias=False)
     local = EMA(net, 0.999, warmup=False)
@@ -171,7 +171,7 @@ def test_global_ema_does_not_inherit_fixmatch_decay():
 def test_teachers_run_through_the_compiled_call(monkeypatch):
     # the global stage's two teacher passes go through JDCL._fn (torch.compile on CUDA) as a
     # module call; reaching forward_joint on the wrapper would run the eager module instead
-    from jdcl_bench.jdcl.method import JDCL, JointForward
+    from jdcl_bench.methods.jdcl import JDCL, JointForward
     from jdcl_bench.jdcl.unet import JointUNet, UNetConfig
 
     wrapped = []
@@ -199,7 +199,7 @@ def test_teachers_run_through_the_compiled_call(monkeypatch):
 def test_short_budget_options_reach_the_code_they_name(tmp_path, monkeypatch, on):
     """sampler_clip_x0 -> the DDIM call clips x̂0 and returns it; global_ema_restart -> the student's EMA
     starts its warm-up at zero; local_init=global -> L_2 starts from G_1's weights. Off: the official code."""
-    from jdcl_bench.jdcl import method as M
+    from jdcl_bench.methods import jdcl as M
     from jdcl_bench.jdcl.diffusion import GaussianDiffusion
 
     seen = {"ddim": [], "ema_count": [], "local_from_G": []}
@@ -282,7 +282,7 @@ def test_records_from_before_the_short_budget_options_get_their_own_label():
     options they turn on are listed as differences from the published setting."""
     from dataclasses import asdict
 
-    from jdcl_bench.jdcl.method import JDCL
+    from jdcl_bench.methods.jdcl import JDCL
 
     old = {"local_steps": 800, "global_steps": 500, "unet": "fast"}
     assert JDCL.label_for_config(old) == "JDCL (before the short-budget options)"
@@ -296,7 +296,7 @@ def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
     """replay_confidence_threshold: a sample's label is kept only at that probability or above (-1 = no
     class, never taken into the replay); 0 keeps every label. A threshold nothing passes stops the run
     with what to change."""
-    from jdcl_bench.jdcl.method import JDCL
+    from jdcl_bench.methods.jdcl import JDCL
     from jdcl_bench.jdcl.replay import confident_labels
 
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.1, 0.0, 0.2], [0.0, 3.0, 0.0]])  # sure, unsure, sure

@@ -32,12 +32,12 @@ from ..artefacts import save_class_grid
 from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import autocast, maybe_compile, unet_memory_format
-from ..methods.base import Method, ProtocolInfo, TaskData
-from .diffusion import EMA, GaussianDiffusion, ema_start_share
-from .losses import kd_classifier, kd_diffusion
-from .replay import class_balanced, confident_labels
-from .config import PRESETS, JDCLConfig
-from .unet import JointUNet, UNetConfig, count_parameters
+from .base import Method, ProtocolInfo, TaskData
+from ..jdcl.diffusion import EMA, GaussianDiffusion, ema_start_share
+from ..jdcl.losses import kd_classifier, kd_diffusion
+from ..jdcl.replay import class_balanced, confident_labels
+from ..jdcl.config import PRESETS, JDCLConfig
+from ..jdcl.unet import JointUNet, UNetConfig, count_parameters
 
 
 def global_ema(net: nn.Module, g_ema: dict, decay: float) -> EMA:
