@@ -75,3 +75,33 @@ def check_fits(parts: dict[str, int], free: int, device: torch.device, hint: str
     if total > 0.8 * free:
         warn(f"warning: this run needs at least {total / GB:.1f} GB of the {free / GB:.1f} GB free on {device} "
              f"({words}); it may not fit")
+
+
+def check_joint_unet_fits(unet_cfg, image_shape: tuple[int, ...], images: int, num_params: int,
+                          device: torch.device, autocast: Callable, batch_size: int, info: Callable[[str], None]) -> None:
+    """Refuse a JDCL configuration that cannot fit ``device`` before anything trains: the tensors one
+    training forward keeps for the backward pass, measured at batch 1 and 2 and scaled to ``images``
+    per forward, plus the model, its gradients, AdamW state, EMA and the global stage's teachers and
+    previous global model (32 bytes a parameter)."""
+    from .jdcl.unet import JointUNet
+
+    free = free_bytes_to_check(device)
+    if free is None:
+        return
+    # a throw-away model (initialisation and dropout draw from the global generators: forked, so
+    # the run's own draws stay what they were). Saved tensors at batch 1 and 2: the difference is
+    # what each image adds, the rest (weights saved by every layer, their bf16 copies) is paid once.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        net = JointUNet(unet_cfg).to(device)
+        saved = []
+        for n in (1, 2):
+            x = torch.zeros(n, *image_shape, device=device)
+            t = torch.zeros(n, dtype=torch.long, device=device)
+            with autocast():
+                saved.append(saved_tensor_bytes(lambda: net.forward_joint(x, t, x)))
+    per_image, once = saved[1] - saved[0], 2 * saved[0] - saved[1]
+    fixed = 32 * num_params + max(once, 0)
+    fits = max(0, int((0.8 * free - fixed) // max(per_image, 1)))
+    hint = (f"a smaller batch (--set batch_size={min(fits, batch_size)} would leave 20 % free), the `fast` "
+            "preset's UNet (--set unet=fast) or another device")
+    check_fits({"activations": per_image * images, "model, AdamW, EMA and teachers": fixed}, free, device, hint, info)

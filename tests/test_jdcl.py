@@ -154,7 +154,7 @@ def test_global_ema_does_not_inherit_fixmatch_decay():
     # semi-supervised: G_1 is a local model with FixMatch's EMA (0.999, no warm-up); the global student
     # keeps its weights and count but runs the recipe's 0.9999 with warm-up
     from jdcl_bench.jdcl.diffusion import EMA
-    from jdcl_bench.methods.jdcl import global_ema
+    from jdcl_bench.jdcl.diffusion import global_ema
 
     net = torch.nn.Linear(1, 1, bias=False)
     local = EMA(net, 0.999, warmup=False)
@@ -171,7 +171,8 @@ def test_global_ema_does_not_inherit_fixmatch_decay():
 def test_teachers_run_through_the_compiled_call(monkeypatch):
     # the global stage's two teacher passes go through JDCL._fn (torch.compile on CUDA) as a
     # module call; reaching forward_joint on the wrapper would run the eager module instead
-    from jdcl_bench.methods.jdcl import JDCL, JointForward
+    from jdcl_bench.jdcl.unet import JointForward
+    from jdcl_bench.methods.jdcl import JDCL
     from jdcl_bench.jdcl.unet import JointUNet, UNetConfig
 
     wrapped = []

@@ -137,3 +137,24 @@ PRESETS = {
               "replay_per_class": 6, "gen_batch": 16, "ssl_labelled_batch": 4, "ssl_mu": 2, "grid_per_class": 2,
               "ssl_ema_warmup": True},
 }
+
+
+def label_for_config(method_config: dict) -> str | None:
+    """A record whose config has no ``sampler_clip_x0`` ran before the short-budget options existed
+    (LDM's unclipped sampler, continued global EMA, local model from scratch), whatever its preset
+    is called today: its own row, never averaged with the preset's newer seeds."""
+    if "local_steps" in method_config and "sampler_clip_x0" not in method_config:  # a JDCL config, older
+        return "JDCL (before the short-budget options)"
+    return None
+
+
+def differences_from_paper(method_config: dict) -> list[str]:
+    """The short-budget options a record ran with (docs/jdcl.md): each a deviation from the recipe."""
+    out = [f"{k} on" for k in ("sampler_clip_x0", "global_ema_restart") if method_config.get(k) is True]
+    if method_config.get("local_init") == "global":
+        out.append("local model initialised from G_{k-1}")
+    if method_config.get("sampler") not in (None, "ddim"):
+        out.append(f"sampler {method_config['sampler']}")
+    if method_config.get("replay_confidence_threshold"):
+        out.append(f"replay kept at classifier confidence >= {method_config['replay_confidence_threshold']}")
+    return out

@@ -328,3 +328,16 @@ class EMA:
         self.warmup = state["warmup"]
         self.num_updates = state["num_updates"]
         self.module.load_state_dict(state["module"])
+
+
+def global_ema(net: nn.Module, g_ema: dict, decay: float) -> EMA:
+    """The global student's EMA: G_{k-1}'s EMA weights and update count, at ``decay`` with warm-up.
+
+    Only weights and count are taken from ``g_ema``, not its decay and warm-up: in the semi-supervised
+    chain G_1 is a local model whose EMA is FixMatch's (0.999, no warm-up), and inheriting that would
+    make every later global stage 0.999 without warm-up (over the `fast` preset's 500 steps, 61 % of
+    G_{k-1} would stay in the EMA). The recipe's decision (docs/jdcl.md): 0.9999 with the inherited count, as supervised."""
+    ema = EMA(net, decay, warmup=True)
+    ema.module.load_state_dict(g_ema["module"])
+    ema.num_updates = g_ema["num_updates"]
+    return ema

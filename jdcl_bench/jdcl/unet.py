@@ -434,6 +434,17 @@ class JointUNet(nn.Module):
         return eps, logits
 
 
+class JointForward(nn.Module):
+    """``forward`` = ``net.forward_joint``: DDP syncs gradients only for calls of ``forward``."""
+
+    def __init__(self, net: JointUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_cls: torch.Tensor):
+        return self.net.forward_joint(x_t, t, x_cls)
+
+
 def apply_fast_path(model: nn.Module, fast: FastPath) -> nn.Module:
     """Run ``model``'s blocks (this module's classes) with the steps ``fast`` turns on."""
     for m in model.modules():

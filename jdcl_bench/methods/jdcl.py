@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed as D
@@ -32,36 +31,13 @@ from ..artefacts import save_class_grid
 from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import autocast, maybe_compile, unet_memory_format
+from ..memory import check_joint_unet_fits
 from .base import Method, ProtocolInfo, TaskData
-from ..jdcl.diffusion import EMA, GaussianDiffusion, ema_start_share
+from ..jdcl.diffusion import EMA, GaussianDiffusion, ema_start_share, global_ema
 from ..jdcl.losses import kd_classifier, kd_diffusion
 from ..jdcl.replay import class_balanced, confident_labels
-from ..jdcl.config import PRESETS, JDCLConfig
-from ..jdcl.unet import JointUNet, UNetConfig, count_parameters
-
-
-def global_ema(net: nn.Module, g_ema: dict, decay: float) -> EMA:
-    """The global student's EMA: G_{k-1}'s EMA weights and update count, at ``decay`` with warm-up.
-
-    Only weights and count are taken from ``g_ema``, not its decay and warm-up: in the semi-supervised
-    chain G_1 is a local model whose EMA is FixMatch's (0.999, no warm-up), and inheriting that would
-    make every later global stage 0.999 without warm-up (over the `fast` preset's 500 steps, 61 % of
-    G_{k-1} would stay in the EMA). The recipe's decision (docs/jdcl.md): 0.9999 with the inherited count, as supervised."""
-    ema = EMA(net, decay, warmup=True)
-    ema.module.load_state_dict(g_ema["module"])
-    ema.num_updates = g_ema["num_updates"]
-    return ema
-
-
-class JointForward(nn.Module):
-    """``forward`` = ``net.forward_joint``: DDP syncs gradients only for calls of ``forward``."""
-
-    def __init__(self, net: JointUNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_cls: torch.Tensor):
-        return self.net.forward_joint(x_t, t, x_cls)
+from ..jdcl.config import PRESETS, JDCLConfig, differences_from_paper, label_for_config
+from ..jdcl.unet import JointForward, JointUNet, UNetConfig, count_parameters
 
 
 class JDCL(Method):
@@ -81,24 +57,11 @@ class JDCL(Method):
 
     @classmethod
     def label_for_config(cls, method_config: dict) -> str | None:
-        """A record whose config has no ``sampler_clip_x0`` ran before the short-budget options existed
-        (LDM's unclipped sampler, continued global EMA, local model from scratch), whatever its preset
-        is called today: its own row, never averaged with the preset's newer seeds."""
-        if "local_steps" in method_config and "sampler_clip_x0" not in method_config:  # a JDCL config, older
-            return "JDCL (before the short-budget options)"
-        return None
+        return label_for_config(method_config)
 
     @classmethod
     def differences_from_paper(cls, method_config: dict) -> list[str]:
-        """The short-budget options a record ran with (docs/jdcl.md): each a deviation from the recipe."""
-        out = [f"{k} on" for k in ("sampler_clip_x0", "global_ema_restart") if method_config.get(k) is True]
-        if method_config.get("local_init") == "global":
-            out.append("local model initialised from G_{k-1}")
-        if method_config.get("sampler") not in (None, "ddim"):
-            out.append(f"sampler {method_config['sampler']}")
-        if method_config.get("replay_confidence_threshold"):
-            out.append(f"replay kept at classifier confidence >= {method_config['replay_confidence_threshold']}")
-        return out
+        return differences_from_paper(method_config)
 
     # ---- setup ------------------------------------------------------------------------
     def setup(self, info: ProtocolInfo) -> None:
@@ -117,7 +80,8 @@ class JDCL(Method):
         self.diffusion = GaussianDiffusion().to(self.device)
         self.amp = c.amp and self.device.type == "cuda"
         self.semi = info.semi_supervised
-        self._check_memory(info)
+        check_joint_unet_fits(base, info.image_shape, self._images_per_forward(), self.num_params, self.device,
+                              self.autocast, c.batch_size, self.ctx.info)
         if D.is_distributed():  # every global batch must split evenly over the processes
             D.local_batch(c.batch_size, "batch_size")
             if self.semi:
@@ -133,39 +97,12 @@ class JDCL(Method):
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
                          "replay_accepted": 0, "ddim_steps": c.ddim_steps}
 
-    def _check_memory(self, info: ProtocolInfo) -> None:
-        """Refuse settings that cannot fit the device before anything trains (jdcl_bench.memory): the
-        tensors one training forward keeps for the backward pass, measured at batch 1 and 2 and scaled to
-        the per-process batch, plus the model, its gradients, AdamW state, EMA and the global stage's
-        teachers and previous global model (32 bytes a parameter)."""
-        from ..memory import check_fits, free_bytes_to_check, saved_tensor_bytes
-
-        free = free_bytes_to_check(self.device)
-        if free is None:
-            return
+    def _images_per_forward(self) -> int:
+        """Images in one training forward on this process: the batch (supervised, global stage), or the
+        FixMatch local step's labelled + weak and strong unlabelled views (semi-supervised)."""
         c = self.cfg
-        # a throw-away model (initialisation and dropout draw from the global generators: forked, so
-        # the run's own draws stay what they were). Saved tensors at batch 1 and 2: the difference is
-        # what each image adds, the rest (weights saved by every layer, their bf16 copies) is paid once.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            net = JointUNet(self.unet_cfg).to(self.device)
-            saved = []
-            for n in (1, 2):
-                x = torch.zeros(n, *info.image_shape, device=self.device)
-                t = torch.zeros(n, dtype=torch.long, device=self.device)
-                with self.autocast():
-                    saved.append(saved_tensor_bytes(lambda: net.forward_joint(x, t, x)))
-        per_image, once = saved[1] - saved[0], 2 * saved[0] - saved[1]
-        # images in one forward: the batch (supervised, global stage), or the FixMatch local step's
-        # labelled + weak and strong unlabelled views (semi-supervised), split over the processes
         images = max(c.batch_size, c.ssl_labelled_batch * (1 + 2 * c.ssl_mu) if self.semi else 0)
-        images = -(-images // D.world_size())
-        fixed = 32 * self.num_params + max(once, 0)
-        fits = max(0, int((0.8 * free - fixed) // max(per_image, 1)))
-        hint = (f"a smaller batch (--set batch_size={min(fits, c.batch_size)} would leave 20 % free), the `fast` "
-                "preset's UNet (--set unet=fast) or another device")
-        check_fits({"activations": per_image * images, "model, AdamW, EMA and teachers": fixed}, free, self.device,
-                   hint, self.ctx.info)
+        return -(-images // D.world_size())
 
     def new_model(self) -> JointUNet:
         m = JointUNet(self.unet_cfg).to(self.device)
