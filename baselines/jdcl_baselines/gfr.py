@@ -33,47 +33,8 @@ from jdcl_bench.fastpath import autocast, cuda_channels_last
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, sample_indices
 from jdcl_bench.models import cifar_resnet, normalise
 
-
-# ---- networks -------------------------------------------------------------------------------------
-
-class FeatureGenerator(nn.Module):
-    """[z ‖ one-hot(y)] -> hidden -> LeakyReLU -> hidden -> LeakyReLU -> feature -> ReLU (features are
-    post-ReLU averages, so non-negative)."""
-
-    def __init__(self, latent_dim: int, num_classes: int, hidden: int, feat_dim: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.net = nn.Sequential(nn.Linear(latent_dim + num_classes, hidden), nn.LeakyReLU(0.2),
-                                 nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-                                 nn.Linear(hidden, feat_dim), nn.ReLU())
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1))
-
-
-class ProjectionDiscriminator(nn.Module):
-    """Critic with projection conditioning: D(f, y) = w·h + <P onehot(y), h>, h = MLP(f).
-    (The official auxiliary class head is left out: its loss is never used.)"""
-
-    def __init__(self, feat_dim: int, num_classes: int, hidden: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(feat_dim, hidden), nn.LeakyReLU(0.2),
-                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
-        self.out = nn.Linear(hidden, 1)
-        self.embed = nn.Embedding(num_classes, hidden)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.body(f)
-        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+from .nets import FeatureGenerator, ProjectionDiscriminator  # noqa: F401 (importable from here)
+from .plots import plot_feature_generator
 
 
 # ---- losses (module level, checked by the tests on hand-computed values) ------------------------
@@ -431,43 +392,9 @@ class GFR(Method):
                "samples_per_class": n, "note": "the generator is not retrained after the last task"}
         self.ctx.artefact_path(f"gfr_generator_task{k}.json").write_text(json.dumps(doc, indent=2))
         if gen_means:
-            self._plot(k, classes, torch.stack(gen_means).float().cpu(),
-                       {int(a): b.float().cpu() for a, b in real_means.items()}, stats)
-
-    def _plot(self, k, classes, gen_means, real_means, stats) -> None:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:  # the JSON says the same in numbers
-            return
-        # the 48 feature dimensions that differ most between the generated class means
-        dims = gen_means.var(0).argsort(descending=True)[:48].sort().values
-        fig, axes = plt.subplots(1, 3, figsize=(13, 0.35 * len(classes) + 2.2),
-                                 gridspec_kw={"width_ratios": [3, 3, 1.4]})
-        real = torch.full((len(classes), len(dims)), float("nan"))
-        for i, cls in enumerate(classes):
-            if cls in real_means:
-                real[i] = real_means[cls][dims]
-        vmax = max(float(gen_means[:, dims].max()), float(real.nan_to_num(0).max())) or 1.0  # one colour scale
-        axes[0].imshow(gen_means[:, dims].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        axes[0].set_title("generated: class-mean feature")
-        im = axes[1].imshow(real.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        fig.colorbar(im, ax=axes[1], fraction=0.05)
-        axes[1].set_title("real (current task's classes)")
-        for ax in axes[:2]:
-            ax.set_yticks(range(len(classes)), [str(x) for x in classes])
-            ax.set_xlabel("feature dimension (48 most class-dependent)")
-        accs = [stats[int(cls)]["head_accuracy_on_generated"] for cls in classes]
-        axes[2].barh(range(len(classes)), accs, color="tab:blue")
-        axes[2].set_xlim(0, 1)
-        axes[2].invert_yaxis()
-        axes[2].set_yticks(range(len(classes)), [str(x) for x in classes])
-        axes[2].set_title("head acc. on generated")
-        fig.suptitle(f"GFR feature generator after task {k}")
-        fig.tight_layout()
-        fig.savefig(self.ctx.artefact_path(f"gfr_generator_task{k}.png"), dpi=80)
-        plt.close(fig)
+            plot_feature_generator(self.ctx.artefact_path(f"gfr_generator_task{k}.png"), k, classes,
+                                   torch.stack(gen_means).float().cpu(),
+                                   {int(a): b.float().cpu() for a, b in real_means.items()}, stats)
 
     # ---- state -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

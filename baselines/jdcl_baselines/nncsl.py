@@ -29,15 +29,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from jdcl_bench.data import augment as A
 from jdcl_bench.data.colour import color_distort
 from jdcl_bench.fastpath import autocast, cuda_channels_last
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, sample_indices
-from jdcl_bench.models import cifar_resnet, normalise
+from jdcl_bench.models import normalise
 
 from .lars import LARSSGD, warmup_cosine
+from .nets import NNCSLNet
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -95,28 +95,6 @@ def memax(probs: torch.Tensor, T: float) -> torch.Tensor:
     """sum p_bar log p_bar of the batch-mean sharpened prediction (minimising it maximises the entropy)."""
     avg = sharpen(probs, T).mean(dim=0)
     return (avg * avg.log()).sum()
-
-
-# ---- model -------------------------------------------------------------------------------------
-
-class NNCSLNet(nn.Module):
-    """CIFAR ResNet-18 backbone, 3-layer projection head (z) and a linear classifier on the backbone feature."""
-
-    def __init__(self, num_classes: int, in_chans: int, width: int, layers: tuple[int, ...], hidden: int, out: int):
-        super().__init__()
-        self.backbone = cifar_resnet(0, in_chans, width, layers)  # num_classes=0: no timm head
-        d = self.backbone.num_features
-        self.fc = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, out))
-        self.classifier = nn.Linear(d, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.global_pool(self.backbone.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x)
-        return h, self.fc(h)
 
 
 # ---- config ------------------------------------------------------------------------------------
