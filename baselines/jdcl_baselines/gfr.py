@@ -45,9 +45,9 @@ def feature_distillation(f: torch.Tensor, f_old: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(f - f_old)
 
 
-def replay_cross_entropy(logits_real, y_real, logits_gen, y_gen, t_old: float) -> torch.Tensor:
-    """[CE(real) + T_old * CE(generated)] / (T_old + 1)."""
-    return (F.cross_entropy(logits_real, y_real) + t_old * F.cross_entropy(logits_gen, y_gen)) / (t_old + 1)
+def replay_cross_entropy(ce_real: torch.Tensor, ce_generated: torch.Tensor, t_old: float) -> torch.Tensor:
+    """[CE(real) + T_old * CE(generated)] / (T_old + 1): old tasks weigh by their count."""
+    return (ce_real + t_old * ce_generated) / (t_old + 1)
 
 
 def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
@@ -259,7 +259,7 @@ class GFR(Method):
             f_gen = self.G(self._noise(c.replay_batch), y_gen)
         self.counters["features_generated"] += c.replay_batch
         l_gen = F.cross_entropy(self.net.fc(f_gen), y_gen)
-        l_ce = (l_real + t_old * l_gen) / (t_old + 1)
+        l_ce = replay_cross_entropy(l_real, l_gen, t_old)
         parts.update(fd=l_fd, replay=l_gen)
         return l_fd + l_ce, parts
 

@@ -265,7 +265,6 @@ class NNCSL(Method):
         n = c.sup_per_class
         self.n_old_rows = n * len(old)
         rows = torch.arange(len(self.blocks)).repeat_interleave(n)  # block of every labelled row
-        self.lab_y = torch.tensor(self.blocks)[rows].to(dev)
         # positions among the seen classes for the online head's cross-entropy
         self.seen_t = torch.tensor(task.seen_classes, device=dev)
         pos = {k: i for i, k in enumerate(task.seen_classes)}

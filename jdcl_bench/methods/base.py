@@ -4,7 +4,7 @@
     m.setup(info)                     # once per run (also after a resume, before load_state_dict)
     for each task:
         m.begin_task(task)            # once per task (NOT called again after a mid-task resume)
-        m.train_task(task)            # default: a step loop calling m.observe(x, y)
+        m.train_task(task)            # the method's own step loop (calls ctx.tick / ctx.log_step)
         m.end_task(task)
         m.predict(x) -> logits        # evaluation on the test set of all classes
     m.state_dict() / m.load_state_dict(state)   # everything needed to continue
@@ -29,7 +29,6 @@ torch's global generators, which the runner seeds per task and saves in checkpoi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -104,9 +103,6 @@ class Method:
     def train_task(self, task: TaskData) -> None:
         raise NotImplementedError
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        raise NotImplementedError
-
     def end_task(self, task: TaskData) -> None:
         pass
 
@@ -164,17 +160,6 @@ class Method:
         return cfg
 
 
-def batch_indices(n: int, batch_size: int, epoch_seed: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """A seeded permutation of range(n) cut into batches (the last, short batch is kept)."""
-    g = torch.Generator().manual_seed(epoch_seed)
-    perm = torch.randperm(n, generator=g)
-    return [perm[i:i + batch_size].to(device) for i in range(0, n, batch_size)]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, math.ceil(n / batch_size))
-
-
 def derive_seed(*parts: int | str) -> int:
     """A stable 63-bit seed from a tuple (never Python's salted hash())."""
     import hashlib
@@ -191,10 +176,6 @@ def sample_indices(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor
     if n >= k:
         return torch.randperm(n, generator=gen)[:k].to(device)
     return torch.randint(n, (k,), generator=gen).to(device)
-
-
-def config_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 # --------------------------------------------------------------------------------------------
