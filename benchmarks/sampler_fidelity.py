@@ -65,14 +65,8 @@ def unet_config_for(method_cfg: dict, num_classes: int, image_shape: tuple[int, 
     """The UNet a JDCL run of this config trains (as JDCL.setup builds it)."""
     from jdcl_bench.jdcl.unet import UNetConfig
 
-    ch, h, _ = image_shape
-    unet = method_cfg.get("unet", "fast")
-    base = {"paper": lambda: UNetConfig.paper(num_classes).replace(image_size=h, in_channels=ch),
-            "fast": lambda: UNetConfig.fast(num_classes, h, ch),
-            "smoke": lambda: UNetConfig.smoke(num_classes, h, ch)}[unet]()
-    if method_cfg.get("model_channels", 0) > 0:
-        base = base.replace(model_channels=method_cfg["model_channels"])
-    return base
+    return UNetConfig.named(method_cfg.get("unet", "fast"), num_classes, image_shape,
+                            method_cfg.get("model_channels", 0))
 
 
 def load_global_model(path: Path) -> tuple[dict, int | None, str]:

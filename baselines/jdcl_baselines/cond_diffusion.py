@@ -28,7 +28,7 @@ from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import autocast, cuda_channels_last, maybe_compile, unet_memory_format
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
-from jdcl_bench.methods.base import ProtocolInfo, TaskData
+from jdcl_bench.methods.base import ProtocolInfo, TaskData, optimiser_step
 from jdcl_bench.models import cifar_resnet
 
 # Bump when the same config and seed would train a different generator (cached files then miss).
@@ -157,12 +157,7 @@ class GuidedEps:
 class ConditionalGenerator:
     def __init__(self, cfg: GeneratorConfig, info: ProtocolInfo, device: torch.device, amp: bool,
                  compile: bool = False, log=print):
-        ch, h, _ = info.image_shape
-        base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
-                "fast": lambda: UNetConfig.fast(info.num_classes, h, ch),
-                "smoke": lambda: UNetConfig.smoke(info.num_classes, h, ch)}[cfg.unet]()
-        if cfg.model_channels > 0:
-            base = base.replace(model_channels=cfg.model_channels)
+        base = UNetConfig.named(cfg.unet, info.num_classes, info.image_shape, cfg.model_channels)
         self.unet_cfg = base.replace(class_cond=True)
         self.cfg, self.info, self.device, self.amp = cfg, info, device, amp
         self.compile, self.log = compile, log
@@ -297,11 +292,8 @@ class GeneratorStage:
                 l_sup = F.cross_entropy(logits[:bl], y_local[li])
                 l_u, mask = fixmatch_loss(logits[bl:bl + bu], logits[bl + bu:], c.labeller_threshold)
                 loss = l_sup + l_u
-                for g in self.lab_opt.param_groups:  # FixMatch's cosine, cos(7 pi s / 16 S)
-                    g["lr"] = c.labeller_lr * math.cos(7 * math.pi * self.lab_step / (16 * c.labeller_steps))
-                self.lab_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.lab_opt.step()
+                # FixMatch's cosine, cos(7 pi s / 16 S)
+                optimiser_step(self.lab_opt, loss, c.labeller_lr * math.cos(7 * math.pi * self.lab_step / (16 * c.labeller_steps)))
                 self.lab_step += 1
                 self.ctx.log_step(self.lab_step, loss, mask=mask)
                 self.ctx.tick()
@@ -363,9 +355,7 @@ class GeneratorStage:
                 with self.gen.autocast():
                     eps = net(x_t.contiguous(memory_format=self.gen.memory_format), t, data_y[idx])
                 loss = F.mse_loss(eps.float(), noise)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                optimiser_step(self.opt, loss)
                 self.ema.update(self.net)
                 self.step += 1
                 self.ctx.log_step(self.step, loss, every=100)

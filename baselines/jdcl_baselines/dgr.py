@@ -25,7 +25,7 @@ from jdcl_bench.artefacts import save_class_grid
 from jdcl_bench.data import augment as A
 from jdcl_bench.data.colour import color_jitter
 from jdcl_bench.fastpath import autocast, cuda_channels_last
-from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, optimiser_step
 from jdcl_bench.models import cifar_resnet, normalise
 
 from .cond_diffusion import ConditionalGenerator, GeneratorConfig, GeneratorStage, fixmatch_loss
@@ -281,11 +281,7 @@ class DGR(Method):
                     l_u, mask = fixmatch_loss(logits[n:n + nu], logits[n + nu:], c.ssl_threshold)
                     loss = loss + c.ssl_weight * l_u
                     parts["mask"] = mask
-                for g in self.cls_opt.param_groups:
-                    g["lr"] = lr0 * (1 - self.cls_step / self.cls_total)
-                self.cls_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.cls_opt.step()
+                optimiser_step(self.cls_opt, loss, lr0 * (1 - self.cls_step / self.cls_total))
                 self.cls_step += 1
                 self.counters["classifier_steps"] += 1
                 self.counters["classifier_images_seen"] += n + (2 * c.ssl_unlabelled_batch if semi else 0)

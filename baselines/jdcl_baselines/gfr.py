@@ -30,45 +30,12 @@ from torch import nn
 
 from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import autocast, cuda_channels_last
-from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, sample_indices
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, optimiser_step, sample_indices
 from jdcl_bench.models import cifar_resnet, normalise
 
 from .nets import FeatureGenerator, ProjectionDiscriminator  # noqa: F401 (importable from here)
+from .gfr_losses import critic_loss, feature_distillation, generator_loss, gradient_penalty, replay_cross_entropy
 from .plots import plot_feature_generator
-
-
-# ---- losses (module level, checked by the tests on hand-computed values) ------------------------
-
-def feature_distillation(f: torch.Tensor, f_old: torch.Tensor) -> torch.Tensor:
-    """Official ``torch.dist(F(x), F_old(x), 2)``: the Frobenius norm of the whole batch's difference
-    (not squared, not averaged)."""
-    return torch.linalg.vector_norm(f - f_old)
-
-
-def replay_cross_entropy(ce_real: torch.Tensor, ce_generated: torch.Tensor, t_old: float) -> torch.Tensor:
-    """[CE(real) + T_old * CE(generated)] / (T_old + 1): old tasks weigh by their count."""
-    return (ce_real + t_old * ce_generated) / (t_old + 1)
-
-
-def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP: mean (||grad_x D(x, y)|| - 1)^2 at x = alpha real + (1 - alpha) fake."""
-    x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    (g,) = torch.autograd.grad(D(x, y).sum(), x, create_graph=True)
-    return ((g.norm(2, dim=1) - 1) ** 2).mean()
-
-
-def critic_loss(real_score: torch.Tensor, fake_score: torch.Tensor, gp: torch.Tensor, lambda_gp: float) -> torch.Tensor:
-    return -real_score.mean() + fake_score.mean() + lambda_gp * gp
-
-
-def generator_loss(fake_score: torch.Tensor, replay: torch.Tensor | None = None,
-                   replay_old: torch.Tensor | None = None, distill_weight: float = 0.0) -> torch.Tensor:
-    """-E D(G(z, y), y) + weight * sum ||G(z, y_old) - G_old(z, y_old)||^2 (official sum-reduced MSE)."""
-    loss = -fake_score.mean()
-    if replay is not None:
-        loss = loss + distill_weight * ((replay - replay_old) ** 2).sum()
-    return loss
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -207,13 +174,8 @@ class GFR(Method):
         self.net.train(not (c.freeze_bn and task.index > 0))
         with self.ctx.progress("GFR feature extractor", total - self.step):
             while self.step < total:
-                lr = c.lr * c.lr_gamma ** math.floor(self.step / max(1, c.lr_step_epochs * spe))
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
                 loss, parts = self._extractor_loss(task, semi)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                optimiser_step(self.opt, loss, c.lr * c.lr_gamma ** math.floor(self.step / max(1, c.lr_step_epochs * spe)))
                 self.step += 1
                 self.counters["extractor_steps"] += 1
                 self.ctx.log_step(self.step, loss, **parts)

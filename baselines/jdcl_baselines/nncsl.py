@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from jdcl_bench.data import augment as A
 from jdcl_bench.data.colour import color_distort
 from jdcl_bench.fastpath import autocast, cuda_channels_last
-from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, sample_indices
+from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, optimiser_step, sample_indices
 from jdcl_bench.models import normalise
 
 from .lars import LARSSGD, warmup_cosine
 from .nets import NNCSLNet
+from .paws import cross_entropy_soft, memax, paws_targets, smoothed_one_hot, snn
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -53,48 +54,6 @@ def unseen_mask(num_classes: int, seen: list[int], device) -> torch.Tensor:
     if seen:
         mask[torch.tensor(seen, device=device)] = False
     return mask
-
-
-# ---- losses (module level, so the tests can check them on hand-computed values) ---------------
-
-def smoothed_one_hot(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    """PAWS' support labels: 1 - s + s/K on the true class, s/K elsewhere."""
-    off = smoothing / num_classes
-    out = torch.full((len(targets), num_classes), off, device=targets.device)
-    return out.scatter_(1, targets.view(-1, 1), 1 - smoothing + off)
-
-
-def snn(query: torch.Tensor, supports: torch.Tensor, support_labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """Soft nearest neighbours: softmax over the supports of cos(query, support) / tau, times their labels."""
-    q, s = F.normalize(query, dim=1), F.normalize(supports, dim=1)
-    return F.softmax(q @ s.T / tau, dim=1) @ support_labels
-
-
-def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
-    p = p ** (1.0 / T)
-    return p / p.sum(dim=1, keepdim=True)
-
-
-def paws_targets(swapped_probs: torch.Tensor, num_multicrop: int, T: float) -> torch.Tensor:
-    """Targets of the anchors [v1, v2, mc_1..mc_m] from the SNN predictions of [v2, v1]: sharpened;
-    each multicrop gets the mean of the two global targets; entries below 1e-4 are zeroed."""
-    t = sharpen(swapped_probs, T)
-    if num_multicrop:
-        b = len(t) // 2
-        mc = 0.5 * (t[:b] + t[b:])
-        t = torch.cat([t, mc.repeat(num_multicrop, 1)])
-    return torch.where(t < 1e-4, torch.zeros_like(t), t)
-
-
-def cross_entropy_soft(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """mean over rows of -sum target * log(probs) (PAWS' loss and NND's)."""
-    return -(target * probs.log()).sum(dim=1).mean()
-
-
-def memax(probs: torch.Tensor, T: float) -> torch.Tensor:
-    """sum p_bar log p_bar of the batch-mean sharpened prediction (minimising it maximises the entropy)."""
-    avg = sharpen(probs, T).mean(dim=0)
-    return (avg * avg.log()).sum()
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -215,12 +174,8 @@ class NNCSL(Method):
         with self.ctx.progress("NNCSL", c.steps_per_task - self.step):
             while self.step < c.steps_per_task:
                 lr = warmup_cosine(self.step, c.steps_per_task, c.warmup_steps, c.start_lr, c.ref_lr, c.final_lr)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr * g["lr_scale"]
                 loss, parts = self._loss(task)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                optimiser_step(self.opt, loss, lr)  # times each group's lr_scale
                 self.step += 1
                 self.counters["steps"] += 1
                 self.ctx.log_step(self.step, loss, **parts)

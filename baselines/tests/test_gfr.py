@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from jdcl_baselines.gfr import (GFR, FeatureGenerator, ProjectionDiscriminator, critic_loss, feature_distillation,
-                                generator_loss, gradient_penalty, replay_cross_entropy)
+from jdcl_baselines.gfr import GFR, FeatureGenerator, ProjectionDiscriminator
+from jdcl_baselines.gfr_losses import (critic_loss, feature_distillation, generator_loss, gradient_penalty,
+                                       replay_cross_entropy)
 
 
 # ---- losses on hand-computed values ------------------------------------------------------------

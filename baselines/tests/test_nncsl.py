@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from jdcl_baselines.lars import LARSSGD, warmup_cosine
 from jdcl_bench.data.colour import color_distort, equalize
-from jdcl_baselines.nncsl import (NNCSL, cross_entropy_soft, memax, paws_targets, sharpen, smoothed_one_hot, snn)
+from jdcl_baselines.nncsl import NNCSL
+from jdcl_baselines.paws import cross_entropy_soft, memax, paws_targets, sharpen, smoothed_one_hot, snn
 
 
 # ---- losses on hand-computed values ------------------------------------------------------------

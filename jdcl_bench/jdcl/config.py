@@ -96,6 +96,17 @@ class JDCLConfig:
                 bad[key] = f"not one of {', '.join(allowed)} (e.g. --set {key}={example})"
         return bad
 
+    def ssl_ema_warning(self) -> str | None:
+        """A reduced budget with the official 0.999-without-warm-up keeps the random initialisation in
+        the EMA that samples replay and is evaluated (results/superseded/README.md)."""
+        from .diffusion import ema_start_share  # torch: only where used
+        left = ema_start_share(self.ssl_ema_decay, self.ssl_ema_warmup, self.local_steps)
+        if left <= 0.05:
+            return None
+        return (f"warning: after {self.local_steps} local steps the EMA still holds {100 * left:.0f} % of the "
+                f"random initialisation (ssl_ema_decay={self.ssl_ema_decay}, ssl_ema_warmup={self.ssl_ema_warmup}); "
+                "use --set ssl_ema_warmup=true, a smaller ssl_ema_decay or more local_steps")
+
 
 UNETS = ("paper", "fast", "smoke")  # UNetConfig's presets
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -34,3 +34,28 @@ def kd_classifier(logits_student: torch.Tensor, logits_teacher: torch.Tensor, is
     p_t = logits_teacher.float().softmax(1)
     per_sample = -(p_t * logits_student.float().log_softmax(1)).sum(1)
     return group_mean(per_sample, is_old, weighting)
+
+
+def teacher_targets(teachers: dict, is_old: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    x_cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's teacher's (eps, logits): ``teachers["old"]`` for old-class samples, ``["new"]`` else.
+    Each teacher sees the whole batch and the mask picks its samples (fixed shapes). Both teachers
+    replay one compiled graph; under CUDA graphs (compile_mode=reduce-overhead) the second call
+    reuses the first's output memory, so the first's outputs are copied (a few MB)."""
+    eps_o, log_o = (v.clone() for v in teachers["old"](x_t, t, x_cls))
+    eps_n, log_n = teachers["new"](x_t, t, x_cls)
+    return (torch.where(is_old.view(-1, 1, 1, 1), eps_o, eps_n),
+            torch.where(is_old.view(-1, 1), log_o, log_n))
+
+
+def fixmatch(logits: torch.Tensor, n_labelled: int, n_unlabelled: int, y: torch.Tensor,
+             threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FixMatch's two terms on logits of [labelled | weak unlabelled | strong unlabelled] views:
+    cross-entropy on the labels, and cross-entropy of the strong view against the weak view's
+    confident argmax (mean over all unlabelled samples, masked below ``threshold``); and the mask."""
+    nl, nu = n_labelled, n_unlabelled
+    lab, weak, strong = logits[:nl], logits[nl:nl + nu], logits[nl + nu:]
+    conf, pseudo = weak.detach().softmax(1).max(1)
+    mask = (conf >= threshold).float()
+    l_unsup = (torch.nn.functional.cross_entropy(strong, pseudo, reduction="none") * mask).mean()
+    return torch.nn.functional.cross_entropy(lab, y), l_unsup, mask

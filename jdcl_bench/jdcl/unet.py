@@ -76,6 +76,14 @@ class UNetConfig:
     def replace(self, **changes) -> "UNetConfig":
         return replace(self, **changes)
 
+    @classmethod
+    def named(cls, name: str, num_classes: int, image_shape: tuple, model_channels: int = 0) -> "UNetConfig":
+        """The preset ``name`` (paper | fast | smoke) for images of ``image_shape``; a base width > 0 replaces its own."""
+        ch, h, _ = image_shape
+        cfg = cls.paper(num_classes).replace(image_size=h, in_channels=ch) if name == "paper" else \
+            {"fast": cls.fast, "smoke": cls.smoke}[name](num_classes, h, ch)
+        return cfg.replace(model_channels=model_channels) if model_channels > 0 else cfg
+
     @property
     def feature_dim(self) -> int:
         """Width of the pooled encoder features the classifier reads."""

@@ -322,3 +322,14 @@ class RunContext:
 
     def info(self, msg: str) -> None:
         self.reporter.info(msg)
+
+
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float | None = None) -> None:
+    """One step on ``loss``: ``lr`` (where given) into every parameter group, scaled by the group's
+    ``lr_scale`` where it has one; gradients cleared, computed and applied."""
+    if lr is not None:
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import distributed as D
 from ..models import cifar_resnet
+from .base import optimiser_step
 
 
 @dataclass
@@ -90,11 +91,7 @@ class ClassifierTrainer:
                 if self.cfg.augment:
                     xb = weak_view(xb, ctx.rng, self.flip_p)
                 loss = self.loss(D.shard(xb) * 2 - 1, D.shard(y[idx]))  # this rank's slice (all of it in one process)
-                for g in self.opt.param_groups:
-                    g["lr"] = self.lr_at(self.step)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                optimiser_step(self.opt, loss, self.lr_at(self.step))
                 self.step += 1
                 self.images_seen += len(idx)
                 ctx.log_step(self.step, loss)

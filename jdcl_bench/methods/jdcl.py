@@ -11,13 +11,8 @@ Per task k (see ../shared/specs/jdcl-recipe.md, and docs/jdcl.md for every decis
    The result is G_k. For task 1, L_1 becomes G_1.
 
 The method trains in a step loop that calls ``ctx.tick()``, so a run can stop and resume inside any
-stage; ``phase`` records where it is (local -> replay -> global -> done).
-
-Distributed (docs/distributed.md): ``batch_size`` (and the FixMatch batches) are global. Every rank
-draws the same global batch, its augmentations and its diffusion noise (from generators that advance
-identically on every rank), trains on its slice through DDP, and so ends each step with the same
-weights and EMA. Replay is sampled in parts: each rank samples ``gen_batch / world_size`` images
-with noise of its own, the parts are gathered, and every rank keeps the same class-balanced set.
+stage; ``phase`` records where it is (local -> replay -> global -> done). Distributed, every rank
+draws the same global batch and trains on its slice (``D.shard``); docs/distributed.md says why.
 """
 from __future__ import annotations
 
@@ -32,9 +27,9 @@ from ..config import ConfigError
 from ..data import augment as A
 from ..fastpath import autocast, maybe_compile, unet_memory_format
 from ..memory import check_joint_unet_fits
-from .base import Method, ProtocolInfo, TaskData
-from ..jdcl.diffusion import EMA, GaussianDiffusion, ema_start_share, global_ema
-from ..jdcl.losses import kd_classifier, kd_diffusion
+from .base import Method, ProtocolInfo, TaskData, optimiser_step
+from ..jdcl.diffusion import EMA, GaussianDiffusion, global_ema
+from ..jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
 from ..jdcl.replay import class_balanced, confident_labels
 from ..jdcl.config import PRESETS, JDCLConfig, differences_from_paper, label_for_config
 from ..jdcl.unet import JointForward, JointUNet, UNetConfig, count_parameters
@@ -55,26 +50,16 @@ class JDCL(Method):
     def global_batch(cls, cfg: JDCLConfig) -> int:
         return cfg.batch_size
 
-    @classmethod
-    def label_for_config(cls, method_config: dict) -> str | None:
-        return label_for_config(method_config)
-
-    @classmethod
-    def differences_from_paper(cls, method_config: dict) -> list[str]:
-        return differences_from_paper(method_config)
+    label_for_config = staticmethod(label_for_config)  # jdcl/config.py: from a record's method config
+    differences_from_paper = staticmethod(differences_from_paper)
 
     # ---- setup ------------------------------------------------------------------------
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
-        c, (ch, h, _) = self.cfg, info.image_shape
+        c = self.cfg
         if c.compile and D.is_distributed() and self.device.type == "cuda":
             self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
-        base = {"paper": lambda: UNetConfig.paper(info.num_classes).replace(image_size=h, in_channels=ch),
-                "fast": lambda: UNetConfig.fast(info.num_classes, h, ch),
-                "smoke": lambda: UNetConfig.smoke(info.num_classes, h, ch)}[c.unet]()
-        if c.model_channels > 0:
-            base = base.replace(model_channels=c.model_channels)
-        self.unet_cfg = base
+        self.unet_cfg = base = UNetConfig.named(c.unet, info.num_classes, info.image_shape, c.model_channels)
         with torch.device("meta"):  # count parameters without allocating them
             self.num_params = count_parameters(JointUNet(base))
         self.diffusion = GaussianDiffusion().to(self.device)
@@ -86,12 +71,8 @@ class JDCL(Method):
             D.local_batch(c.batch_size, "batch_size")
             if self.semi:
                 D.local_batch(c.ssl_labelled_batch, "ssl_labelled_batch")
-        if self.semi and (left := ema_start_share(c.ssl_ema_decay, c.ssl_ema_warmup, c.local_steps)) > 0.05:
-            # a reduced budget with the official 0.999-without-warm-up keeps the random initialisation
-            # in the EMA that samples replay and is evaluated (results/superseded/README.md)
-            self.ctx.info(f"warning: after {c.local_steps} local steps the EMA still holds {100 * left:.0f} % of the "
-                          f"random initialisation (ssl_ema_decay={c.ssl_ema_decay}, ssl_ema_warmup={c.ssl_ema_warmup}); "
-                          f"use --set ssl_ema_warmup=true, a smaller ssl_ema_decay or more local_steps")
+        if self.semi and (warning := c.ssl_ema_warning()):
+            self.ctx.info(warning)
         self.G: dict | None = None  # {"raw": state_dict, "ema": EMA state} of the global model
         self.phase = "idle"
         self.counters = {"local_steps": 0, "global_steps": 0, "images_seen": 0, "replay_sampled": 0,
@@ -123,6 +104,10 @@ class JDCL(Method):
     def _device_rng(self) -> torch.Generator:
         seed = int(torch.randint(0, 2**62, (1,), generator=self.ctx.rng))
         return torch.Generator(self.device).manual_seed(seed)
+
+    def _adamw(self) -> torch.optim.AdamW:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                 fused=self.device.type == "cuda")
 
     def _train_fn(self, find_unused_parameters: bool = False):
         """The training forward, ``(x_t, t, x_cls) -> (eps, logits)``: through DDP when distributed."""
@@ -157,8 +142,7 @@ class JDCL(Method):
         self.net = D.sync_params(self.new_model())
         if c.local_init == "global" and self.G is not None:
             self.net.load_state_dict(self.G["raw"] if "raw" in self.G else self.G["ema"]["module"])
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                     fused=self.device.type == "cuda")
+        self.opt = self._adamw()
         self.ema = self._local_ema()
         self.replay = None
 
@@ -197,14 +181,10 @@ class JDCL(Method):
                 return model.classify(A.to_unit(x) * 2 - 1).float()
         return predict
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        model = getattr(self, "_eval_model", None)
-        if model is None or self._eval_model_of is not self.G:
-            model = self.model_from(self.G, ema=True).eval()
-            self._eval_model, self._eval_model_of = model, self.G
-        with self.autocast():
-            return model.classify(A.to_unit(x) * 2 - 1).float()
+        if getattr(self, "_eval_of", None) is not self.G:  # one eval model per global model
+            self._eval_predict, self._eval_of = self._predictor(self.G), self.G
+        return self._eval_predict(x)
 
     # ---- local stage -------------------------------------------------------------------
     def _local_ema(self) -> EMA:
@@ -226,12 +206,16 @@ class JDCL(Method):
                 self.ctx.log_step(self.step, loss, every=100, **parts)
                 self.ctx.tick()
 
+    def _views(self, x: torch.Tensor, crop_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The diffusion view (flip, crop) and the classifier's strong view of ``x`` in [0, 1], as [-1, 1]."""
+        rng, fp = self.ctx.rng, self.info.flip_p
+        x_diff = A.random_resized_crop(A.hflip(x, rng, fp), rng, scale=(crop_scale, 1.0))
+        return x_diff * 2 - 1, A.strong_view(x, rng, fp) * 2 - 1
+
     def _sup_loss(self, fwd, task: TaskData):
         c = self.cfg
         idx = torch.randint(len(task.x), (c.batch_size,), generator=self.ctx.rng).to(self.device)
-        x, rng, fp = A.to_unit(task.x[idx]), self.ctx.rng, self.info.flip_p
-        x_diff = A.random_resized_crop(A.hflip(x, rng, fp), rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
-        x_cls = A.strong_view(x, rng, fp) * 2 - 1
+        x_diff, x_cls = self._views(A.to_unit(task.x[idx]), c.local_crop_scale)
         x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
         # this rank's slice of the global batch (all of it in one process)
         x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, task.y[idx]))
@@ -259,21 +243,13 @@ class JDCL(Method):
         x_cls = torch.cat([wl, wu, su]) * 2 - 1
         with self.autocast():
             eps, logits = fwd(x_t, t, x_cls)
-        logits = logits.float()
         l_diff = F.mse_loss(eps.float(), noise)
-        lab, weak, strong = logits[:nl], logits[nl:nl + nu], logits[nl + nu:]
-        l_sup = F.cross_entropy(lab, yl)
-        probs = weak.detach().softmax(1)
-        conf, pseudo = probs.max(1)
-        mask = (conf >= c.ssl_threshold).float()
-        l_unsup = (F.cross_entropy(strong, pseudo, reduction="none") * mask).mean()
+        l_sup, l_unsup, mask = fixmatch(logits.float(), nl, nu, yl, c.ssl_threshold)
         self.counters["images_seen"] += bl + bu
         return l_diff + c.cls_weight * (l_sup + l_unsup), {"diff": l_diff, "ce": l_sup, "mask": mask.mean()}
 
     def _optimise(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        optimiser_step(self.opt, loss)
         self.ema.update(self.net)
 
     # ---- replay ----------------------------------------------------------------------------
@@ -360,8 +336,7 @@ class JDCL(Method):
         # the student starts from G_{k-1}'s raw weights and continues its EMA (count included), or
         # with global_ema_restart its EMA starts at G_{k-1}'s EMA weights with the warm-up from zero
         self.net = self.model_from(self.G, ema=False)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                     fused=self.device.type == "cuda")
+        self.opt = self._adamw()
         self.ema = global_ema(self.net, self.G["ema"], c.ema_decay)
         if c.global_ema_restart:
             self.ema.num_updates = 0
@@ -383,24 +358,14 @@ class JDCL(Method):
         with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
                 idx = torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng).to(self.device)
-                x, y = A.to_unit(rx[idx]), ry[idx]
-                x_diff = A.random_resized_crop(A.hflip(x, self.ctx.rng, self.info.flip_p), self.ctx.rng,
-                                               scale=(c.global_crop_scale, 1.0)) * 2 - 1
-                x_cls = A.strong_view(x, self.ctx.rng, self.info.flip_p) * 2 - 1
+                x_diff, x_cls = self._views(A.to_unit(rx[idx]), c.global_crop_scale)
+                y = ry[idx]
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
                 # this rank's slice of the global batch (all of it in one process)
                 x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, y))
                 is_old = torch.isin(y, self.replay["old"])
                 with torch.no_grad(), self.autocast():
-                    # each teacher sees the whole batch; the mask picks its samples (fixed shapes)
-                    # both teachers replay one compiled graph; under CUDA graphs
-                    # (compile_mode=reduce-overhead) the second call reuses the first's output
-                    # memory, so keep a copy of the first's (a few MB)
-                    eps_o, log_o = (v.clone() for v in teachers["old"](x_t, t, x_cls))
-                    eps_n, log_n = teachers["new"](x_t, t, x_cls)
-                sel = is_old.view(-1, 1, 1, 1)
-                eps_T = torch.where(sel, eps_o, eps_n)
-                logits_T = torch.where(is_old.view(-1, 1), log_o, log_n)
+                    eps_T, logits_T = teacher_targets(teachers, is_old, x_t, t, x_cls)
                 with self.autocast():
                     eps, logits = fwd(x_t, t, x_cls)
                 eps, logits = eps.float(), logits.float()
@@ -434,16 +399,13 @@ class JDCL(Method):
     def load_state_dict(self, s: dict) -> None:
         self.phase, self.G, self.counters = s["phase"], s["G"], dict(s["counters"])
         if self.phase in ("local", "replay", "global", "done"):
-            c = self.cfg
+            self.L = s["L"]
             if self.phase == "global":
-                self.L = s["L"]
                 self.replay = {k: v.to(self.device) for k, v in s["replay"].items()}
                 self._begin_global()
             else:
-                self.L = s["L"]
                 self.net = self.new_model()
-                self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                             fused=self.device.type == "cuda")
+                self.opt = self._adamw()
                 self.ema = self._local_ema()
             self.net.load_state_dict(s["net"])
             self.opt.load_state_dict(s["opt"])
