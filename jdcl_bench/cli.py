@@ -361,73 +361,10 @@ def plot(results, out_dir, protocols, x_axis, methods, curve_runs) -> None:
         click.echo(f"wrote {path}")
 
 
-# training batch, generation batch and DDIM steps of JDCL's presets
-BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (16, 16, 4)}
+# `jdcl-bench bench` lives beside the bench it drives
+from .bench_command import bench  # noqa: E402
 
-
-@main.command()
-@click.option("--config", "configs", multiple=True, default=("paper", "fast"), show_default=True,
-              type=click.Choice(list(BENCH_DEFAULTS)), help="Joint-model configuration(s) to time.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--iters", default=10, show_default=True, type=int, help="Timed repetitions (median reported).")
-@click.option("--warmup", default=3, show_default=True, type=int)
-@click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
-@click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
-@click.option("--contiguous-path", is_flag=True,
-              help="Also time the bf16 paths with contiguous (NCHW) weights: what channels_last buys.")
-@click.option("--path", "only", multiple=True, metavar="NAME",
-              help="Time only this path (repeatable; the fp32 reference always runs). Overrides the flags above. "
-                   "Names: reference_fp32_eager, optimised_bf16, optimised_bf16_contiguous, optimised_bf16_compiled, "
-                   "optimised_bf16_compiled_contiguous, optimised_bf16_compiled_nchw_blocks (torch's "
-                   "GroupNorm kernel and the NCHW attention: the UNet before 2026-11-25), optimised_bf16_compiled_options (needs --inductor-option), optimised_bf16_cudagraphs.")
-@click.option("--inductor-option", "inductor_options", multiple=True, metavar="KEY=VALUE",
-              help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
-                   "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
-@click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, no_compile, no_cudagraphs, contiguous_path, only, inductor_options,
-          out) -> None:
-    """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
-    import json
-
-    from .bench import BenchSettings, check_paths, device_info, parse_inductor_options, record_path, run_bench
-    from .records import atomic_write_bytes, code_version, now
-    from .runner import resolve_device
-
-    try:
-        options = parse_inductor_options(inductor_options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--inductor-option") from None
-    try:
-        check_paths(only, options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--path") from None
-    dev = resolve_device(device)
-    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
-    path = record_path(out, "bench", record.get("gpu_name", "cpu"))
-
-    def save(partial=None):  # after every timed path: a bench stopped later keeps what it measured
-        runs = record["runs"] + ([partial] if partial is not None else [])
-        atomic_write_bytes(path, json.dumps({**record, "runs": runs}, indent=2).encode())
-
-    for name in configs:
-        batch, gen_batch, steps = BENCH_DEFAULTS[name]
-        s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
-                          warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs,
-                          contiguous_path=contiguous_path, only=tuple(only), inductor_options=options)
-        record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
-    record["complete"] = True
-    save()
-    peak = record.get("bf16_matmul_tflops_measured")
-    for r in record["runs"]:
-        for pname, v in r["paths"].items():
-            if "error" in v:
-                click.echo(f"{r['config']:6s} {pname:26s} {v['error']}")
-                continue
-            frac = f" ({100 * v['train_tflops'] / peak:.0f}% of the measured bf16 matmul rate)" if peak else ""
-            click.echo(f"{r['config']:6s} {pname:26s} train {v['train_images_per_s']:8.0f} img/s "
-                       f"x{v['train_speedup_vs_reference']:.2f}, {v['train_tflops']:.0f} TFLOP/s{frac}; "
-                       f"DDIM {v['ddim_images_per_s']:7.1f} img/s x{v['ddim_speedup_vs_reference']:.2f}")
-    click.echo(f"wrote {path}")
+main.add_command(bench)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
 #   bash scripts/issue23_gpu.sh sampler   # train the cifar10-first2 probe (JDCL fast + the short-budget
 #                                         # options, --time-limit 330), then benchmarks/sampler_fidelity.py
 #                                         # on its global model: DDIM-50/250 vs DPM-Solver++(2M) 10-25 steps
+#   bash scripts/issue23_gpu.sh loop      # jdcl-bench bench --loop: JDCL's local and global loops next to
+#                                         # the bare step of the same model, fast preset, fully and
+#                                         # semi-supervised (one record each, no data needed)
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
 #   bash scripts/issue23_gpu.sh packing 4,8   # per GPU (one record each; speedups against N = 1 are the
 #                                             # ratio of the records' wall_s)
@@ -30,12 +33,16 @@ case "${1:-}" in
     run_dir=$(dirname "$(ls -d "$WORK"/runs/cifar10-first2-*/jdcl/fast+*/seed0/checkpoint.pt | head -n 1)")
     python benchmarks/sampler_fidelity.py --run "$run_dir" --data-dir "$DATA" --n 5000 --out "$DEST"
     ;;
+  loop)
+    jdcl-bench bench --loop --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --semi --config fast --device cuda --out "$DEST"
+    ;;
   packing)
     python benchmarks/sweep_packing.py --methods finetune,joint --protocols digits-t5 --cells 4 --preset paper \
       --ns "${2:-1,2}" --time-limit 240 --work-dir "$WORK/packing" --out "$DEST"
     ;;
   *)
-    echo "usage: $0 sampler | packing N[,N...]" >&2
+    echo "usage: $0 sampler | loop | packing N[,N...]" >&2
     exit 2
     ;;
 esac

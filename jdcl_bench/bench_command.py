@@ -1,0 +1,100 @@
+"""``jdcl-bench bench``: the joint model's training step and DDIM sampling timed path by path (bench.py),
+written as a JSON record after every path; with ``--loop``, JDCL's own local and global loops timed next
+to the bare step of the same model in one process (loop_bench.py)."""
+from __future__ import annotations
+
+import click
+
+# training batch, generation batch and DDIM steps of JDCL's presets
+BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (16, 16, 4)}
+
+
+@click.command()
+@click.option("--config", "configs", multiple=True, default=("paper", "fast"), show_default=True,
+              type=click.Choice(list(BENCH_DEFAULTS)), help="Joint-model configuration(s) to time.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--iters", default=None, type=int,
+              help="Timed repetitions (median reported) [default: 10; with --loop, timed steps per stage: 200].")
+@click.option("--warmup", default=None, type=int, help="Untimed repetitions first [default: 3; with --loop: 25].")
+@click.option("--loop", is_flag=True, help="Time JDCL's local- and global-stage loops (augmentations, index draws, "
+              "replay batches, teachers, EMA, reporting) next to the bare training step of the same model.")
+@click.option("--semi", is_flag=True, help="With --loop: the semi-supervised (FixMatch) local stage.")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
+@click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
+@click.option("--contiguous-path", is_flag=True,
+              help="Also time the bf16 paths with contiguous (NCHW) weights: what channels_last buys.")
+@click.option("--path", "only", multiple=True, metavar="NAME",
+              help="Time only this path (repeatable; the fp32 reference always runs). Overrides the flags above. "
+                   "Names: reference_fp32_eager, optimised_bf16, optimised_bf16_contiguous, optimised_bf16_compiled, "
+                   "optimised_bf16_compiled_contiguous, optimised_bf16_compiled_nchw_blocks (torch's "
+                   "GroupNorm kernel and the NCHW attention: the UNet before 2026-11-25), optimised_bf16_compiled_options (needs --inductor-option), optimised_bf16_cudagraphs.")
+@click.option("--inductor-option", "inductor_options", multiple=True, metavar="KEY=VALUE",
+              help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
+                   "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
+@click.option("--out", default="results/bench", show_default=True, type=click.Path())
+def bench(configs, device, iters, warmup, loop, semi, no_compile, no_cudagraphs, contiguous_path, only,
+          inductor_options, out) -> None:
+    """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
+    import json
+
+    from .bench import BenchSettings, check_paths, device_info, parse_inductor_options, record_path, run_bench
+    from .records import atomic_write_bytes, code_version, now
+    from .runner import resolve_device
+
+    try:
+        options = parse_inductor_options(inductor_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--inductor-option") from None
+    try:
+        check_paths(only, options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--path") from None
+    dev = resolve_device(device)
+    if loop:
+        return _bench_loops(configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup, semi, out)
+    if semi:
+        raise click.UsageError("--semi applies to --loop only")
+    iters, warmup = 10 if iters is None else iters, 3 if warmup is None else warmup
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
+    path = record_path(out, "bench", record.get("gpu_name", "cpu"))
+
+    def save(partial=None):  # after every timed path: a bench stopped later keeps what it measured
+        runs = record["runs"] + ([partial] if partial is not None else [])
+        atomic_write_bytes(path, json.dumps({**record, "runs": runs}, indent=2).encode())
+
+    for name in configs:
+        batch, gen_batch, steps = BENCH_DEFAULTS[name]
+        s = BenchSettings(config=name, batch=batch, gen_batch=gen_batch, ddim_steps=steps, iters=iters,
+                          warmup=warmup, compile=not no_compile, cudagraphs=not no_cudagraphs,
+                          contiguous_path=contiguous_path, only=tuple(only), inductor_options=options)
+        record["runs"].append(run_bench(s, dev, log=click.echo, on_path=save))
+    record["complete"] = True
+    save()
+    peak = record.get("bf16_matmul_tflops_measured")
+    for r in record["runs"]:
+        for pname, v in r["paths"].items():
+            if "error" in v:
+                click.echo(f"{r['config']:6s} {pname:26s} {v['error']}")
+                continue
+            frac = f" ({100 * v['train_tflops'] / peak:.0f}% of the measured bf16 matmul rate)" if peak else ""
+            click.echo(f"{r['config']:6s} {pname:26s} train {v['train_images_per_s']:8.0f} img/s "
+                       f"x{v['train_speedup_vs_reference']:.2f}, {v['train_tflops']:.0f} TFLOP/s{frac}; "
+                       f"DDIM {v['ddim_images_per_s']:7.1f} img/s x{v['ddim_speedup_vs_reference']:.2f}")
+    click.echo(f"wrote {path}")
+
+
+def _bench_loops(configs, dev, steps: int, warmup: int, semi: bool, out) -> None:
+    import json
+
+    from .bench import device_info, record_path
+    from .loop_bench import time_jdcl_loops
+    from .records import atomic_write_bytes, code_version, now
+
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
+    path = record_path(out, "loop", record.get("gpu_name", "cpu"))
+    for name in configs:
+        record["runs"].append(time_jdcl_loops(name, dev, steps=steps, warmup=warmup, semi=semi, log=click.echo))
+        atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+    record["complete"] = True
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+    click.echo(f"wrote {path}")

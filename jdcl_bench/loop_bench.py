@@ -1,0 +1,183 @@
+"""JDCL's training loops against the bare training step of the same model, in one process (issue 23).
+
+The *bare step* is what the model costs: the joint forward (compiled as the method compiles it), the
+stage's losses, backward, fused AdamW and the EMA update, and in the global stage the two teacher
+forwards, all on one batch that is already on the device. The *loop* is the method's own
+``_train_local`` / ``_train_global`` on synthetic uint8 images of the protocol's shape: index draws
+from the run's CPU generator, augmentations, diffusion noise, the loss check and report every 100
+steps, the training curve, ticks. Both run ``steps`` steps back to back after ``warmup`` steps
+(compilation, CUDA-graph capture), with the device synchronised only at the two ends of the timed
+window, so ``loop / bare`` is the share of the model's rate the loop keeps.
+
+``cls_start_fraction`` is 0 so that every global step of the loop computes the class terms the bare
+step computes; the runner is replaced by a clock (no checkpoints: their cost is the runner's, set by
+``checkpoint_every_s``). The images are random: the loop's cost does not depend on what they show.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .bench import _sync
+from .jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
+from .methods.base import ProtocolInfo, RunContext, TaskData
+from .methods.jdcl import JDCL
+from .progress import Reporter
+
+
+class _Clock:
+    """Stands in for the runner: ``tick`` counts steps and reads the clock at the ends of the window."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.n, self.marks, self.times = device, 0, (), {}
+
+    def window(self, start: int, stop: int) -> None:
+        self.n, self.marks, self.times = 0, (start, stop), {}
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n in self.marks:
+            _sync(self.device)
+            self.times[self.n] = time.perf_counter()
+
+    def seconds(self) -> float:
+        start, stop = self.marks
+        return self.times[stop] - self.times[start]
+
+
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``fn`` back to back, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _images(n: int, shape, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8).to(device)
+
+
+def _task(index: int, classes: list[int], seen: list[int], n: int, n_unlabelled: int, shape, gen, device) -> TaskData:
+    y = torch.tensor(classes, device=device).repeat_interleave(-(-n // len(classes)))[:n]
+    return TaskData(index, classes, seen, _images(n, shape, gen, device), y, _images(n_unlabelled, shape, gen, device))
+
+
+def _stage_result(name: str, loop_s: float, bare_s: float, steps: int, images_per_step: int) -> dict:
+    loop, bare = steps / loop_s, steps / bare_s
+    return {"stage": name, "steps": steps, "images_per_step": images_per_step,
+            "loop_steps_per_s": loop, "bare_steps_per_s": bare, "loop_images_per_s": loop * images_per_step,
+            "bare_images_per_s": bare * images_per_step, "loop_share_of_bare": loop / bare}
+
+
+def time_jdcl_loops(preset: str, device: torch.device, steps: int = 200, warmup: int = 25, semi: bool = False,
+                    overrides: dict | None = None, log=print) -> dict:
+    """Local- and global-stage rates of JDCL at ``preset`` (its loop and its bare step), on a two-task
+    CIFAR-shaped protocol of random images; ``semi``: the FixMatch local stage."""
+    cfg = JDCL.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
+                                   "cls_start_fraction": 0.0, "diagnostics": False})
+    shape, classes = (3, 32, 32), [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    info = ProtocolInfo("loop-bench", 10, shape, classes, semi)
+    gen = torch.Generator().manual_seed(0)
+    clock = _Clock(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = RunContext(clock, device, 0, Path(tmp), Reporter(rich_output=False))
+        m = JDCL(cfg, ctx)
+        m.setup(info)
+        n, nu = 10_000, (40_000 if semi else 0)  # a CIFAR-10 task's images (5 % labelled when semi)
+        first = _task(0, classes[0], classes[0], n // 20 if semi else n, nu, shape, gen, device)
+        out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup,
+               "unet": cfg.unet, "batch_size": cfg.batch_size, "compile": m.compiled, "compile_mode": cfg.compile_mode,
+               "stages": []}
+
+        # ---- local stage: the loop, then the bare step on the same model, optimiser and EMA
+        m.begin_task(first)
+        clock.window(warmup, warmup + steps)
+        log(f"loop bench: local stage, {warmup} + {steps} steps")
+        m._train_local(first)
+        loop_s = clock.seconds()
+        bare_s, per_step = _timed(_bare_local_step(m, first, gen), device, warmup, steps), _local_images(cfg, semi)
+        out["stages"].append(_stage_result("local", loop_s, bare_s, steps, per_step))
+        m.L = m.G = m.snapshot()
+
+        # ---- global stage: replay of all ten classes (the quota of each), teachers G and L
+        second = _task(1, classes[1], classes[0] + classes[1], n, 0, shape, gen, device)
+        ctx.task_index = 1
+        m.begin_task(second)
+        m.L = m.snapshot()
+        per_class = cfg.replay_per_class
+        m.replay = {"x": _images(10 * per_class, shape, gen, device),
+                    "y": torch.arange(10, device=device).repeat_interleave(per_class),
+                    "old": torch.tensor(classes[0], device=device)}
+        m._begin_global()
+        clock.window(warmup, warmup + steps)
+        log(f"loop bench: global stage, {warmup} + {steps} steps")
+        m._train_global(second)
+        loop_s = clock.seconds()
+        bare_s = _timed(_bare_global_step(m, gen), device, warmup, steps)
+        out["stages"].append(_stage_result("global", loop_s, bare_s, steps, cfg.batch_size))
+    for s in out["stages"]:
+        log(f"{preset} {s['stage']:6s}: loop {s['loop_steps_per_s']:.2f} steps/s, bare step {s['bare_steps_per_s']:.2f} "
+            f"steps/s: the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+    return out
+
+
+def _local_images(cfg, semi: bool) -> int:
+    return cfg.ssl_labelled_batch * (1 + 2 * cfg.ssl_mu) if semi else cfg.batch_size
+
+
+def _bare_local_step(m: JDCL, task: TaskData, gen: torch.Generator):
+    """The local stage's step on one fixed batch: the model's work only."""
+    c, dev = m.cfg, m.device
+    fwd, dev_gen = m._train_fn(), torch.Generator(dev).manual_seed(1)
+    if m.semi:
+        nl, nu = c.ssl_labelled_batch, c.ssl_labelled_batch * c.ssl_mu
+        x_cls = torch.rand((nl + 2 * nu, *m.info.image_shape), generator=gen).to(dev) * 2 - 1
+        y = task.y[:nl]
+        x_t, t, noise = m.diffusion.sample_t_and_noise(x_cls[nl:nl + nu], dev_gen)
+    else:
+        x_cls = torch.rand((c.batch_size, *m.info.image_shape), generator=gen).to(dev) * 2 - 1
+        y = task.y[torch.randint(len(task.y), (c.batch_size,), generator=gen).to(dev)]
+        x_t, t, noise = m.diffusion.sample_t_and_noise(x_cls, dev_gen)
+
+    def step():
+        with m.autocast():
+            eps, logits = fwd(x_t, t, x_cls)
+        l_diff = F.mse_loss(eps.float(), noise)
+        if m.semi:
+            l_sup, l_unsup, _ = fixmatch(logits.float(), nl, nu, y, c.ssl_threshold)
+            loss = l_diff + c.cls_weight * (l_sup + l_unsup)
+        else:
+            loss = l_diff + c.cls_weight * F.cross_entropy(logits.float(), y)
+        m._optimise(loss)
+    return step
+
+
+def _bare_global_step(m: JDCL, gen: torch.Generator):
+    """The global stage's step on one fixed replay batch: teachers, student, losses, AdamW, EMA."""
+    c, dev = m.cfg, m.device
+    fwd, teachers = m._train_fn(find_unused_parameters=True), m._teacher_fns()
+    idx = torch.randint(len(m.replay["y"]), (c.batch_size,), generator=gen).to(dev)
+    y = m.replay["y"][idx]
+    x_cls = m.replay["x"][idx].float() / 127.5 - 1
+    x_t, t, noise = m.diffusion.sample_t_and_noise(x_cls, torch.Generator(dev).manual_seed(2))
+    is_old = torch.isin(y, m.replay["old"])
+
+    def step():
+        with torch.no_grad(), m.autocast():
+            eps_T, logits_T = teacher_targets(teachers, is_old, x_t, t, x_cls)
+        with m.autocast():
+            eps, logits = fwd(x_t, t, x_cls)
+        eps, logits = eps.float(), logits.float()
+        loss = (c.l_simple_weight * F.mse_loss(eps, noise) + c.kd_diff_weight * kd_diffusion(eps, eps_T, is_old, c.kd_weighting)
+                + c.global_ce_weight * F.cross_entropy(logits, y)
+                + c.kd_cls_weight * c.kd_diff_weight * kd_classifier(logits, logits_T, is_old, c.kd_weighting))
+        m._optimise(loss)
+    return step
