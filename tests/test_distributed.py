@@ -28,19 +28,29 @@ def free_port() -> int:
 
 # ---- (a) one DDP step on 2 x B equals one single-process step on 2B ------------------------------
 
-def _jdcl_local_step(rank: int, world: int, port: int, out: str) -> None:
-    """One step of JDCL's local stage through the method's own code; rank 0 saves weights and grads."""
+def _jdcl_steps(rank: int, world: int, port: int, out: str, compiled: bool = False, both: bool = False) -> None:
+    """One step of JDCL's local stage through the method's own code (``both``: then a two-step global
+    stage whose first step leaves the classifier head out of the loss); rank 0 saves weights and grads.
+    ``compiled``: the forward under torch.compile (aot_eager: CPU has no inductor toolchain here)."""
     torch.set_num_threads(1)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                           WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
         D.init("cpu")
+    from jdcl_bench import fastpath
     from jdcl_bench.jdcl import unet
-    from jdcl_bench.methods.jdcl import JDCL
+    from jdcl_bench.methods import jdcl
     from jdcl_bench.methods.base import ProtocolInfo, TaskData
     from jdcl_bench.progress import Reporter
     from jdcl_bench.runner import RunContext
 
+    wrapped = []  # the modules handed to torch.compile: DDP's wrapper among them when distributed
+
+    def compiler(f):
+        wrapped.append(type(f).__name__)
+        return torch.compile(f, backend="aot_eager")
+    if compiled:  # maybe_compile compiles on CUDA only unless handed a compiler
+        jdcl.maybe_compile = lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler)
     # dropout draws per-rank masks, which no single process can reproduce: off for this comparison
     smoke = unet.UNetConfig.smoke
     unet.UNetConfig.smoke = lambda *a: smoke(*a).replace(dropout=0.0, head_dropout=0.0)
@@ -48,30 +58,63 @@ def _jdcl_local_step(rank: int, world: int, port: int, out: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 2, (64,), generator=g)
-    task = TaskData(0, [0, 1], [0, 1], x, y, torch.empty((0, 3, 8, 8), dtype=torch.uint8))
+    none = torch.empty((0, 3, 8, 8), dtype=torch.uint8)
+    task = TaskData(0, [0, 1], [0, 1], x, y, none)
     ctx = RunContext(SimpleNamespace(tick=lambda: None), torch.device("cpu"), 0, Path(out), Reporter(quiet=True))
-    m = JDCL(JDCL.config_for("smoke", {"local_steps": 1, "batch_size": 16}), ctx)
-    m.setup(ProtocolInfo("t", 2, (3, 8, 8), [[0, 1]], False))
+    m = jdcl.JDCL(jdcl.JDCL.config_for("smoke", {"local_steps": 1, "global_steps": 2, "batch_size": 16,
+                                                "cls_start_fraction": 0.5}), ctx)
+    m.setup(ProtocolInfo("t", 4, (3, 8, 8), [[0, 1], [2, 3]], False))
     m.begin_task(task)
     m._train_local(task)
+    saved = {"grads": {k: v.grad.clone() for k, v in m.net.named_parameters()}}
+    if both:
+        m.L = m.G = m.snapshot()
+        second = TaskData(1, [2, 3], [0, 1, 2, 3], x, y + 2, none)
+        ctx.task_index = 1
+        m.begin_task(second)
+        m.L = m.snapshot()
+        m.replay = {"x": x, "y": torch.cat([y[:32], y[32:] + 2]), "old": torch.tensor([0, 1])}
+        m._begin_global()
+        m._train_global(second)
+        saved["global_grads"] = {k: v.grad.clone() for k, v in m.net.named_parameters()}
+        saved["adam_steps"] = {k: float(m.opt.state[v]["step"]) for k, v in m.net.named_parameters()}
     if D.is_main():
-        torch.save({"params": {k: v.detach().clone() for k, v in m.net.named_parameters()},
-                    "grads": {k: v.grad.clone() for k, v in m.net.named_parameters()},
-                    "ema": m.ema.module.state_dict()}, Path(out) / f"world{world}.pt")
+        torch.save({**saved, "compiled": wrapped, "params": {k: v.detach().clone() for k, v in m.net.named_parameters()},
+                    "ema": m.ema.module.state_dict()}, Path(out) / f"world{world}{'-compiled' * compiled}{'-both' * both}.pt")
     del m  # its DDP wrapper holds the process group: free it first, as the runner does
     gc.collect()
     D.shutdown(wait_for_all=True)
 
 
-def test_ddp_step_on_two_ranks_equals_one_process_step_on_the_global_batch(tmp_path):
-    mp.spawn(_jdcl_local_step, args=(1, 0, str(tmp_path)), nprocs=1)
-    mp.spawn(_jdcl_local_step, args=(2, free_port(), str(tmp_path)), nprocs=2)
-    one, two = torch.load(tmp_path / "world1.pt"), torch.load(tmp_path / "world2.pt")
-    for k in one["grads"]:  # the averaged gradient of 2 x 8 samples is the gradient of the 16
-        torch.testing.assert_close(two["grads"][k], one["grads"][k], rtol=1e-4, atol=1e-7, msg=k)
+def assert_same_step(one: dict, two: dict, grads: str = "grads") -> None:
+    for k in one[grads]:  # the averaged gradient of 2 x 8 samples is the gradient of the 16
+        torch.testing.assert_close(two[grads][k], one[grads][k], rtol=1e-4, atol=1e-7, msg=k)
     for part in ("params", "ema"):
         for k in one[part]:
             torch.testing.assert_close(two[part][k], one[part][k], rtol=1e-5, atol=1e-6, msg=f"{part} {k}")
+
+
+def test_ddp_step_on_two_ranks_equals_one_process_step_on_the_global_batch(tmp_path):
+    mp.spawn(_jdcl_steps, args=(1, 0, str(tmp_path)), nprocs=1)
+    mp.spawn(_jdcl_steps, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    assert_same_step(torch.load(tmp_path / "world1.pt"), torch.load(tmp_path / "world2.pt"))
+
+
+def test_compiled_ddp_steps_equal_eager_single_process_steps(tmp_path):
+    """torch.compile around DDP (dynamo splits the graph at DDP's buckets) gives the eager single-process
+    steps, local and global; the head, out of the first global step's loss, is not stepped by AdamW
+    there (a compiled backward hands it zero gradients: optimiser_step clears them)."""
+    mp.spawn(_jdcl_steps, args=(1, 0, str(tmp_path), False, True), nprocs=1)
+    mp.spawn(_jdcl_steps, args=(2, free_port(), str(tmp_path), True, True), nprocs=2)
+    one, two = torch.load(tmp_path / "world1-both.pt"), torch.load(tmp_path / "world2-compiled-both.pt")
+    for k in one["grads"]:
+        torch.testing.assert_close(two["grads"][k], one["grads"][k], rtol=1e-4, atol=1e-7, msg=k)
+    assert_same_step(one, two, grads="global_grads")
+    assert not one["compiled"] and two["compiled"].count("DistributedDataParallel") == 2  # the two stages
+    assert two["adam_steps"] == one["adam_steps"]
+    assert {k: v for k, v in two["adam_steps"].items() if k.startswith("head.")} == dict.fromkeys(
+        [k for k in two["adam_steps"] if k.startswith("head.")], 1.0)
+    assert two["adam_steps"]["out.2.weight"] == 2.0
 
 
 # ---- (b), (c) runs launched by torchrun ---------------------------------------------------------

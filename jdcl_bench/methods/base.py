@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import torch
 
@@ -324,12 +324,20 @@ class RunContext:
         self.reporter.info(msg)
 
 
-def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float | None = None) -> None:
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float | None = None,
+                   idle: Iterable[torch.Tensor] = ()) -> None:
     """One step on ``loss``: ``lr`` (where given) into every parameter group, scaled by the group's
-    ``lr_scale`` where it has one; gradients cleared, computed and applied."""
+    ``lr_scale`` where it has one; gradients cleared, computed and applied.
+
+    ``idle``: parameters that ``loss`` leaves out this step. Eager autograd leaves their gradients
+    None and the optimiser skips them; a torch.compile'd forward hands them zeros instead, on which
+    AdamW would decay them and advance their step count (its bias correction then inflates their
+    first real updates several-fold). Their gradients are cleared, so compiled and eager agree."""
     if lr is not None:
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    for p in idle:
+        p.grad = None
     opt.step()

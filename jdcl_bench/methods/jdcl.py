@@ -57,8 +57,9 @@ class JDCL(Method):
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
         c = self.cfg
-        if c.compile and D.is_distributed() and self.device.type == "cuda":
-            self.ctx.info("compile=true is ignored in distributed runs for now (DDP + torch.compile untested on GPUs)")
+        if c.compile and c.compile_mode != "default" and D.is_distributed() and self.device.type == "cuda":
+            self.ctx.info(f"compile_mode={c.compile_mode} runs as 'default' in distributed runs (no CUDA graphs "
+                          "around DDP's gradient hooks)")
         self.unet_cfg = base = UNetConfig.named(c.unet, info.num_classes, info.image_shape, c.model_channels)
         with torch.device("meta"):  # count parameters without allocating them
             self.num_params = count_parameters(JointUNet(base))
@@ -122,15 +123,15 @@ class JDCL(Method):
     @property
     def compiled(self) -> bool:
         """Whether the UNet runs under torch.compile (on CUDA; elsewhere maybe_compile leaves it eager)."""
-        # DDP + compile has not run on GPUs here yet: distributed runs stay eager for now (setup says so)
-        return self.cfg.compile and not D.is_distributed()
+        return self.cfg.compile
 
     def _fn(self, model):
-        """Compiled forward where asked for (CUDA only), with a clean fallback to eager."""
-        enabled = self.compiled
-        mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
-        return maybe_compile(model, enabled=enabled, device=self.device, info=self.ctx.info, name="the JDCL UNet",
-                             mode=mode)
+        """Compiled forward where asked for (CUDA only), with a clean fallback to eager. Under DDP,
+        dynamo compiles the wrapped module in pieces at DDP's gradient buckets (its DDPOptimizer), so
+        the all-reduce still overlaps the backward; CUDA graphs are left out there (setup says so)."""
+        mode = None if self.cfg.compile_mode == "default" or D.is_distributed() else self.cfg.compile_mode
+        return maybe_compile(model, enabled=self.compiled, device=self.device, info=self.ctx.info,
+                             name="the JDCL UNet", mode=mode)
 
     # ---- hooks --------------------------------------------------------------------------
     def begin_task(self, task: TaskData) -> None:
@@ -248,8 +249,8 @@ class JDCL(Method):
         self.counters["images_seen"] += bl + bu
         return l_diff + c.cls_weight * (l_sup + l_unsup), {"diff": l_diff, "ce": l_sup, "mask": mask.mean()}
 
-    def _optimise(self, loss: torch.Tensor) -> None:
-        optimiser_step(self.opt, loss)
+    def _optimise(self, loss: torch.Tensor, idle=()) -> None:
+        optimiser_step(self.opt, loss, idle=idle)  # idle: out of this step's loss (see optimiser_step)
         self.ema.update(self.net)
 
     # ---- replay ----------------------------------------------------------------------------
@@ -354,6 +355,7 @@ class JDCL(Method):
         teachers = self._teacher_fns()
         rx, ry = self.replay["x"], self.replay["y"]
         cls_start = int(c.cls_start_fraction * c.global_steps)
+        head = tuple(self.net.head.parameters())  # out of the loss until cls_start
         self.net.train()
         with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
@@ -378,7 +380,7 @@ class JDCL(Method):
                     ce = F.cross_entropy(logits, y)
                     loss = loss + c.global_ce_weight * ce + c.kd_cls_weight * c.kd_diff_weight * kd_cls
                     parts["kd_cls"] = kd_cls
-                self._optimise(loss)
+                self._optimise(loss, idle=() if self.step >= cls_start else head)
                 self.step += 1
                 self.counters["global_steps"] += 1
                 self.counters["images_seen"] += c.batch_size
