@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .seeds import derive_seed
+
 _state: dict[str, Any] = {"ctrl": None}
 
 
@@ -167,8 +169,6 @@ def rank_seed(seed: int) -> int:
     itself, so that a one-process run sees exactly the seeds it always did."""
     if rank() == 0:
         return seed
-    from .methods.base import derive_seed
-
     return derive_seed(seed, "rank", rank())
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import torch
 
 from .. import distributed as D
+from ..seeds import derive_seed  # noqa: F401 (methods and plugins import it from here)
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -158,14 +159,6 @@ class Method:
         cfg = apply_overrides(cfg, overrides)
         validate(cfg)  # values out of range (batch_size=0, width=0, layers=[]) named before any work
         return cfg
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from a tuple (never Python's salted hash())."""
-    import hashlib
-
-    h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 def sample_indices(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
