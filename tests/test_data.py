@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.data.colour import equalize, luma
+from jdcl_bench.data.colour import equalize, hue_shift, luma
 from jdcl_bench.data import datasets as D
 from jdcl_bench.data import decode as DEC
 from jdcl_bench.data.datasets import DatasetError, content_hash, load_dataset
@@ -379,6 +379,25 @@ def test_random_resized_crop_full_scale_is_identity():
 def _pil_batch(x, fn):
     imgs = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
     return A.to_float(np.stack([np.asarray(fn(Image.fromarray(a))) for a in imgs]))
+
+
+def test_hue_shift_is_torchvision_adjust_hue_per_image():
+    """ColorJitter's hue step (PAWS, GUIDE): one factor per image, greys, ties between channels and
+    a saturated image included."""
+    from torchvision.transforms.functional import adjust_hue
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 9, 9, generator=g)
+    x[1] = x[1, :1]  # grey: no hue to shift
+    x[2, 1] = x[2, 0]  # red and green tie for the maximum in many pixels
+    x[3] = (x[3] > 0.5).float()  # saturated primaries and secondaries, black and white
+    x[4] = (x[4] * 8).round() / 8  # many exact ties
+    turns = torch.tensor([0.3, -0.2, 0.5, -0.45, 0.1, 0.0])
+    ours = hue_shift(x, turns)
+    ref = torch.stack([adjust_hue(x[i], float(turns[i])) for i in range(len(x))])
+    torch.testing.assert_close(ours, ref, atol=2e-6, rtol=0)
+    torch.testing.assert_close(ours[1], x[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(ours[0], x[0], atol=0.05)  # it does shift
 
 
 def test_rand_augment_ops_match_pil():

@@ -6,17 +6,15 @@ device; the random parameters are drawn by the caller from its CPU generator.
 
 Written by hand because no dependency of the suite does it batched with a factor per sample:
 torchvision's ``adjust_hue`` and ``equalize`` take one factor per call (a Python loop over the
-batch), and kornia is not a dependency. The hue rotation is YIQ's, a stand-in for the HSV hue
-shift of torchvision's ColorJitter that PAWS (NNCSL) and DGR's recipe use: the same on greys and
-near it for small shifts; the difference is documented where each method cites its recipe.
+batch), and kornia (whose ``adjust_hue`` takes one per sample) is not a dependency. The hue shift
+is torchvision's: through HSV, checked against ``torchvision.transforms.functional.adjust_hue``
+image by image (tests/test_data.py), as in the ColorJitter that PAWS (NNCSL) and GUIDE use.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = ["luma", "hue_rotate", "equalize", "color_jitter", "color_distort"]
+__all__ = ["luma", "hue_shift", "equalize", "color_jitter", "color_distort"]
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -26,18 +24,21 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
-
-
-def hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate each RGB image's chroma plane (YIQ's I, Q) by ``turns`` (B,) of a full turn; clipped."""
-    yiq = torch.einsum("ij,bjhw->bihw", _TO_YIQ.to(x.device, x.dtype), x)
-    a = (2 * math.pi * turns.reshape(-1)).view(-1, 1, 1)
-    cos, sin = torch.cos(a), torch.sin(a)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    return torch.einsum("ij,bjhw->bihw", _FROM_YIQ.to(x.device, x.dtype), yiq).clamp(0, 1)
+def hue_shift(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Shift each RGB image's HSV hue by ``turns`` (B,) of a full turn: torchvision's ``adjust_hue``
+    with ``hue_factor = turns[i]`` for image i (saturation and value kept)."""
+    v, arg = x.max(dim=1)  # arg: the first channel holding the maximum (red, then green, then blue)
+    c = v - x.min(dim=1).values
+    s = torch.where(v > 0, c / v.clamp(min=1e-12), torch.zeros_like(v))
+    r, g, b = x.unbind(1)
+    cc = c.clamp(min=1e-12)
+    sector = torch.stack([(g - b) / cc, 2 + (b - r) / cc, 4 + (r - g) / cc], 1).gather(1, arg[:, None])[:, 0]
+    h = torch.where(c > 0, sector / 6, torch.zeros_like(v))
+    h = torch.remainder(h + turns.reshape(-1, 1, 1).to(x.dtype), 1.0)
+    # back to RGB: channel n is v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6 * h[:, None], 6.0)
+    return (v[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))).clamp(0, 1)
 
 
 def equalize(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tens
     if x.shape[1] == 3:
         g = luma(y)
         y = ((y - g) * saturation + g).clamp(0, 1)
-        y = hue_rotate(y, hue_turns)
+        y = hue_shift(y, hue_turns)
     return y
 
 
