@@ -44,6 +44,7 @@ class ClassifierStageConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True            # GUIDE's CIFAR augmentation (crop, rotation, flip, colour jitter, erasing)
+    rotate_p: float = 0.5           # kornia RandomRotation's default p in GUIDE's code (the suite rotated all before)
     ddim_steps: int = 50            # replay sampler
     regen_every: int = 5            # replay batches are regenerated every this many steps
     # semi-supervised protocols only (the suite's extension): FixMatch on the unlabelled stream
@@ -88,21 +89,23 @@ PRESETS = {
 }
 
 
-def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.5) -> torch.Tensor:
+def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.5,
+                       rotate_p: float = 0.5) -> torch.Tensor:
     """GUIDE's classifier augmentation on [0, 1] images, batched: RandomCrop (zero padding H/8),
-    RandomRotation(±30°), h-flip (probability ``flip_p``), ColorJitter(0.1, 0.1, 0.1, 0.1),
+    RandomRotation(±30°, probability ``rotate_p``), h-flip (probability ``flip_p``), ColorJitter(0.1, 0.1, 0.1, 0.1),
     RandomErasing(p=0.5, scale 0.1-0.5, ratio 0.3-3.3, black). Random numbers come from the CPU
     generator ``gen``."""
     b, c, h, w = x.shape
     x = A.random_crop(x, gen, padding=max(1, h // 8), mode="constant")
-    u = torch.rand(b, 11, generator=gen, dtype=torch.float64)
+    u = torch.rand(b, 12, generator=gen, dtype=torch.float64)
     dev = lambda v: v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
     # rotation about the centre, bilinear, zeros outside
     a = (2 * u[:, 0] - 1) * math.radians(30)
     theta = torch.zeros(b, 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    rotated = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = torch.where(dev(u[:, 11] < rotate_p).bool(), rotated, x)
     x = torch.where(dev(u[:, 1] < flip_p).bool(), x.flip(3), x)
     # colour jitter, fixed order: brightness, contrast, saturation, hue (0.1 of a turn at most)
     x = color_jitter(x, dev(1 + 0.1 * (2 * u[:, 2] - 1)), dev(1 + 0.1 * (2 * u[:, 3] - 1)),
@@ -265,7 +268,7 @@ class DGR(Method):
                     x, y = torch.cat([x, self.replay["x"]]), torch.cat([y, self.replay["y"]])
                 x = A.to_unit(x)
                 fp = self.info.flip_p
-                views = [classifier_augment(x, rng, fp) if c.augment else x]
+                views = [classifier_augment(x, rng, fp, c.rotate_p) if c.augment else x]
                 if semi:
                     ui = torch.randint(len(task.unlabelled_x), (c.ssl_unlabelled_batch,), generator=rng)
                     xu = A.to_unit(task.unlabelled_x[ui.to(self.device)])

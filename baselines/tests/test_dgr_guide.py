@@ -110,6 +110,17 @@ def test_classifier_augment_is_seeded_and_in_range():
     assert classifier_augment(torch.rand(2, 1, 8, 8), torch.Generator()).shape == (2, 1, 8, 8)
 
 
+def test_classifier_augment_rotates_with_probability_rotate_p():
+    """kornia's RandomRotation in GUIDE's code rotates with its default p = 0.5: each image of a
+    rotate_p = 0.5 batch is its unrotated or its rotated version (same draws), and both occur."""
+    x = torch.rand(32, 3, 8, 8)
+    out = {p: classifier_augment(x, torch.Generator().manual_seed(5), rotate_p=p) for p in (0.0, 0.5, 1.0)}
+    same_as = lambda p: torch.tensor([torch.equal(out[0.5][i], out[p][i]) for i in range(32)])  # noqa: E731
+    assert not torch.equal(out[0.0], out[1.0])
+    assert bool((same_as(0.0) | same_as(1.0)).all())
+    assert 4 <= int(same_as(1.0).sum()) <= 28 and 4 <= int(same_as(0.0).sum()) <= 28
+
+
 # ---- the methods -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["dgr", "guide"])

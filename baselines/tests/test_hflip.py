@@ -17,7 +17,7 @@ def test_flip_probability_follows_the_protocol(tmp_path, monkeypatch, method):
     seen = []
     real_flip, real_aug = A._hflip, dgr.classifier_augment
     monkeypatch.setattr(A, "_hflip", lambda x, u, p: seen.append(p) or real_flip(x, u, p))
-    monkeypatch.setattr(dgr, "classifier_augment", lambda x, g, flip_p=0.5: seen.append(flip_p) or real_aug(x, g, flip_p))
+    monkeypatch.setattr(dgr, "classifier_augment", lambda x, g, flip_p=0.5, *a: seen.append(flip_p) or real_aug(x, g, flip_p, *a))
     text = Path(get_protocol("synthetic-semi-t2").path).read_text()  # semi: the unlabelled views run too
     for hflip in (False, True):
         f = tmp_path / f"flip-{hflip}.toml"
