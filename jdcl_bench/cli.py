@@ -150,6 +150,23 @@ def reference(protocol, data_dir, device) -> None:
                f"({diag.cache_note})")
 
 
+def _per_gpu(value: str, spec, records: str) -> int:
+    """``--per-gpu``: a number, or ``auto`` (the sweep's cells' measured best on this GPU model)."""
+    from .sweep import measured_per_gpu
+
+    if value != "auto":
+        try:
+            return int(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is neither a number nor 'auto'", param_hint="--per-gpu") from None
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if spec.device != "cpu" and torch.cuda.is_available() else None
+    n, why = measured_per_gpu(records, gpu, spec.methods, spec.protocols, spec.preset)
+    click.echo(f"--per-gpu auto: {n} ({why})")
+    return n
+
+
 @main.command()
 @click.option("--methods", multiple=True, required=True, help="Method names, comma-separated or repeated.")
 @click.option("--protocols", multiple=True, required=True, help="Protocol names or .toml paths, comma-separated or repeated.")
@@ -179,15 +196,18 @@ def reference(protocol, data_dir, device) -> None:
 @click.option("--max-parallel", default=None, type=int, help="Jobs running at once (submitit).")
 @click.option("--wait/--no-wait", default=None,
               help="Wait for the submitit jobs to end (default: wait for submitit-local, not for slurm).")
-@click.option("--per-gpu", default=1, show_default=True, type=int,
+@click.option("--per-gpu", default="1", show_default=True,
               help="Local executor: run up to this many cells side by side on each device, as subprocesses "
-                   "(each manifest records how many shared it).")
+                   "(each manifest records how many shared it); 'auto': the N with the best throughput in a "
+                   "packing record of these cells on this GPU model (--packing-records), else 1.")
+@click.option("--packing-records", default="results/bench", show_default=True, type=click.Path(),
+              help="Where --per-gpu auto looks for sweep-packing-*.json records (benchmarks/sweep_packing.py).")
 @click.option("--gpus", default=None, help="Local executor: GPUs to pin cells to (CUDA_VISIBLE_DEVICES values, "
                                            "e.g. 0,1,2,3), --per-gpu cells on each, filled round robin.")
 @click.option("--dry-run", is_flag=True, help="Only list the cells and what would run; writes nothing.")
 def sweep(methods, protocols, seeds, preset, sets, settings_file, data_dir, download, out, device, time_limit, executor, partition,
-          account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, per_gpu, gpus,
-          dry_run) -> None:
+          account, qos, constraint, time_min, gpus_per_job, cpus_per_job, mem_gb, max_parallel, wait, per_gpu, packing_records,
+          gpus, dry_run) -> None:
     """Run methods x protocols x seeds, skipping cells whose run is already complete.
 
     Cells that are not complete run (resuming from their checkpoint); a failing cell is reported
@@ -206,7 +226,8 @@ def sweep(methods, protocols, seeds, preset, sets, settings_file, data_dir, down
         opts = sw.SubmititOptions(partition=partition, account=account, qos=qos, constraint=constraint,
                                   time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
                                   mem_gb=mem_gb, max_parallel=max_parallel)
-        pack = sw.PackOptions(per_gpu=per_gpu, gpus=sw.split_list(gpus) if gpus else None)
+        pack = sw.PackOptions(per_gpu=_per_gpu(per_gpu, spec, packing_records),
+                              gpus=sw.split_list(gpus) if gpus else None)
         results = sw.sweep(spec, executor=executor, opts=opts, wait=wait, dry_run=dry_run, log=click.echo, pack=pack)
     except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # RuntimeError: submitit missing or refusing
         _fail(exc)

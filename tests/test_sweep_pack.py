@@ -89,3 +89,43 @@ def test_a_failing_packed_cell_is_reported_and_the_others_finish(tmp_path, monke
     assert res[0].error.startswith("exit ") and "see " in res[0].details
     b = res[1]
     assert b.started_at < b.ended_at and b.log and b.tasks_done == 2
+
+
+def _packing_record(path, gpu="NVIDIA H200", methods="finetune,joint", preset="standard", passes=None, sets=()):
+    passes = passes or {"1": (1, True, 10.0), "2": (2, True, 17.0), "4": (4, True, 21.0), "8": (8, False, 40.0)}
+    rec = {"gpu_name": gpu, "complete": True,
+           "settings": {"methods": methods, "protocols": "cifar10-t5", "preset": preset, "sets": list(sets)},
+           "passes": {k: {"per_gpu": n, "all_done": ok, "cells_per_hour": r} for k, (n, ok, r) in passes.items()}}
+    path.write_text(json.dumps(rec))
+
+
+def test_per_gpu_auto_takes_the_best_measured_n_of_the_same_cells(tmp_path):
+    from jdcl_bench.sweep import measured_per_gpu
+
+    _packing_record(tmp_path / "sweep-packing-NVIDIA_H200-20261201T000000.json")
+    n, why = measured_per_gpu(tmp_path, "NVIDIA H200", ["joint", "finetune"], ["cifar10-t5"], "standard")
+    assert n == 4 and "20261201T000000" in why  # N = 8 did not finish all its cells: not a throughput
+    # the newest matching record wins
+    _packing_record(tmp_path / "sweep-packing-NVIDIA_H200-20261202T000000.json",
+                    passes={"1": (1, True, 10.0), "2": (2, True, 30.0), "4": (4, True, 21.0)})
+    assert measured_per_gpu(tmp_path, "NVIDIA H200", ["finetune", "joint"], ["cifar10-t5"], "standard")[0] == 2
+    # other cells, another GPU model, other --set values: no measurement, so 1
+    for args in [("NVIDIA H200", ["jdcl"], ["cifar10-t5"], "standard"),
+                 ("NVIDIA H100 80GB HBM3", ["finetune", "joint"], ["cifar10-t5"], "standard"),
+                 ("NVIDIA H200", ["finetune", "joint"], ["cifar10-t5"], "fast"),
+                 (None, ["finetune", "joint"], ["cifar10-t5"], "standard")]:
+        n, why = measured_per_gpu(tmp_path, *args)
+        assert n == 1 and "benchmarks/sweep_packing.py" in why, args
+    _packing_record(tmp_path / "sweep-packing-NVIDIA_H200-20261203T000000.json", sets=["lr=1"], preset="x")
+    assert measured_per_gpu(tmp_path, "NVIDIA H200", ["finetune", "joint"], ["cifar10-t5"], "x")[0] == 1
+
+
+def test_per_gpu_auto_on_the_command_line(tmp_path):
+    r = CliRunner().invoke(main, ["sweep", "--methods", "finetune", "--protocols", "synthetic-t2", "--preset", "smoke",
+                                  "--device", "cpu", "--per-gpu", "auto", "--packing-records", str(tmp_path),
+                                  "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "--per-gpu auto: 1 (no packing record for finetune on synthetic-t2" in r.output
+    r = CliRunner().invoke(main, ["sweep", "--methods", "finetune", "--protocols", "synthetic-t2", "--per-gpu", "two",
+                                  "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code != 0 and "neither a number nor 'auto'" in r.output

@@ -25,7 +25,7 @@ from typing import Callable
 from ..runner import RunConfig
 from .cells import (Cell, CellResult, SweepSpec, expand_grid, from_metrics, parse_seeds, plan,  # noqa: F401
                     read_metrics, resolve_run_dir, run_cell, split_list, validate)
-from .pack import PackOptions, cell_command, cell_env, pack_slots, run_packed  # noqa: F401
+from .pack import PackOptions, cell_command, cell_env, measured_per_gpu, pack_slots, run_packed  # noqa: F401
 from .slurm import SubmititOptions, executor_parameters, job_config, make_executor, run_submitit  # noqa: F401
 
 EXECUTORS = ("local", "submitit-local", "slurm")

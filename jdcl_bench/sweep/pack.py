@@ -38,6 +38,38 @@ class PackOptions:
                              f"cuda, not {device}")
 
 
+def measured_per_gpu(records: Path | str, gpu_name: str | None, methods: list[str], protocols: list[str],
+                     preset: str | None) -> tuple[int, str]:
+    """``--per-gpu auto``: the N with the most finished cells per hour in the newest packing record
+    (``benchmarks/sweep_packing.py``, ``sweep-packing-*.json`` under ``records``) made on this GPU
+    model with the same methods, protocols and preset; 1 when there is none, since a throughput
+    measured for other cells says nothing about these. Returns (N, why)."""
+    import json
+
+    name = (gpu_name or "cpu").replace(" ", "_")
+    want = {"methods": sorted(methods), "protocols": sorted(protocols), "preset": preset}
+    for path in sorted(Path(records).glob(f"sweep-packing-{name}-*.json"), reverse=True):  # newest first
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        s = rec.get("settings", {})
+        got = {"methods": sorted(_split(s.get("methods"))), "protocols": sorted(_split(s.get("protocols"))),
+               "preset": s.get("preset")}
+        passes = [p for p in rec.get("passes", {}).values() if p.get("all_done") and p.get("cells_per_hour")]
+        if got != want or not passes or s.get("sets"):
+            continue
+        best = max(passes, key=lambda p: p["cells_per_hour"])
+        rates = ", ".join(f"N={p['per_gpu']}: {p['cells_per_hour']:.1f}" for p in sorted(passes, key=lambda p: p["per_gpu"]))
+        return int(best["per_gpu"]), f"measured in {path.name} (cells/h {rates})"
+    return 1, (f"no packing record for {', '.join(methods)} on {', '.join(protocols)} at preset {preset} on "
+               f"{gpu_name or 'this device'} under {records}: 1 per GPU (measure it with benchmarks/sweep_packing.py)")
+
+
+def _split(v) -> list[str]:
+    return [x for x in v.split(",") if x] if isinstance(v, str) else list(v or [])
+
+
 def pack_slots(n_cells: int, opts: PackOptions) -> list[tuple[str | None, int]]:
     """The worker slots a packed sweep starts: (CUDA_VISIBLE_DEVICES value or None, how many slots share
     that device). Slot i runs on device i mod len(gpus) (round robin), so the devices fill evenly;
