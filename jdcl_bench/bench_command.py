@@ -19,6 +19,8 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--loop", is_flag=True, help="Time JDCL's local- and global-stage loops (augmentations, index draws, "
               "replay batches, teachers, EMA, reporting) next to the bare training step of the same model.")
 @click.option("--semi", is_flag=True, help="With --loop: the semi-supervised (FixMatch) local stage.")
+@click.option("--method", default="jdcl", show_default=True,
+              help="With --loop: whose loops (jdcl: local and global stage; dgr, guide: the generator's diffusion loop).")
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
 @click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
 @click.option("--contiguous-path", is_flag=True,
@@ -32,7 +34,7 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
               help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
                    "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, loop, semi, no_compile, no_cudagraphs, contiguous_path, only,
+def bench(configs, device, iters, warmup, loop, semi, method, no_compile, no_cudagraphs, contiguous_path, only,
           inductor_options, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
@@ -51,7 +53,8 @@ def bench(configs, device, iters, warmup, loop, semi, no_compile, no_cudagraphs,
         raise click.BadParameter(str(exc), param_hint="--path") from None
     dev = resolve_device(device)
     if loop:
-        return _bench_loops(configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup, semi, out)
+        return _bench_loops(method, configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup,
+                            semi, out)
     if semi:
         raise click.UsageError("--semi applies to --loop only")
     iters, warmup = 10 if iters is None else iters, 3 if warmup is None else warmup
@@ -83,17 +86,29 @@ def bench(configs, device, iters, warmup, loop, semi, no_compile, no_cudagraphs,
     click.echo(f"wrote {path}")
 
 
-def _bench_loops(configs, dev, steps: int, warmup: int, semi: bool, out) -> None:
+def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool, out) -> None:
     import json
 
     from .bench import device_info, record_path
-    from .loop_bench import time_jdcl_loops
     from .records import atomic_write_bytes, code_version, now
+    from .registry import METHODS, RegistryError
 
-    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
-    path = record_path(out, "loop", record.get("gpu_name", "cpu"))
+    try:
+        cls = METHODS.get(method)
+        unknown = [p for p in configs if p not in cls.presets]
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--method") from None
+    if unknown:
+        raise click.BadParameter(f"{method} has no preset {', '.join(unknown)}; its presets: {', '.join(cls.presets)}",
+                                 param_hint="--config")
+    record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "method": method,
+              "complete": False, "runs": []}
+    path = record_path(out, "loop" if method == "jdcl" else f"loop-{method}", record.get("gpu_name", "cpu"))
     for name in configs:
-        record["runs"].append(time_jdcl_loops(name, dev, steps=steps, warmup=warmup, semi=semi, log=click.echo))
+        try:
+            record["runs"].append(cls.time_loops(name, dev, steps, warmup, semi, click.echo))
+        except (NotImplementedError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())
     record["complete"] = True
     atomic_write_bytes(path, json.dumps(record, indent=2).encode())

@@ -15,6 +15,7 @@ step computes; the runner is replaced by a clock (no checkpoints: their cost is 
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,19 @@ class _Clock:
     def seconds(self) -> float:
         start, stop = self.marks
         return self.times[stop] - self.times[start]
+
+
+# the bench's protocol: CIFAR-10's shape and classes in two tasks
+SHAPE, CLASSES = (3, 32, 32), [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+@contextlib.contextmanager
+def bench_context(device: torch.device, semi: bool = False):
+    """(protocol info, run context, its clock, a CPU generator) for one loop bench, in a temporary run folder."""
+    clock = _Clock(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = RunContext(clock, device, 0, Path(tmp), Reporter(rich_output=False))
+        yield ProtocolInfo("loop-bench", 10, SHAPE, CLASSES, semi), ctx, clock, torch.Generator().manual_seed(0)
 
 
 def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
@@ -83,12 +97,8 @@ def time_jdcl_loops(preset: str, device: torch.device, steps: int = 200, warmup:
     CIFAR-shaped protocol of random images; ``semi``: the FixMatch local stage."""
     cfg = JDCL.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
                                    "cls_start_fraction": 0.0, "diagnostics": False})
-    shape, classes = (3, 32, 32), [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    info = ProtocolInfo("loop-bench", 10, shape, classes, semi)
-    gen = torch.Generator().manual_seed(0)
-    clock = _Clock(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = RunContext(clock, device, 0, Path(tmp), Reporter(rich_output=False))
+    shape, classes = SHAPE, CLASSES
+    with bench_context(device, semi) as (info, ctx, clock, gen):
         m = JDCL(cfg, ctx)
         m.setup(info)
         n, nu = 10_000, (40_000 if semi else 0)  # a CIFAR-10 task's images (5 % labelled when semi)

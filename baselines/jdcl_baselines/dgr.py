@@ -138,6 +138,15 @@ class DGR(Method):
     supports_resume_in_task = True
 
     # ---- setup ------------------------------------------------------------------------------
+    @classmethod
+    def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
+        """``jdcl-bench bench --loop --method dgr``: the generator's diffusion loop (loop_bench.py)."""
+        from .loop_bench import time_generator_loop
+
+        if semi:
+            raise ValueError("--semi: the generator's diffusion loop is the same; its FixMatch labeller is not timed")
+        return time_generator_loop(cls.config_for(preset, {}), preset, device, steps=steps, warmup=warmup, log=log)
+
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
         c = self.cfg

@@ -89,6 +89,13 @@ class Method:
     supports_resume_in_task: ClassVar[bool] = False
     supports_distributed: ClassVar[bool] = False
 
+    @classmethod
+    def time_loops(cls, preset: str, device: torch.device, steps: int, warmup: int, semi: bool, log) -> dict:
+        """Optional, for ``jdcl-bench bench --loop --method NAME``: the method's training loops timed
+        next to the bare step of the same model in one process (jdcl_bench/loop_bench.py's record)."""
+        raise NotImplementedError(f"method {cls.name!r} has no loop bench (jdcl-bench bench --loop): it defines "
+                                  f"no time_loops")
+
     def __init__(self, cfg: Any, ctx: "RunContext"):
         self.cfg = cfg
         self.ctx = ctx

@@ -50,6 +50,12 @@ class JDCL(Method):
     def global_batch(cls, cfg: JDCLConfig) -> int:
         return cfg.batch_size
 
+    @classmethod
+    def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
+        from ..loop_bench import time_jdcl_loops  # it imports this module
+
+        return time_jdcl_loops(preset, device, steps=steps, warmup=warmup, semi=semi, log=log)
+
     label_for_config = staticmethod(label_for_config)  # jdcl/config.py: from a record's method config
     differences_from_paper = staticmethod(differences_from_paper)
 
