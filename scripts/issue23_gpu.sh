@@ -8,7 +8,7 @@
 #                                         # on its global model: DDIM-50/250 vs DPM-Solver++(2M) 10-25 steps
 #   bash scripts/issue23_gpu.sh loop      # jdcl-bench bench --loop: JDCL's local and global loops next to
 #                                         # the bare step of the same model, fast preset, fully and
-#                                         # semi-supervised, and DGR/GUIDE's generator loop (one
+#                                         # semi-supervised, DGR/GUIDE's generator loop and NNCSL (one
 #                                         # record each, no data needed)
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
 #   bash scripts/issue23_gpu.sh packing 4,8   # per GPU (one record each; speedups against N = 1 are the
@@ -38,6 +38,7 @@ case "${1:-}" in
     jdcl-bench bench --loop --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --semi --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --method dgr --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --method nncsl --semi --config fast --device cuda --out "$DEST"
     ;;
   packing)
     python benchmarks/sweep_packing.py --methods finetune,joint --protocols digits-t5 --cells 4 --preset paper \

@@ -1,5 +1,5 @@
-"""DGR's and GUIDE's generator loop against its bare step, in one process (issue 23):
-``jdcl-bench bench --loop --method dgr`` (or guide: the same generator and loop).
+"""The baselines' training loops against their bare steps, in one process (issue 23):
+``jdcl-bench bench --loop --method dgr`` (or guide: the same generator and loop), ``--method nncsl``.
 
 What the two mean is jdcl_bench/loop_bench.py's: the *loop* is the generator stage's own
 ``GeneratorStage._train`` on random uint8 images of CIFAR's shape (index draws from the stage's CPU
@@ -7,6 +7,9 @@ generator, the flip, diffusion noise, the loss check every 100 steps, the traini
 the *bare step* is the same compiled UNet, AdamW and EMA on one batch already on the device. The
 classifier loop is not timed here: it regenerates its replay by DDIM every ``regen_every`` steps,
 which is sampling cost rather than loop overhead (the sampler is timed by ``jdcl-bench bench``).
+NNCSL's loop is ``train_task`` (label and anchor draws, the global views and multicrops of PAWS'
+colour pipeline, the schedule, reporting); its bare step is ``_model_loss`` and the LARS step on one
+fixed set of views, in task 1 and in task 2 (where the previous model's NND forward joins).
 """
 from __future__ import annotations
 
@@ -60,3 +63,37 @@ def _bare_generator_step(stage: GeneratorStage, task, rng: torch.Generator):
         optimiser_step(stage.opt, F.mse_loss(eps.float(), noise))
         stage.ema.update(stage.net)
     return step
+
+
+def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, warmup: int = 25, semi: bool = False,
+                    log=print) -> dict:
+    """NNCSL's loop in tasks 1 and 2 at ``preset`` (``semi``: 5 % labelled, the rest the anchor stream)."""
+    cfg = cls.config_for(preset, {"steps_per_task": warmup + steps})
+    out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup, "stages": []}
+    with bench_context(device, semi) as (info, ctx, clock, rng):
+        m = cls(cfg, ctx)
+        m.setup(info)
+        seen: list[int] = []
+        for k, classes in enumerate(CLASSES):
+            seen = seen + classes
+            n = 10_000 // 20 if semi else 10_000
+            task = _task(k, classes, seen, n, 10_000 - n if semi else 0, SHAPE, rng, device)
+            ctx.task_index = k
+            m.begin_task(task)
+            clock.window(warmup, warmup + steps)
+            log(f"loop bench: NNCSL task {k + 1}, {warmup} + {steps} steps")
+            m.train_task(task)
+            loop_s = clock.seconds()
+            views = m._views()
+            images = len(views[0]) + (len(views[1]) if views[1] is not None else 0)
+
+            def step():
+                loss, _ = m._model_loss(*views)
+                optimiser_step(m.opt, loss, cfg.ref_lr)
+            bare_s = _timed(step, device, warmup, steps)
+            out["stages"].append(_stage_result(f"task {k + 1}", loop_s, bare_s, steps, images))
+            m.end_task(task)
+    for s in out["stages"]:
+        log(f"{preset} NNCSL {s['stage']}: loop {s['loop_steps_per_s']:.2f} steps/s, bare step "
+            f"{s['bare_steps_per_s']:.2f} steps/s: the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+    return out

@@ -132,6 +132,13 @@ class NNCSL(Method):
     supports_resume_in_task = True
 
     # ---- setup ---------------------------------------------------------------------------
+    @classmethod
+    def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
+        """``jdcl-bench bench --loop --method nncsl``: task 1's loop and task 2's (with the NND teacher)."""
+        from .loop_bench import time_nncsl_loop
+
+        return time_nncsl_loop(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log)
+
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)
         c = self.cfg
@@ -252,14 +259,22 @@ class NNCSL(Method):
 
     # ---- the loss -----------------------------------------------------------------------------------
     def _loss(self, task: TaskData) -> tuple[torch.Tensor, dict]:
+        return self._model_loss(*self._views())
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+        """One step's batch: two global views of the labelled and of the anchor images (``big``), the
+        anchors' multicrops (``small``), and how many labelled / anchor images."""
         c, rng = self.cfg, self.ctx.rng
         li = self._sample_labelled()
         ui = sample_indices(len(self.anchor_x), c.unsup_batch, rng, self.device)
         xl, xu = A.to_unit(self.pool_x[li]), A.to_unit(self.anchor_x[ui])
-        nl, nu = len(xl), len(xu)
         # crops of one size go through the network together
         big = torch.cat([self._global_view(xl), self._global_view(xl), self._global_view(xu), self._global_view(xu)])
         small = torch.cat([self._multicrop(xu) for _ in range(c.multicrop)]) if c.multicrop else None
+        return big, small, len(xl), len(xu)
+
+    def _model_loss(self, big: torch.Tensor, small: torch.Tensor | None, nl: int, nu: int) -> tuple[torch.Tensor, dict]:
+        c = self.cfg
         with autocast(self.device, c.amp):
             h, z = self.model(cuda_channels_last(big * 2 - 1))
             z_mc = self.model(cuda_channels_last(small * 2 - 1))[1] if small is not None else None

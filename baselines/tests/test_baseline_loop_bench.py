@@ -1,4 +1,4 @@
-"""`jdcl-bench bench --loop --method dgr|guide`: the generator's diffusion loop next to its bare step.
+"""`jdcl-bench bench --loop --method dgr|guide|nncsl`: the baselines' loops next to their bare steps.
 Only the wiring is checked here (CPU); the rates are measured on the GPU (results/bench/)."""
 import json
 
@@ -22,11 +22,31 @@ def test_generator_loop_bench_record(tmp_path):
     assert "the loop keeps" in r.output
 
 
+def test_nncsl_loop_bench_times_both_tasks(tmp_path, monkeypatch):
+    """NNCSL's own train_task runs warm-up + timed steps per task; task 2 with the NND teacher."""
+    from jdcl_baselines.nncsl import NNCSL
+
+    seen = []
+    real = NNCSL.train_task
+
+    def train_task(self, task):
+        real(self, task)
+        seen.append((task.index, self.step, self.teacher is not None, len(task.unlabelled_x)))
+    monkeypatch.setattr(NNCSL, "train_task", train_task)
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nncsl", "--semi", "--config", "smoke", "--device",
+                                  "cpu", "--iters", "2", "--warmup", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen == [(0, 3, False, 9500), (1, 3, True, 9500)]
+    (run,) = json.loads(next(tmp_path.glob("loop-nncsl-*.json")).read_text())["runs"]
+    assert [s["stage"] for s in run["stages"]] == ["task 1", "task 2"] and run["semi_supervised"] is True
+    assert all(s["loop_steps_per_s"] > 0 and s["bare_steps_per_s"] > 0 for s in run["stages"])
+
+
 def test_loop_bench_refuses_what_it_cannot_time(tmp_path):
     r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--semi", "--config", "smoke", "--device",
                                   "cpu", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "FixMatch labeller is not timed" in r.output
-    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nncsl", "--config", "smoke", "--device", "cpu",
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "gfr", "--config", "smoke", "--device", "cpu",
                                   "--out", str(tmp_path)])
     assert r.exit_code != 0 and "has no loop bench" in r.output
     r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nope", "--config", "smoke", "--device", "cpu",
