@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from .bench import _sync
 from .jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
-from .methods.base import ProtocolInfo, RunContext, TaskData
-from .methods.jdcl import JDCL
+from .methods.base import Method, ProtocolInfo, RunContext, TaskData
 from .progress import Reporter
 
 
@@ -91,15 +90,16 @@ def _stage_result(name: str, loop_s: float, bare_s: float, steps: int, images_pe
             "bare_images_per_s": bare * images_per_step, "loop_share_of_bare": loop / bare}
 
 
-def time_jdcl_loops(preset: str, device: torch.device, steps: int = 200, warmup: int = 25, semi: bool = False,
-                    overrides: dict | None = None, log=print) -> dict:
-    """Local- and global-stage rates of JDCL at ``preset`` (its loop and its bare step), on a two-task
-    CIFAR-shaped protocol of random images; ``semi``: the FixMatch local stage."""
-    cfg = JDCL.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
+def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
+                    semi: bool = False, overrides: dict | None = None, log=print) -> dict:
+    """Local- and global-stage rates of JDCL (``cls``, passed in: the method's module calls this one) at
+    ``preset`` (its loop and its bare step), on a two-task CIFAR-shaped protocol of random images;
+    ``semi``: the FixMatch local stage."""
+    cfg = cls.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
                                    "cls_start_fraction": 0.0, "diagnostics": False})
     shape, classes = SHAPE, CLASSES
     with bench_context(device, semi) as (info, ctx, clock, gen):
-        m = JDCL(cfg, ctx)
+        m = cls(cfg, ctx)
         m.setup(info)
         n, nu = 10_000, (40_000 if semi else 0)  # a CIFAR-10 task's images (5 % labelled when semi)
         first = _task(0, classes[0], classes[0], n // 20 if semi else n, nu, shape, gen, device)
@@ -143,7 +143,7 @@ def _local_images(cfg, semi: bool) -> int:
     return cfg.ssl_labelled_batch * (1 + 2 * cfg.ssl_mu) if semi else cfg.batch_size
 
 
-def _bare_local_step(m: JDCL, task: TaskData, gen: torch.Generator):
+def _bare_local_step(m: Method, task: TaskData, gen: torch.Generator):
     """The local stage's step on one fixed batch: the model's work only."""
     c, dev = m.cfg, m.device
     fwd, dev_gen = m._train_fn(), torch.Generator(dev).manual_seed(1)
@@ -170,7 +170,7 @@ def _bare_local_step(m: JDCL, task: TaskData, gen: torch.Generator):
     return step
 
 
-def _bare_global_step(m: JDCL, gen: torch.Generator):
+def _bare_global_step(m: Method, gen: torch.Generator):
     """The global stage's step on one fixed replay batch: teachers, student, losses, AdamW, EMA."""
     c, dev = m.cfg, m.device
     fwd, teachers = m._train_fn(find_unused_parameters=True), m._teacher_fns()

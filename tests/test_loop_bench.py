@@ -41,7 +41,7 @@ def test_loop_bench_runs_the_method_loops_for_the_window(monkeypatch):
         seen["global"] = self.counters["global_steps"]
     monkeypatch.setattr(JDCL, "_train_local", local)
     monkeypatch.setattr(JDCL, "_train_global", global_)
-    out = loop_bench.time_jdcl_loops("smoke", torch.device("cpu"), steps=3, warmup=1, semi=True, log=lambda m: None)
+    out = loop_bench.time_jdcl_loops(JDCL, "smoke", torch.device("cpu"), steps=3, warmup=1, semi=True, log=lambda m: None)
     assert seen == {"local": 4, "global": 4}
     assert out["semi_supervised"] is True
     # FixMatch's local step: labelled + weak and strong unlabelled views of the smoke preset (4 + 2 x 8)

@@ -52,9 +52,9 @@ class JDCL(Method):
 
     @classmethod
     def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
-        from ..loop_bench import time_jdcl_loops  # it imports this module
+        from ..loop_bench import time_jdcl_loops
 
-        return time_jdcl_loops(preset, device, steps=steps, warmup=warmup, semi=semi, log=log)
+        return time_jdcl_loops(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log)
 
     label_for_config = staticmethod(label_for_config)  # jdcl/config.py: from a record's method config
     differences_from_paper = staticmethod(differences_from_paper)
