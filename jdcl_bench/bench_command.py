@@ -21,7 +21,7 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--semi", is_flag=True, help="With --loop: the semi-supervised (FixMatch) local stage.")
 @click.option("--method", default="jdcl", show_default=True,
               help="With --loop: whose loops (jdcl: local and global stage; dgr, guide: the generator's diffusion "
-                   "loop; nncsl: tasks 1 and 2).")
+                   "loop and task 2's classifier loop; nncsl: tasks 1 and 2).")
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile paths.")
 @click.option("--no-cudagraphs", is_flag=True, help="Skip the torch.compile(mode='reduce-overhead') path.")
 @click.option("--contiguous-path", is_flag=True,

@@ -140,12 +140,15 @@ class DGR(Method):
     # ---- setup ------------------------------------------------------------------------------
     @classmethod
     def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
-        """``jdcl-bench bench --loop --method dgr``: the generator's diffusion loop (loop_bench.py)."""
-        from .loop_bench import time_generator_loop
+        """``jdcl-bench bench --loop --method dgr``: the generator's diffusion loop and task 2's
+        classifier loop (loop_bench.py)."""
+        from .loop_bench import time_classifier_loop, time_generator_loop
 
         if semi:
             raise ValueError("--semi: the generator's diffusion loop is the same; its FixMatch labeller is not timed")
-        return time_generator_loop(cls.config_for(preset, {}), preset, device, steps=steps, warmup=warmup, log=log)
+        out = time_generator_loop(cls.config_for(preset, {}), preset, device, steps=steps, warmup=warmup, log=log)
+        out["stages"].append(time_classifier_loop(cls, preset, device, steps=steps, warmup=warmup, log=log))
+        return out
 
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)

@@ -5,21 +5,31 @@ What the two mean is jdcl_bench/loop_bench.py's: the *loop* is the generator sta
 ``GeneratorStage._train`` on random uint8 images of CIFAR's shape (index draws from the stage's CPU
 generator, the flip, diffusion noise, the loss check every 100 steps, the training curve, ticks);
 the *bare step* is the same compiled UNet, AdamW and EMA on one batch already on the device. The
-classifier loop is not timed here: it regenerates its replay by DDIM every ``regen_every`` steps,
-which is sampling cost rather than loop overhead (the sampler is timed by ``jdcl-bench bench``).
+classifier loop of task 2 (``_train_classifier``: real and replay images, GUIDE's augmentation, SGD)
+is timed against the classifier's bare step too; it regenerates its replay by DDIM every
+``regen_every`` steps (GUIDE: guided by the classifier), which is sampling rather than loop
+overhead, so the time spent in it is reported apart (``replay_generation_s``) and the loop's share
+of the bare rate is given without it as well. The replaying generator is untrained (random
+weights): sampling costs the same whatever it has learnt.
 NNCSL's loop is ``train_task`` (label and anchor draws, the global views and multicrops of PAWS'
 colour pipeline, the schedule, reporting); its bare step is ``_model_loss`` and the LARS step on one
 fixed set of views, in task 1 and in task 2 (where the previous model's NND forward joins).
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
+from jdcl_bench.bench import _sync
+from jdcl_bench.data import augment as A
+from jdcl_bench.fastpath import cuda_channels_last
 from jdcl_bench.loop_bench import CLASSES, SHAPE, _stage_result, _task, _timed, bench_context
 from jdcl_bench.methods.base import optimiser_step
 
 from .cond_diffusion import ConditionalGenerator, GeneratorStage
+from .dgr import classifier_augment
 
 
 def time_generator_loop(cfg, preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
@@ -62,6 +72,61 @@ def _bare_generator_step(stage: GeneratorStage, task, rng: torch.Generator):
             eps = net(x_t, t, y)
         optimiser_step(stage.opt, F.mse_loss(eps.float(), noise))
         stage.ema.update(stage.net)
+    return step
+
+
+def time_classifier_loop(cls, preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
+                         log=print) -> dict:
+    """Task 2's classifier loop of DGR/GUIDE (``cls``) at ``preset``, replay generation timed apart."""
+    cfg = cls.config_for(preset, {"classifier.steps_later": warmup + steps, "diagnostics": False, "cache": False})
+    c = cfg.classifier
+    with bench_context(device) as (info, ctx, clock, rng):
+        m = cls(cfg, ctx)
+        m.setup(info)
+        m.G = {"ema": {"module": m.gen.new_model().state_dict()}}  # G_1's weights, untrained
+        m.counters["generator_source"].append("loop bench (untrained)")  # the replay artefacts name it
+        task = _task(1, CLASSES[1], CLASSES[0] + CLASSES[1], 10_000, 0, SHAPE, rng, device)
+        ctx.task_index = 1
+        m.begin_task(task)
+        regen, generate = [0.0], m._generate_replay
+
+        def timed_generation(*args):  # only the generations inside the timed window count
+            inside = warmup <= clock.n < warmup + steps
+            _sync(device)
+            t0 = time.perf_counter()
+            out = generate(*args)
+            _sync(device)
+            regen[0] += (time.perf_counter() - t0) if inside else 0.0
+            return out
+        m._generate_replay = timed_generation
+        clock.window(warmup, warmup + steps)
+        log(f"loop bench: {cls.name} classifier loop of task 2, {warmup} + {steps} steps")
+        m._train_classifier(task)
+        loop_s = clock.seconds()
+        bare_s = _timed(_bare_classifier_step(m, task, rng), device, warmup, steps)
+    s = _stage_result("classifier", loop_s, bare_s, steps, c.batch_size)
+    s.update(replay_generation_s=regen[0], regen_every=c.regen_every, ddim_steps=c.ddim_steps,
+             loop_share_of_bare_without_generation=(steps / (loop_s - regen[0])) / s["bare_steps_per_s"])
+    log(f"{preset} {cls.name} classifier: loop {s['loop_steps_per_s']:.2f} steps/s ({100 * regen[0] / loop_s:.0f} % of "
+        f"it generating replay), bare step {s['bare_steps_per_s']:.2f} steps/s: the loop keeps "
+        f"{100 * s['loop_share_of_bare_without_generation']:.1f} % without the generation")
+    return s
+
+
+def _bare_classifier_step(m, task, rng: torch.Generator):
+    """The classifier's step on one fixed, augmented batch of real and replay images: forward, CE, SGD."""
+    c, dev = m.cfg.classifier, m.device
+    idx = torch.randint(len(task.x), (c.batch_size - len(m.replay["y"]),), generator=rng).to(dev)
+    x, y = torch.cat([task.x[idx], m.replay["x"]]), torch.cat([task.y[idx], m.replay["y"]])
+    view = cuda_channels_last(classifier_augment(A.to_unit(x), rng, m.info.flip_p, c.rotate_p) * 2 - 1)
+    seen = torch.zeros(m.info.num_classes, dtype=torch.bool, device=dev)
+    seen[task.seen_classes] = True
+
+    def step():
+        with m.autocast():
+            logits = m.classifier(view)
+        loss = F.cross_entropy(logits.float().masked_fill(~seen, float("-inf")), y)
+        optimiser_step(m.cls_opt, loss, c.lr_later)
     return step
 
 

@@ -15,10 +15,15 @@ def test_generator_loop_bench_record(tmp_path):
     rec = json.loads(next(tmp_path.glob("loop-dgr-*.json")).read_text())
     assert rec["complete"] is True and rec["method"] == "dgr"
     (run,) = rec["runs"]
-    (stage,) = run["stages"]
+    stage, classifier = run["stages"]
+    cfg = DGR.config_for("smoke", {})
     assert stage["stage"] == "generator" and stage["steps"] == 2
-    assert stage["images_per_step"] == DGR.config_for("smoke", {}).generator.batch_size
+    assert stage["images_per_step"] == cfg.generator.batch_size
     assert stage["loop_steps_per_s"] > 0 and stage["bare_steps_per_s"] > 0
+    # task 2's classifier loop: replay generated every regen_every steps, its time counted apart
+    assert classifier["stage"] == "classifier" and classifier["images_per_step"] == cfg.classifier.batch_size
+    assert classifier["regen_every"] == cfg.classifier.regen_every and 0 < classifier["replay_generation_s"]
+    assert classifier["loop_share_of_bare_without_generation"] > classifier["loop_share_of_bare"] > 0
     assert "the loop keeps" in r.output
 
 
