@@ -90,6 +90,12 @@ def _stage_result(name: str, loop_s: float, bare_s: float, steps: int, images_pe
             "bare_images_per_s": bare * images_per_step, "loop_share_of_bare": loop / bare}
 
 
+def stage_line(label: str, s: dict) -> str:
+    """One stage of a loop bench as the command prints it."""
+    return (f"{label}: loop {s['loop_steps_per_s']:.2f} steps/s, bare step {s['bare_steps_per_s']:.2f} steps/s: "
+            f"the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+
+
 def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
                     semi: bool = False, overrides: dict | None = None, log=print) -> dict:
     """Local- and global-stage rates of JDCL (``cls``, passed in: the method's module calls this one) at
@@ -97,12 +103,11 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
     ``semi``: the FixMatch local stage."""
     cfg = cls.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
                                    "cls_start_fraction": 0.0, "diagnostics": False})
-    shape, classes = SHAPE, CLASSES
     with bench_context(device, semi) as (info, ctx, clock, gen):
         m = cls(cfg, ctx)
         m.setup(info)
         n, nu = 10_000, (40_000 if semi else 0)  # a CIFAR-10 task's images (5 % labelled when semi)
-        first = _task(0, classes[0], classes[0], n // 20 if semi else n, nu, shape, gen, device)
+        first = _task(0, CLASSES[0], CLASSES[0], n // 20 if semi else n, nu, SHAPE, gen, device)
         out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup,
                "unet": cfg.unet, "batch_size": cfg.batch_size, "compile": m.compiled, "compile_mode": cfg.compile_mode,
                "stages": []}
@@ -118,14 +123,14 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
         m.L = m.G = m.snapshot()
 
         # ---- global stage: replay of all ten classes (the quota of each), teachers G and L
-        second = _task(1, classes[1], classes[0] + classes[1], n, 0, shape, gen, device)
+        second = _task(1, CLASSES[1], CLASSES[0] + CLASSES[1], n, 0, SHAPE, gen, device)
         ctx.task_index = 1
         m.begin_task(second)
         m.L = m.snapshot()
         per_class = cfg.replay_per_class
-        m.replay = {"x": _images(10 * per_class, shape, gen, device),
+        m.replay = {"x": _images(10 * per_class, SHAPE, gen, device),
                     "y": torch.arange(10, device=device).repeat_interleave(per_class),
-                    "old": torch.tensor(classes[0], device=device)}
+                    "old": torch.tensor(CLASSES[0], device=device)}
         m._begin_global()
         clock.window(warmup, warmup + steps)
         log(f"loop bench: global stage, {warmup} + {steps} steps")
@@ -134,8 +139,7 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
         bare_s = _timed(_bare_global_step(m, gen), device, warmup, steps)
         out["stages"].append(_stage_result("global", loop_s, bare_s, steps, cfg.batch_size))
     for s in out["stages"]:
-        log(f"{preset} {s['stage']:6s}: loop {s['loop_steps_per_s']:.2f} steps/s, bare step {s['bare_steps_per_s']:.2f} "
-            f"steps/s: the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+        log(stage_line(f"{preset} {s['stage']:6s}", s))
     return out
 
 

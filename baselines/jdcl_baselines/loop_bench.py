@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jdcl_bench.bench import _sync
 from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import cuda_channels_last
-from jdcl_bench.loop_bench import CLASSES, SHAPE, _stage_result, _task, _timed, bench_context
+from jdcl_bench.loop_bench import CLASSES, SHAPE, _stage_result, _task, _timed, bench_context, stage_line
 from jdcl_bench.methods.base import optimiser_step
 
 from .cond_diffusion import ConditionalGenerator, GeneratorStage
@@ -53,9 +53,7 @@ def time_generator_loop(cfg, preset: str, device: torch.device, steps: int = 200
     out = {"preset": preset, "semi_supervised": False, "steps": steps, "warmup": warmup, "unet": g.unet,
            "batch_size": g.batch_size, "compile": cfg.compile,
            "stages": [_stage_result("generator", loop_s, bare_s, steps, g.batch_size)]}
-    s = out["stages"][0]
-    log(f"{preset} generator: loop {s['loop_steps_per_s']:.2f} steps/s, bare step {s['bare_steps_per_s']:.2f} "
-        f"steps/s: the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+    log(stage_line(f"{preset} generator", out["stages"][0]))
     return out
 
 
@@ -159,6 +157,5 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
             out["stages"].append(_stage_result(f"task {k + 1}", loop_s, bare_s, steps, images))
             m.end_task(task)
     for s in out["stages"]:
-        log(f"{preset} NNCSL {s['stage']}: loop {s['loop_steps_per_s']:.2f} steps/s, bare step "
-            f"{s['bare_steps_per_s']:.2f} steps/s: the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
+        log(stage_line(f"{preset} NNCSL {s['stage']}", s))
     return out

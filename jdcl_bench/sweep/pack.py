@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..runner import RunConfig
-from .cells import Cell, CellResult, from_metrics, read_metrics, resolve_run_dir
+from .cells import Cell, CellResult, from_metrics, read_metrics, resolve_run_dir, split_list
 
 
 @dataclass
@@ -54,7 +54,8 @@ def measured_per_gpu(records: Path | str, gpu_name: str | None, methods: list[st
         except (OSError, ValueError):
             continue
         s = rec.get("settings", {})
-        got = {"methods": sorted(_split(s.get("methods"))), "protocols": sorted(_split(s.get("protocols"))),
+        got = {"methods": sorted(split_list(s.get("methods") or [])),
+               "protocols": sorted(split_list(s.get("protocols") or [])),
                "preset": s.get("preset")}
         passes = [p for p in rec.get("passes", {}).values() if p.get("all_done") and p.get("cells_per_hour")]
         if got != want or not passes or s.get("sets"):
@@ -64,10 +65,6 @@ def measured_per_gpu(records: Path | str, gpu_name: str | None, methods: list[st
         return int(best["per_gpu"]), f"measured in {path.name} (cells/h {rates})"
     return 1, (f"no packing record for {', '.join(methods)} on {', '.join(protocols)} at preset {preset} on "
                f"{gpu_name or 'this device'} under {records}: 1 per GPU (measure it with benchmarks/sweep_packing.py)")
-
-
-def _split(v) -> list[str]:
-    return [x for x in v.split(",") if x] if isinstance(v, str) else list(v or [])
 
 
 def pack_slots(n_cells: int, opts: PackOptions) -> list[tuple[str | None, int]]:
