@@ -16,13 +16,11 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-.data/cifar10-jpeg}
 P=benchmarks/protocols/cifar10-first2.toml
 export JDCL_BENCH_TENSORBOARD=0
-python3 scripts/gpu_batch.py --deadline "${DEADLINE:-540}" --min-start 60 --out .gpu-runs/levers --data-dir "$DATA" \
-  --chain "$P:jdcl:fast:0" \
-  --chain "$P:jdcl:fast:0:lr=5e-4" \
-  --chain "$P:jdcl:fast:0:lr=1e-3" \
-  --chain "$P:jdcl:fast:0:local_steps=1600" \
-  --chain "$P:jdcl:fast:0:replay_confidence_threshold=0.9" \
-  --chain "$P:jdcl:fast:0:ddim_steps=100"
+# LEVERS: the changes to try, space-separated `key=value[;key=value]` ("" = `fast` itself).
+LEVERS=${LEVERS:-" lr=5e-4 lr=1e-3 local_steps=1600 replay_confidence_threshold=0.9 ddim_steps=100"}
+chains=(--chain "$P:jdcl:fast:0")
+for lever in $LEVERS; do chains+=(--chain "$P:jdcl:fast:0:$lever"); done
+python3 scripts/gpu_batch.py --deadline "${DEADLINE:-540}" --min-start 60 --out .gpu-runs/levers --data-dir "$DATA" "${chains[@]}"
 python3 - <<'PY'
 import json
 from pathlib import Path
