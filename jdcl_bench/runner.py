@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -93,6 +94,9 @@ class Runner:
         self._dataset = dataset  # tests and the conformance kit may inject a dataset
         self._diag = None
         self.task_seconds: list[float] = []  # wall seconds of each task trained in this process or before
+        # one entry per process that trained this run (code, GPU, sharing): a resumed run's record keeps
+        # what its earlier processes ran on, not only the last one's
+        self.segments: list[dict] = []
         self.diagnostics: list[dict] = []
         self.diagnostics_seconds = 0.0
 
@@ -150,7 +154,7 @@ class Runner:
             records.atomic_torch_save({
                 "phase": phase, "task": self.task_index, "method": method_state, "rng": rng,
                 "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
-                "diagnostics": self.diagnostics, "task_seconds": self.task_seconds,
+                "diagnostics": self.diagnostics, "task_seconds": self.task_seconds, "segments": self.segments,
             }, self.run_dir / "checkpoint.pt")
         self.last_save = time.time()
 
@@ -213,7 +217,7 @@ class Runner:
             self.acc_rows, self.seen_acc, self.prev_wall = [], [], 0.0
             start, in_task = self._resume() if resume else (0, False)
             self.t_start = self.last_save = time.time()
-            manifest = self._manifest(ds, split_info, config_doc)
+            manifest = self._manifest(ds, split_info, config_doc, start)
             # longest task so far: do not start one that cannot finish (with --stop-between-tasks the
             # tasks of earlier processes count too, compilation included: each process compiles again)
             longest = max(self.task_seconds, default=0.0) if cfg.stop_between_tasks else 0.0
@@ -288,6 +292,7 @@ class Runner:
         self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
         self.diagnostics = list(state.get("diagnostics", []))
         self.task_seconds = list(state.get("task_seconds", []))
+        self.segments = list(state.get("segments", [])) or self._segment_from_manifest()
         in_task = state["phase"] == "in_task"
         start = state["task"] if in_task else state["task"] + 1
         if in_task:
@@ -295,7 +300,7 @@ class Runner:
         self.reporter.info(f"resuming {self.run_dir} at task {start + 1}" + (" (inside the task)" if in_task else ""))
         return start, in_task
 
-    def _manifest(self, ds, split_info: dict, config_doc: dict) -> dict:
+    def _manifest(self, ds, split_info: dict, config_doc: dict, start: int) -> dict:
         manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
                     "hardware": records.hardware(str(self.device)),
                     "dataset": {**ds.identity, "labels": split_info}, "started_at": records.now()}
@@ -307,7 +312,54 @@ class Runner:
             manifest["gpu_shared_by"] = int(os.environ["JDCL_BENCH_GPU_SHARED_BY"])
         if D.is_distributed():
             manifest["distributed"] = config_doc["distributed"]
+        return self._with_segments(manifest, start)
+
+    def _with_segments(self, manifest: dict, start: int) -> dict:
+        """Adds this process to ``self.segments`` and folds all of them into the manifest: a run that
+        shared its GPU in any process says so (the most processes it shared with), every process's
+        note is kept, and a run whose processes ran different code says which."""
+        this = {"from_task": start + 1, "started_at": manifest["started_at"],
+                "source_hash": manifest["code_version"].get("source_hash"),
+                "commit": manifest["code_version"].get("commit"),
+                "gpu_name": manifest["hardware"].get("gpu_name"),
+                "gpu_shared_by": manifest.get("gpu_shared_by", 1), "note": manifest.get("note")}
+        earlier = self.segments
+        if earlier and earlier[-1].get("source_hash") != this["source_hash"]:
+            self.reporter.info(f"warning: this run's earlier tasks ran source hash {earlier[-1].get('source_hash')}, "
+                               f"this process runs {this['source_hash']}: the record mixes code versions "
+                               "(manifest 'segments' says which tasks ran which)")
+        self.segments = earlier + [this]
+        if len(self.segments) > 1:
+            manifest["started_at"] = self.segments[0]["started_at"]
+            shared = max(int(sg.get("gpu_shared_by") or 1) for sg in self.segments)
+            if shared > 1:
+                manifest["gpu_shared_by"] = shared
+            notes = list(dict.fromkeys(f"from task {sg['from_task']}: {sg['note']}"
+                                       for sg in self.segments if sg.get("note")))
+            if notes:
+                manifest["note"] = "; ".join(notes)
+            hashes = list(dict.fromkeys(sg.get("source_hash") for sg in self.segments))
+            if len(hashes) > 1:
+                manifest["mixed_source_hashes"] = hashes
+        manifest["segments"] = self.segments
         return manifest
+
+    def _segment_from_manifest(self) -> list[dict]:
+        """A checkpoint from before segments were kept: its manifest.json (if any) stands for the
+        earlier processes, so a resume does not forget that they shared a GPU or ran other code."""
+        path = self.run_dir / "manifest.json"
+        if not path.is_file():
+            return []
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [{"from_task": 1, "started_at": old.get("started_at"),
+                 "source_hash": old.get("code_version", {}).get("source_hash"),
+                 "commit": old.get("code_version", {}).get("commit"),
+                 "gpu_name": old.get("hardware", {}).get("gpu_name"),
+                 "gpu_shared_by": old.get("gpu_shared_by", 1), "note": old.get("note"),
+                 "from_manifest": True}]
 
     def _no_time_for(self, k: int, start: int, longest: float) -> bool:
         """Whether task k would not finish within --time-limit (rank 0's clock decides); says so."""

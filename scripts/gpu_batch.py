@@ -66,9 +66,14 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20) -> No
                 continue
         data = ckpt.read_bytes()
         name = "__".join(ckpt.parent.relative_to(out).parts[-4:])  # protocol__method__preset__seed
+        # the device returns only names of letters, digits, '.', '_' and '-': "fast+e35c90d1" (a preset
+        # with overrides) would be left behind, so other characters become '-'; the line below says
+        # which run each file belongs to
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name)
         for i in range(0, len(data), part_bytes):
             (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
-        print(f"checkpoint {ckpt} ({len(data) / 2**20:.1f} MB) returned in {-(-len(data) // part_bytes)} part(s)")
+        print(f"checkpoint {ckpt} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
+              f"({-(-len(data) // part_bytes)} part(s))")
 
 
 def main() -> None:

@@ -214,3 +214,39 @@ def test_stop_between_tasks_leaves_a_small_checkpoint_and_resumes(tmp_path):
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     assert json.loads((d / "metrics.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_a_resumed_run_keeps_what_its_earlier_processes_ran_on(tmp_path, monkeypatch, old_checkpoint):
+    """Task 1 shares the GPU with 3 other runs, task 2 runs alone: the record still says the run
+    shared a GPU (the most it shared with), keeps both processes' notes and lists each process. A
+    checkpoint from before segments were kept falls back on the manifest its process wrote."""
+    from click.testing import CliRunner
+
+    from jdcl_bench.cli import main
+
+    args = ["run", "--protocol", "synthetic-t2", "--method", "finetune", "--preset", "smoke", "--device", "cpu",
+            "--out", str(tmp_path)]
+    monkeypatch.setenv("JDCL_BENCH_GPU_SHARED_BY", "4")
+    monkeypatch.setenv("JDCL_BENCH_RUN_NOTE", "one of 4 runs on the GPU")
+    r = CliRunner().invoke(main, args + ["--time-limit", "0.01", "--stop-between-tasks"])
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "runs" / "synthetic-t2" / "finetune" / "smoke" / "seed0"
+    first = json.loads((d / "manifest.json").read_text())
+    assert first["gpu_shared_by"] == 4 and len(first["segments"]) == 1
+    if old_checkpoint:
+        state = torch.load(d / "checkpoint.pt", weights_only=True)
+        del state["segments"]
+        torch.save(state, d / "checkpoint.pt")
+    monkeypatch.setenv("JDCL_BENCH_GPU_SHARED_BY", "1")
+    monkeypatch.setenv("JDCL_BENCH_RUN_NOTE", "alone")
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    man = json.loads((d / "manifest.json").read_text())
+    assert json.loads((d / "metrics.json").read_text())["complete"]
+    assert man["gpu_shared_by"] == 4
+    assert [s["from_task"] for s in man["segments"]] == [1, 2]
+    assert [s["gpu_shared_by"] for s in man["segments"]] == [4, 1]
+    assert "one of 4 runs" in man["note"] and "alone" in man["note"]
+    assert man["started_at"] == first["started_at"]
+    assert man["segments"][0].get("from_manifest", False) is old_checkpoint
