@@ -242,16 +242,19 @@ def test_dpm_solver_sampler_replaces_ddim_in_replay(tmp_path, monkeypatch):
     dpm = GaussianDiffusion.dpm_solver_sample
 
     def spy(self, *a, **kw):
-        calls.append((kw.get("steps"), kw.get("clip_denoised")))
+        calls.append((kw.get("steps"), kw.get("clip_denoised"), kw.get("spacing")))
         return dpm(self, *a, **kw)
 
     monkeypatch.setattr(GaussianDiffusion, "dpm_solver_sample", spy)
     monkeypatch.setattr(GaussianDiffusion, "ddim_sample", lambda *a, **kw: pytest.fail("DDIM was called"))
     r = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
                                   "--set", "sampler=dpm-solver++", "--set", "sampler_clip_x0=true",
-                                  "--device", "cpu", "--out", str(tmp_path)])
+                                  "--set", "sampler_spacing=uniform", "--device", "cpu", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert calls and set(calls) == {(3, True)}  # smoke: ddim_steps = 3 model evaluations
+    assert calls and set(calls) == {(3, True, "uniform")}  # smoke: ddim_steps = 3 model evaluations
+    grid = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
+                                     "--set", "sampler_spacing=karras", "--device", "cpu", "--out", str(tmp_path)])
+    assert grid.exit_code == 2 and "sampler_spacing" in grid.output and "uniform" in grid.output
     bad = CliRunner().invoke(main, ["run", "--protocol", "synthetic-t2", "--method", "jdcl", "--preset", "smoke",
                                     "--set", "sampler=euler", "--device", "cpu", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "dpm-solver++" in bad.output
@@ -310,3 +313,18 @@ def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
     assert r.exit_code == 2 and "no replay sample was kept" in r.output and "replay_confidence_threshold" in r.output
     # task 1 (no replay) is recorded and checkpointed: nothing before the error is lost
     assert json.loads(next(tmp_path.rglob("metrics.json")).read_text())["tasks_done"] == 1
+
+
+def test_standard_takes_the_measured_lr_and_few_step_sampler_and_says_so():
+    """`standard` runs lr 5e-4 and DPM-Solver++ in 10 steps on DDIM's grid (the two-task probe and the
+    sampler record); both are deviations from the recipe that the paper comparison lists, `paper` none."""
+    from dataclasses import asdict
+
+    from jdcl_bench.methods.jdcl import JDCL
+
+    std = asdict(JDCL.config_for("standard", {}))
+    assert (std["lr"], std["sampler"], std["ddim_steps"], std["sampler_spacing"]) == (5e-4, "dpm-solver++", 10, "uniform")
+    diffs = JDCL.differences_from_paper(std)
+    assert any("dpm-solver++ (10 steps, uniform grid)" in d for d in diffs)
+    assert any(d.startswith("lr 0.0005") for d in diffs)
+    assert asdict(JDCL.config_for("fast", {}))["lr"] == 2e-4  # fast keeps the lr its record ran

@@ -17,6 +17,7 @@ draws the same global batch and trains on its slice (``D.shard``); docs/distribu
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -272,7 +273,10 @@ class JDCL(Method):
         noise = torch.randn(shape, device=self.device, generator=gen)
         with self.autocast():
             clip = self.cfg.sampler_clip_x0
-            sample = self.diffusion.ddim_sample if self.cfg.sampler == "ddim" else self.diffusion.dpm_solver_sample
+            if self.cfg.sampler == "ddim":
+                sample = self.diffusion.ddim_sample
+            else:
+                sample = partial(self.diffusion.dpm_solver_sample, spacing=self.cfg.sampler_spacing)
             x = sample(fn, shape, steps=self.cfg.ddim_steps, noise=noise, device=self.device,
                        clip_denoised=clip, return_pred_x0=clip)
             x = x.clamp(-1, 1)
