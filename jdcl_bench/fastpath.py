@@ -22,6 +22,25 @@ from typing import Callable
 import torch
 
 
+
+def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CPU tensor drawn from a run's CPU generator (batch indices, augmentation parameters) onto
+    ``device`` without stopping the CPU.
+
+    A plain ``.to("cuda")`` from ordinary (pageable) memory makes PyTorch wait for the GPU to finish
+    everything queued before it (a blocking copy synchronises the stream). A training loop draws
+    such tensors several times a step, so the CPU waits for each step to end before it prepares the
+    next, and the GPU idles meanwhile: for a small model that is much of the step. From pinned
+    memory with ``non_blocking`` the copy is queued in order instead, and PyTorch's pinned-memory
+    allocator keeps the buffer until the copy has run. The values, and so the results, are unchanged
+    (a dtype change happens on the CPU first, with the same IEEE rounding)."""
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
 def tune_backends(device: torch.device | str) -> None:
     """TF32 for fp32 matmuls/convolutions on CUDA; nothing elsewhere."""
     if torch.device(device).type != "cuda":

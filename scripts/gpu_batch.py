@@ -65,19 +65,56 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20) -> No
             if d.get("tasks_done") == d.get("num_tasks"):
                 continue
         data = ckpt.read_bytes()
-        name = "__".join(ckpt.parent.relative_to(out).parts[-4:])  # protocol__method__preset__seed
-        # the device returns only names of letters, digits, '.', '_' and '-': "fast+e35c90d1" (a preset
-        # with overrides) would be left behind, so other characters become '-'; the line below says
-        # which run each file belongs to
-        name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name)
+        name = part_name(ckpt.parent, out)  # the device returns only names of letters, digits, '.', '_', '-'
         for i in range(0, len(data), part_bytes):
             (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
         print(f"checkpoint {ckpt} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
               f"({-(-len(data) // part_bytes)} part(s))")
 
 
+def part_name(run_dir: Path, out: Path) -> str:
+    """The file-name stem of a run's checkpoint parts: protocol__method__preset__seed, with every
+    character the device would not return (such as '+' of a preset with overrides) as '-'."""
+    name = "__".join(run_dir.relative_to(out).parts[-4:])
+    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name)
+
+
+def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
+    """Put returned checkpoint parts back together in their run folders under ``out`` (the records
+    must be there: extract the returned runs.tar.gz into ``out`` first). The parts may lie in several
+    folders: a 30 MB checkpoint, the data and the working tree do not fit one device call's 64 MB, so
+    its parts can travel in two calls to the same warm machine (docs/jdcl.md). Refuses a run whose
+    parts are not all there (part00..partNN without a gap) rather than write a truncated checkpoint."""
+    parts: dict[str, dict[int, Path]] = {}
+    for d in part_dirs:
+        for f in Path(d).glob("ckpt-*.pt.part[0-9][0-9]"):
+            stem, num = f.name[len("ckpt-"):].rsplit(".pt.part", 1)
+            parts.setdefault(stem, {})[int(num)] = f
+    runs = {part_name(m.parent, out): m.parent for m in Path(out).rglob("config.json")}  # run folders
+    joined = []
+    for stem, numbered in sorted(parts.items()):
+        if stem not in runs:
+            raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: no run folder under {out} matches; "
+                             f"extract the runs.tar.gz that came back with them into {out} first")
+        if sorted(numbered) != list(range(len(numbered))):
+            raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: have {sorted(numbered)}, need 0..{max(numbered)} "
+                             "without a gap; bring the missing part(s)")
+        dest = runs[stem] / "checkpoint.pt"
+        tmp = dest.with_suffix(".pt.joining")
+        with open(tmp, "wb") as fh:
+            for i in range(len(numbered)):
+                fh.write(numbered[i].read_bytes())
+        tmp.replace(dest)  # whole or not at all
+        print(f"joined {len(numbered)} part(s) into {dest}")
+        joined.append(dest)
+    return joined
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--join-checkpoints", action="append", default=[], metavar="DIR",
+                    help="first put the ckpt-*.pt.partNN files found in DIR (repeatable) back together in their run "
+                         "folders under --out, then run the chains (which resume them)")
     ap.add_argument("--chain", action="append", required=True,
                     help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides)")
     ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
@@ -91,8 +128,10 @@ def main() -> None:
                          "between-task checkpoint")
     ap.add_argument("--bring-checkpoints", action="store_true",
                     help="with $OUT set: also return the checkpoint of every unfinished run, split into parts under "
-                         "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; `cat` them back together), in case the machine goes cold")
+                         "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; --join-checkpoints puts them back), in case the machine goes cold")
     args = ap.parse_args()
+    if args.join_checkpoints:
+        join_checkpoints(Path(args.out), [Path(d) for d in args.join_checkpoints])
     t0 = time.time()
     chains = [c.split(",") for c in args.chain]
     specs = [s for c in chains for s in c]

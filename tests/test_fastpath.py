@@ -1,4 +1,5 @@
 """jdcl_bench.fastpath: compile with a clean fallback to eager; backend switches only on CUDA."""
+import pytest
 import torch
 
 from jdcl_bench.profiling import kernel_kind
@@ -106,3 +107,27 @@ def test_jdcl_and_the_generators_build_their_unet_in_that_layout(monkeypatch):
             conv = next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
             assert conv.is_contiguous(memory_format=torch.channels_last) is compile
             assert conv.is_contiguous() is not compile
+
+
+def test_to_device_keeps_values_and_converts_on_the_cpu_first():
+    """CPU-drawn indices and augmentation parameters reach the device unchanged; a dtype change
+    rounds as ``.to(dtype)`` does (on a CUDA device the copy is queued from pinned memory)."""
+    from jdcl_bench.fastpath import to_device
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(64, 3, generator=g, dtype=torch.float64)
+    assert torch.equal(to_device(u, "cpu", torch.float32), u.to(torch.float32))
+    idx = torch.randint(100, (32,), generator=g)
+    assert to_device(idx, "cpu") is idx or torch.equal(to_device(idx, "cpu"), idx)
+
+
+@pytest.mark.gpu
+def test_to_device_on_cuda_equals_a_blocking_copy():
+    from jdcl_bench.fastpath import to_device
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(512, 7, generator=g, dtype=torch.float64)
+    for dtype in (None, torch.float32, torch.bfloat16):
+        want = u.to("cuda", dtype) if dtype else u.to("cuda")
+        got = to_device(u, "cuda", dtype)
+        assert got.device.type == "cuda" and torch.equal(got, want)

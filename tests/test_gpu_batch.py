@@ -31,3 +31,33 @@ def test_checkpoint_parts_have_names_the_device_returns_and_join_back(tmp_path):
     assert len(parts) == 3
     assert all(set(p.name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for p in parts)
     assert b"".join(p.read_bytes() for p in parts) == data
+
+
+def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
+    """The parts of one checkpoint carried in two device calls (two folders) become the run's
+    checkpoint again; a missing part is refused and nothing is written."""
+    gpu_batch = load_gpu_batch()
+    out, back = tmp_path / "out", tmp_path / "back"
+    back.mkdir()
+    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard+ab12" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    data = bytes(range(256)) * 9
+    (run / "checkpoint.pt").write_bytes(data)
+    gpu_batch.bring_checkpoints(out, back, part_bytes=1000)
+    (run / "checkpoint.pt").unlink()
+    first, second = tmp_path / "call1", tmp_path / "call2"
+    first.mkdir(), second.mkdir()
+    parts = sorted(back.iterdir())
+    parts[0].rename(first / parts[0].name)
+    for p in parts[1:]:
+        p.rename(second / p.name)
+    try:
+        gpu_batch.join_checkpoints(out, [second])
+    except SystemExit as e:
+        assert "0..2" in str(e) or "without a gap" in str(e)
+    else:
+        raise AssertionError("a missing part must be refused")
+    assert not (run / "checkpoint.pt").exists()
+    assert gpu_batch.join_checkpoints(out, [first, second]) == [run / "checkpoint.pt"]
+    assert (run / "checkpoint.pt").read_bytes() == data

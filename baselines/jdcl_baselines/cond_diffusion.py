@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.fastpath import autocast, cuda_channels_last, maybe_compile, unet_memory_format
+from jdcl_bench.fastpath import autocast, cuda_channels_last, maybe_compile, to_device, unet_memory_format
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
 from jdcl_bench.methods.base import ProtocolInfo, TaskData, optimiser_step
@@ -281,8 +281,8 @@ class GeneratorStage:
         bl, bu = c.labeller_batch, c.labeller_batch * c.labeller_mu
         with self.ctx.progress("generator: pseudo-labeller", c.labeller_steps - self.lab_step):
             while self.lab_step < c.labeller_steps:
-                li = torch.randint(len(task.x), (bl,), generator=rng).to(self.device)
-                ui = torch.randint(len(task.unlabelled_x), (bu,), generator=rng).to(self.device)
+                li = to_device(torch.randint(len(task.x), (bl,), generator=rng), self.device)
+                ui = to_device(torch.randint(len(task.unlabelled_x), (bu,), generator=rng), self.device)
                 xu = A.to_unit(task.unlabelled_x[ui])
                 fp = self.gen.info.flip_p
                 x = torch.cat([A.weak_view(A.to_unit(task.x[li]), rng, fp), A.weak_view(xu, rng, fp),
@@ -347,7 +347,7 @@ class GeneratorStage:
         net = self.gen.compiled(self.net)
         with self.ctx.progress("generator: diffusion", self.total - self.step):
             while self.step < self.total:
-                idx = torch.randint(len(data_x), (c.batch_size,), generator=self.rng).to(self.device)
+                idx = to_device(torch.randint(len(data_x), (c.batch_size,), generator=self.rng), self.device)
                 x = A.to_unit(data_x[idx])
                 if c.hflip:  # the recipe's flip, unless the protocol forbids mirroring (digits)
                     x = A.hflip(x, self.rng, self.gen.info.flip_p)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from jdcl_bench.artefacts import save_class_grid
 from jdcl_bench.data import augment as A
 from jdcl_bench.data.colour import color_jitter
-from jdcl_bench.fastpath import autocast, cuda_channels_last
+from jdcl_bench.fastpath import autocast, cuda_channels_last, to_device
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, optimiser_step
 from jdcl_bench.models import cifar_resnet, normalise
 
@@ -98,12 +98,12 @@ def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.
     b, c, h, w = x.shape
     x = A.random_crop(x, gen, padding=max(1, h // 8), mode="constant")
     u = torch.rand(b, 12, generator=gen, dtype=torch.float64)
-    dev = lambda v: v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    dev = lambda v: to_device(v, x.device, x.dtype).view(-1, 1, 1, 1)
     # rotation about the centre, bilinear, zeros outside
     a = (2 * u[:, 0] - 1) * math.radians(30)
     theta = torch.zeros(b, 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta, x.device, x.dtype), list(x.shape), align_corners=False)
     rotated = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     x = torch.where(dev(u[:, 11] < rotate_p).bool(), rotated, x)
     x = torch.where(dev(u[:, 1] < flip_p).bool(), x.flip(3), x)
@@ -122,7 +122,7 @@ def classifier_augment(x: torch.Tensor, gen: torch.Generator, flip_p: float = 0.
     cols = torch.arange(w)[None]
     in_r = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])
     in_c = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])
-    mask = (in_r[:, :, None] & in_c[:, None, :] & on[:, None, None])[:, None].to(x.device)
+    mask = to_device((in_r[:, :, None] & in_c[:, None, :] & on[:, None, None])[:, None], x.device)
     return x.masked_fill(mask, 0.0)
 
 
@@ -274,7 +274,7 @@ class DGR(Method):
                     self.replay = self._generate_replay(task, old, n_replay)
                     if self.cls_step == 0:
                         self._diagnose_replay(task, old, "first")
-                ri = torch.randint(len(task.x), (n_real,), generator=rng).to(self.device)
+                ri = to_device(torch.randint(len(task.x), (n_real,), generator=rng), self.device)
                 x, y = task.x[ri], task.y[ri]
                 if n_replay:
                     x, y = torch.cat([x, self.replay["x"]]), torch.cat([y, self.replay["y"]])
@@ -283,7 +283,7 @@ class DGR(Method):
                 views = [classifier_augment(x, rng, fp, c.rotate_p) if c.augment else x]
                 if semi:
                     ui = torch.randint(len(task.unlabelled_x), (c.ssl_unlabelled_batch,), generator=rng)
-                    xu = A.to_unit(task.unlabelled_x[ui.to(self.device)])
+                    xu = A.to_unit(task.unlabelled_x[to_device(ui, self.device)])
                     views += [A.weak_view(xu, rng, fp), A.strong_view(xu, rng, fp)]
                 with self.autocast():
                     logits = self.classifier(cuda_channels_last(torch.cat(views) * 2 - 1))
@@ -326,7 +326,7 @@ class DGR(Method):
     def _generate_replay(self, task: TaskData, old: list[int], n: int) -> dict:
         """n images of uniformly drawn old classes from G_{k-1}; labels are the conditioning class."""
         c = self.cfg.classifier
-        y = torch.tensor(old, dtype=torch.long)[torch.randint(len(old), (n,), generator=self.ctx.rng)].to(self.device)
+        y = to_device(torch.tensor(old, dtype=torch.long)[torch.randint(len(old), (n,), generator=self.ctx.rng)], self.device)
         if self._replay_model is None:
             self._replay_model = self.gen.sampler_from(self.replay_G)
         was_training = self.classifier.training

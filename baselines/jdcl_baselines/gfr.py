@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jdcl_bench.data import augment as A
-from jdcl_bench.fastpath import autocast, cuda_channels_last
+from jdcl_bench.fastpath import autocast, cuda_channels_last, to_device
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, derive_seed, optimiser_step, sample_indices
 from jdcl_bench.models import cifar_resnet, normalise
 
@@ -273,7 +273,7 @@ class GFR(Method):
                 with torch.no_grad(), autocast(dev, c.amp):
                     real = self._features(self.net, self._augment(x)).float()
                 z = self._noise(len(y))
-                alpha = torch.rand(len(y), 1, generator=rng).to(dev)
+                alpha = to_device(torch.rand(len(y), 1, generator=rng), dev)
                 self.counters["images_seen"] += len(y)
 
                 # critic step, every batch
@@ -308,12 +308,12 @@ class GFR(Method):
 
     # ---- helpers ---------------------------------------------------------------------------------------
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.latent_dim, generator=self.ctx.rng).to(self.device)
+        return to_device(torch.randn(n, self.cfg.latent_dim, generator=self.ctx.rng), self.device)
 
     def _old_labels(self, task: TaskData, n: int, among: list[int] | None = None) -> torch.Tensor:
         old = among if among is not None else [k for k in task.seen_classes if k not in task.classes]
         pick = torch.randint(len(old), (n,), generator=self.ctx.rng)
-        return torch.tensor(old)[pick].to(self.device)
+        return to_device(torch.tensor(old)[pick], self.device)
 
     @staticmethod
     def _frozen(m: nn.Module) -> nn.Module:

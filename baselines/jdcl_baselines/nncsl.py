@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
 from jdcl_bench.data.colour import color_distort
-from jdcl_bench.fastpath import autocast, cuda_channels_last
+from jdcl_bench.fastpath import autocast, cuda_channels_last, to_device
 from jdcl_bench.methods.base import Method, ProtocolInfo, TaskData, optimiser_step, sample_indices
 from jdcl_bench.models import normalise
 
@@ -244,7 +244,7 @@ class NNCSL(Method):
         n = self.cfg.sup_per_class
         u = torch.rand(len(self.blocks), n, generator=self.ctx.rng)
         j = torch.minimum((u * self.block_count[:, None]).long(), (self.block_count - 1)[:, None])
-        return self.block_idx.gather(1, j).flatten().to(self.device)
+        return to_device(self.block_idx.gather(1, j).flatten(), self.device)
 
     def _global_view(self, x: torch.Tensor) -> torch.Tensor:
         rng, c = self.ctx.rng, self.cfg
@@ -330,7 +330,7 @@ class NNCSL(Method):
         for k in task.seen_classes:
             if k in task.classes:
                 xs = task.x[task.y == k]
-                xs = xs[torch.randperm(len(xs), generator=self.ctx.rng).to(self.device)]
+                xs = xs[to_device(torch.randperm(len(xs), generator=self.ctx.rng), self.device)]
             else:
                 xs = self.buf_x[self.buf_y == k]
             per_class[k] = xs

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fastpath import to_device
 from .colour import equalize, luma
 
 __all__ = ["images_to_tensor", "to_unit", "to_float", "hflip", "random_crop", "random_resized_crop", "cutout",
@@ -82,7 +83,7 @@ def _randint(u: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _on(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.to(device=x.device, dtype=x.dtype)
+    return to_device(t, x.device, x.dtype)
 
 
 # ---- flips and crops --------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def hflip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor
 
 
 def _hflip(x, u, p):
-    flip = (u < p).to(x.device).view(-1, 1, 1, 1)
+    flip = to_device(u < p, x.device).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 
@@ -111,8 +112,8 @@ def _random_crop(x, u, padding, mode):
         raise ValueError(f"reflect padding {padding} needs images larger than that, got {h}x{w}")
     padded = F.pad(x, (padding, padding, padding, padding), mode=mode)
     hp, wp = h + 2 * padding, w + 2 * padding
-    oy = _randint(u[:, 0], 2 * padding + 1).to(x.device)
-    ox = _randint(u[:, 1], 2 * padding + 1).to(x.device)
+    oy = to_device(_randint(u[:, 0], 2 * padding + 1), x.device)
+    ox = to_device(_randint(u[:, 1], 2 * padding + 1), x.device)
     rows = oy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = ox[:, None] + torch.arange(w, device=x.device)  # (B, W)
     # flat index of every output pixel inside its padded image, shared by the channels
@@ -154,8 +155,8 @@ def _cutout(x, u, size, fill):
     _, _, h, w = x.shape
     if size <= 0:
         return x.clone()
-    y0 = (_randint(u[:, 0], h) - size // 2).to(x.device)
-    x0 = (_randint(u[:, 1], w) - size // 2).to(x.device)
+    y0 = to_device(_randint(u[:, 0], h) - size // 2, x.device)
+    x0 = to_device(_randint(u[:, 1], w) - size // 2, x.device)
     rows = torch.arange(h, device=x.device)[None, :]
     cols = torch.arange(w, device=x.device)[None, :]
     in_rows = (rows >= y0[:, None]) & (rows < y0[:, None] + size)  # (B, H)
@@ -191,7 +192,7 @@ def _apply_ops(x, op, level, apply, sign):
     sample keeps the result of its own op; geometric ops share one affine grid_sample."""
     b, c, h, w = x.shape
     dev = x.device
-    chosen = {name: (apply & (op == i)).to(dev).view(b, 1, 1, 1) for i, name in enumerate(RAND_AUGMENT_OPS)}
+    chosen = {name: to_device(apply & (op == i), dev).view(b, 1, 1, 1) for i, name in enumerate(RAND_AUGMENT_OPS)}
 
     def factor():  # Brightness, Color, Contrast, Sharpness: level * 0.9 / 10 + 0.05
         return _on(level * 0.9 / _PARAMETER_MAX + 0.05, x).view(b, 1, 1, 1)
@@ -220,7 +221,7 @@ def _apply_ops(x, op, level, apply, sign):
         mats[sel] = _geometric_matrix(name, level[sel], sign[sel], h, w)
     if bool(geo.any()):
         warped = _affine(x, mats, fill=GEOMETRIC_FILL)
-        out = torch.where(geo.to(dev).view(b, 1, 1, 1), warped, out)
+        out = torch.where(to_device(geo, dev).view(b, 1, 1, 1), warped, out)
     return out
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..fastpath import to_device
+
 __all__ = ["luma", "hue_shift", "equalize", "color_jitter", "color_distort"]
 
 
@@ -78,7 +80,7 @@ def color_distort(x: torch.Tensor, gen: torch.Generator, strength: float = 0.5, 
     """PAWS' CIFAR colour pipeline (NNCSL's views): ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with
     probability ``p_jitter``, then Solarize and Equalize, each with its own probability."""
     b = x.shape[0]
-    u = torch.rand(b, 7, generator=gen).to(x.device)  # row i belongs to sample i
+    u = to_device(torch.rand(b, 7, generator=gen), x.device)  # row i belongs to sample i
     s = 0.8 * strength
     view = (-1, 1, 1, 1)
     y = color_jitter(x, (1 + s * (2 * u[:, 1] - 1)).view(view), (1 + s * (2 * u[:, 2] - 1)).view(view),

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import torch
 
 from .. import distributed as D
+from ..fastpath import to_device
 from ..seeds import derive_seed  # noqa: F401 (methods and plugins import it from here)
 
 if TYPE_CHECKING:
@@ -174,8 +175,8 @@ def sample_indices(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor
     if n <= 0:
         raise ValueError("cannot sample from an empty pool")
     if n >= k:
-        return torch.randperm(n, generator=gen)[:k].to(device)
-    return torch.randint(n, (k,), generator=gen).to(device)
+        return to_device(torch.randperm(n, generator=gen)[:k], device)
+    return to_device(torch.randint(n, (k,), generator=gen), device)
 
 
 # --------------------------------------------------------------------------------------------

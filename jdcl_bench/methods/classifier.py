@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as D
+from ..fastpath import to_device
 from ..models import cifar_resnet
 from .base import optimiser_step
 
@@ -86,7 +87,7 @@ class ClassifierTrainer:
         self.model.train()
         with ctx.progress(description, self.total_steps - self.step):
             while self.step < self.total_steps:
-                idx = torch.randint(len(x), (min(self.cfg.batch_size, len(x)),), generator=ctx.rng).to(x.device)
+                idx = to_device(torch.randint(len(x), (min(self.cfg.batch_size, len(x)),), generator=ctx.rng), x.device)
                 xb = to_unit(x[idx])
                 if self.cfg.augment:
                     xb = weak_view(xb, ctx.rng, self.flip_p)

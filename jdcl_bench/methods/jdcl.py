@@ -26,7 +26,7 @@ from .. import distributed as D
 from ..artefacts import save_class_grid
 from ..config import ConfigError
 from ..data import augment as A
-from ..fastpath import autocast, maybe_compile, unet_memory_format
+from ..fastpath import autocast, maybe_compile, to_device, unet_memory_format
 from ..memory import check_joint_unet_fits
 from .base import Method, ProtocolInfo, TaskData, optimiser_step
 from ..jdcl.diffusion import EMA, GaussianDiffusion, global_ema
@@ -222,7 +222,7 @@ class JDCL(Method):
 
     def _sup_loss(self, fwd, task: TaskData):
         c = self.cfg
-        idx = torch.randint(len(task.x), (c.batch_size,), generator=self.ctx.rng).to(self.device)
+        idx = to_device(torch.randint(len(task.x), (c.batch_size,), generator=self.ctx.rng), self.device)
         x_diff, x_cls = self._views(A.to_unit(task.x[idx]), c.local_crop_scale)
         x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
         # this rank's slice of the global batch (all of it in one process)
@@ -238,8 +238,8 @@ class JDCL(Method):
         """FixMatch inside the joint model: diffusion on the unlabelled stream only."""
         c = self.cfg
         bl, bu = c.ssl_labelled_batch, c.ssl_labelled_batch * c.ssl_mu
-        li = torch.randint(len(task.x), (bl,), generator=self.ctx.rng).to(self.device)
-        ui = torch.randint(len(task.unlabelled_x), (bu,), generator=self.ctx.rng).to(self.device)
+        li = to_device(torch.randint(len(task.x), (bl,), generator=self.ctx.rng), self.device)
+        ui = to_device(torch.randint(len(task.unlabelled_x), (bu,), generator=self.ctx.rng), self.device)
         xl, xu = A.to_unit(task.x[li]), A.to_unit(task.unlabelled_x[ui])
         rng, fp = self.ctx.rng, self.info.flip_p
         u_diff = A.random_resized_crop(A.hflip(xu, rng, fp), rng, scale=(c.local_crop_scale, 1.0)) * 2 - 1
@@ -369,7 +369,7 @@ class JDCL(Method):
         self.net.train()
         with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
-                idx = torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng).to(self.device)
+                idx = to_device(torch.randint(len(rx), (c.batch_size,), generator=self.ctx.rng), self.device)
                 x_diff, x_cls = self._views(A.to_unit(rx[idx]), c.global_crop_scale)
                 y = ry[idx]
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
