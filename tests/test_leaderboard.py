@@ -341,6 +341,22 @@ def test_show_renders_matrix_and_artefacts(results):
     assert render_show(run) is not None
 
 
+def test_show_says_a_resumed_run_shared_its_gpu_and_ran_mixed_code(results):
+    import json
+
+    run = next((results / P10).glob("jdcl-*/full/seed0"))
+    man = json.loads((run / "manifest.json").read_text())
+    man.update(gpu_shared_by=4, note="from task 1: one of 4 runs; from task 2: alone",
+               mixed_source_hashes=["aaaa1111", "bbbb2222"],
+               segments=[{"from_task": 1, "source_hash": "aaaa1111", "gpu_name": "NVIDIA H100", "gpu_shared_by": 4},
+                         {"from_task": 2, "source_hash": "bbbb2222", "gpu_name": "NVIDIA H100", "gpu_shared_by": 1}])
+    (run / "manifest.json").write_text(json.dumps(man))
+    text = render_show_text(run, width=200)
+    for fragment in ("GPU shared by", "4 runs at once", "one of 4 runs", "process 2", "from task 2: source bbbb2222",
+                     "ran different code", "aaaa1111"):
+        assert fragment in text, fragment
+
+
 def test_show_rejects_non_run_dir(results):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         render_show(results)

@@ -151,6 +151,20 @@ def render_show(run_dir: str | Path):
     timing_rows += [(f"budget.{k}", v) for k, v in budget.items()]
     if budget.get("reduced") is True:
         timing_rows.append(("note", Text("reduced budget: not the paper's full training budget", style="yellow")))
+    shared = manifest.get("gpu_shared_by")
+    if isinstance(shared, int) and shared > 1:
+        timing_rows.append(("GPU shared by", Text(f"{shared} runs at once: GPU seconds are shared wall time, "
+                                                  "not this run's alone", style="yellow")))
+    if manifest.get("note"):
+        timing_rows.append(("launcher note", str(manifest["note"])))
+    segments = [sg for sg in manifest.get("segments") or [] if isinstance(sg, dict)]
+    if len(segments) > 1:  # a resumed run: which process trained which tasks, on what
+        for i, sg in enumerate(segments, 1):
+            timing_rows.append((f"process {i}", f"from task {sg.get('from_task', '?')}: source {sg.get('source_hash')}, "
+                                                f"{sg.get('gpu_name') or 'no GPU'}, GPU shared by {sg.get('gpu_shared_by', 1)}"))
+    if manifest.get("mixed_source_hashes"):
+        timing_rows.append(("code", Text("its processes ran different code: " +
+                                         ", ".join(map(str, manifest["mixed_source_hashes"])), style="bold red")))
     timing_rows += [("started", manifest.get("started_at")), ("finished", manifest.get("finished_at"))]
     parts.append(kv_table("Timings and budget", timing_rows))
 
