@@ -84,11 +84,13 @@ SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init
 
 @pytest.mark.parametrize("semi", [False, True])
 def test_jdcl_conformance(tmp_path, monkeypatch, semi):
-    """Semi-supervised: the official settings. Supervised: the short-budget options and the diagnostics
-    on, so the kit's crash at 3/4 of the ticks (inside task 2's global stage) checks that a resume there
-    is exact with them, the diagnostics in metrics.json included."""
+    """Semi-supervised: the official settings. Supervised: what `standard` changes (the short-budget
+    options, the diagnostics, lr and the few-step sampler on DDIM's grid), so the kit's crash at 3/4 of
+    the ticks (inside task 2's global stage) checks that a resume there is exact with them, the
+    diagnostics in metrics.json included."""
     monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
-    overrides = {} if semi else {**SHORT_BUDGET, "diagnostics": True}
+    standard = {"lr": 5e-4, "sampler": "dpm-solver++", "sampler_spacing": "uniform"}
+    overrides = {} if semi else {**SHORT_BUDGET, "diagnostics": True, **standard}
     out = check_method("jdcl", preset="smoke", semi=semi, overrides=overrides, workdir=tmp_path)
     assert out["semi"] is semi and out["ticks"] > 0
     if not semi:
