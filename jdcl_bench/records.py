@@ -74,6 +74,23 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def keep_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of ``src`` as it is now, atomically: a hard link where the file system
+    allows it (``src`` is later replaced, never rewritten in place, so the link keeps this version),
+    else a byte copy."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: damaged, truncated, foreign or tampered with."""
 

@@ -76,8 +76,8 @@ def prepare(run_dir: Path, config_doc: dict, protocol: Protocol, restart: bool, 
     config.json is written here. ``restart`` drops the directory's checkpoint and records first."""
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.json"
     if restart and D.is_main():
-        dropped = [f.name for f in (ckpt_path, metrics_path, run_dir / "manifest.json", run_dir / "config.json")
-                   if f.exists()]
+        dropped = [f.name for f in (ckpt_path, run_dir / "checkpoint-task.pt", metrics_path,
+                                    run_dir / "manifest.json", run_dir / "config.json") if f.exists()]
         for name in dropped:
             (run_dir / name).unlink()
         if dropped:

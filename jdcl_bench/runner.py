@@ -2,9 +2,10 @@
 
 A run is identified by (protocol, method, preset, config overrides, seed) and lives in
 ``<out>/runs/<protocol>/<method>/<preset>[+<overrides hash>]/seed<N>``. After every task the
-runner writes ``checkpoint.pt`` atomically; a method that sets ``supports_resume_in_task`` also
-gets checkpoints inside a task (every ``checkpoint_every_s`` seconds and when ``time_limit_s``
-runs out, after which the run stops cleanly). Starting the same run again resumes from the last
+runner writes ``checkpoint.pt`` atomically, and keeps that between-task state as
+``checkpoint-task.pt``; a method that sets ``supports_resume_in_task`` also gets checkpoints inside
+a task in ``checkpoint.pt`` (every ``checkpoint_every_s`` seconds and when ``time_limit_s`` runs
+out, after which the run stops cleanly). Starting the same run again resumes from the last
 checkpoint. Global torch generators (dropout, init) and ``ctx.rng`` are re-seeded from
 (seed, task) at every task start and saved inside a task, so a resumed run computes exactly
 what an uninterrupted one does on CPU.
@@ -43,6 +44,8 @@ from .protocol import Protocol, get_protocol
 from .registry import METHODS
 from .run_dir import RunMismatch, check_same_data, prepare, run_dir_for  # noqa: F401 (RunMismatch: importable from here too)
 from .tasks import build_tasks, test_set
+
+TASK_CHECKPOINT = "checkpoint-task.pt"  # the state after the last finished task (see save_checkpoint)
 
 
 # Users' runs go to a folder of their own, not into the repository's committed results/
@@ -156,6 +159,11 @@ class Runner:
                 "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
                 "diagnostics": self.diagnostics, "task_seconds": self.task_seconds, "segments": self.segments,
             }, self.run_dir / "checkpoint.pt")
+            if phase == "task_done":
+                # the last between-task state outlives the in-task checkpoints that replace
+                # checkpoint.pt: small enough to carry to another machine, and a run resumed from it
+                # repeats the interrupted task exactly (each task is seeded from the seed and its index)
+                records.keep_copy(self.run_dir / "checkpoint.pt", self.run_dir / TASK_CHECKPOINT)
         self.last_save = time.time()
 
     # ---- the run ----------------------------------------------------------------------

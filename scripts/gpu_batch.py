@@ -56,19 +56,32 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
             break  # a later run of the chain may depend on this one (GUIDE on DGR's generators)
 
 
-def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20) -> None:
-    """Split each unfinished run's checkpoint into parts the device machine can return."""
+def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_bytes: int = 60 * 2**20) -> None:
+    """Split each unfinished run's checkpoint into parts the device machine can return (16 MB a
+    file, 64 MB in all). A checkpoint taken inside a task (JDCL: models, optimiser, teachers and
+    replay, a few hundred MB) is too large: then the run's state after its last finished task
+    (``checkpoint-task.pt``, about 30 MB for the `fast` UNet) comes back instead, and a run resumed
+    from it repeats the interrupted task from its start, exactly."""
     for ckpt in sorted(out.rglob("checkpoint.pt")):
         metrics = ckpt.parent / "metrics.json"
         if metrics.is_file():
             d = json.loads(metrics.read_text())
             if d.get("tasks_done") == d.get("num_tasks"):
                 continue
-        data = ckpt.read_bytes()
+        src, what = ckpt, "checkpoint"
+        if ckpt.stat().st_size > max_bytes:
+            task_ckpt = ckpt.parent / "checkpoint-task.pt"
+            if not task_ckpt.is_file() or task_ckpt.stat().st_size > max_bytes:
+                print(f"checkpoint {ckpt} ({ckpt.stat().st_size / 2**20:.0f} MB) is too large to return and the run "
+                      "has no small between-task checkpoint: it stays on this machine only")
+                continue
+            src, what = task_ckpt, (f"between-task checkpoint (the in-task one, {ckpt.stat().st_size / 2**20:.0f} MB, "
+                                    "stays on this machine; resuming from this one repeats the interrupted task)")
+        data = src.read_bytes()
         name = part_name(ckpt.parent, out)  # the device returns only names of letters, digits, '.', '_', '-'
         for i in range(0, len(data), part_bytes):
             (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
-        print(f"checkpoint {ckpt} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
+        print(f"{what} {src} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
               f"({-(-len(data) // part_bytes)} part(s))")
 
 

@@ -61,3 +61,15 @@ def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
     assert not (run / "checkpoint.pt").exists()
     assert gpu_batch.join_checkpoints(out, [first, second]) == [run / "checkpoint.pt"]
     assert (run / "checkpoint.pt").read_bytes() == data
+
+
+def test_an_in_task_checkpoint_too_large_to_return_sends_the_between_task_one(tmp_path):
+    gpu_batch = load_gpu_batch()
+    out, dest = tmp_path / "out", tmp_path / "dest"
+    dest.mkdir()
+    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"i" * 5000)       # in-task: over the limit below
+    (run / "checkpoint-task.pt").write_bytes(b"t" * 1500)  # after the last finished task
+    gpu_batch.bring_checkpoints(out, dest, part_bytes=1000, max_bytes=2000)
+    assert b"".join(p.read_bytes() for p in sorted(dest.iterdir())) == b"t" * 1500

@@ -98,13 +98,24 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     assert killed_at is not None, "the run finished before it could be killed"
     partial = json.loads(next(out.rglob("metrics.json")).read_text())
     assert not partial["complete"]
-    again = cli(*args, "--out", str(out))
-    log = again.stdout.read()
-    assert again.wait(300) == 0, log
-    assert "resuming" in log
-    got = json.loads(next(out.rglob("metrics.json")).read_text())
-    for k in ("acc_matrix", "seen_acc", "final_acc", "avg_inc_acc", "forgetting"):
-        assert got[k] == ref_metrics[k], k
+    # the state after the last finished task survives the in-task checkpoints: a copy of the run
+    # resumed from it (what a fresh machine gets, scripts/gpu_batch.py) repeats the killed task exactly
+    import shutil
+
+    from_task = tmp_path / "from-task"
+    shutil.copytree(out, from_task)
+    run_dir = next(from_task.rglob("checkpoint-task.pt")).parent
+    task_state = torch.load(run_dir / "checkpoint-task.pt", weights_only=True)
+    assert task_state["phase"] == "task_done" and task_state["task"] == killed_at - 1
+    shutil.copyfile(run_dir / "checkpoint-task.pt", run_dir / "checkpoint.pt")
+    for where in (out, from_task):
+        again = cli(*args, "--out", str(where))
+        log = again.stdout.read()
+        assert again.wait(300) == 0, log
+        assert "resuming" in log
+        got = json.loads(next(where.rglob("metrics.json")).read_text())
+        for k in ("acc_matrix", "seen_acc", "final_acc", "avg_inc_acc", "forgetting"):
+            assert got[k] == ref_metrics[k], (where.name, k)
 
 
 @dataclass
