@@ -118,6 +118,8 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
             for i in range(len(numbered)):
                 fh.write(numbered[i].read_bytes())
         tmp.replace(dest)  # whole or not at all
+        for f in numbered.values():  # joined once: a later command on this machine must not join them again
+            f.unlink()               # over the newer checkpoint the run has written since
         print(f"joined {len(numbered)} part(s) into {dest}")
         joined.append(dest)
     return joined

@@ -61,6 +61,10 @@ def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
     assert not (run / "checkpoint.pt").exists()
     assert gpu_batch.join_checkpoints(out, [first, second]) == [run / "checkpoint.pt"]
     assert (run / "checkpoint.pt").read_bytes() == data
+    # the parts are used up: joining again (the next command on the same machine) changes nothing
+    (run / "checkpoint.pt").write_bytes(b"newer, written by the resumed run")
+    assert gpu_batch.join_checkpoints(out, [first, second]) == []
+    assert (run / "checkpoint.pt").read_bytes() == b"newer, written by the resumed run"
 
 
 def test_an_in_task_checkpoint_too_large_to_return_sends_the_between_task_one(tmp_path):

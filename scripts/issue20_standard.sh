@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# JDCL's `standard` preset on one protocol, one device command at a time (the JDCL budget issue).
+# A run is about 30 GPU-minutes, so it spans several 10-minute commands. Each command trains until
+# DEADLINE seconds, stops inside a task (checkpoint.pt stays on the warm machine) and returns the
+# state after its last finished task (checkpoint-task.pt, about 30 MB, as $OUT/ckpt-*.partNN) as
+# insurance; the same command, again, resumes. On a fresh machine, carry the returned parts in
+# .gpu-stage/ and set JOIN=1 (docs/jdcl.md, "Runs longer than one command").
+#
+#   bash scripts/issue20_standard.sh [protocol] [seed]        # on the device, from the repository root
+#   JOIN=1 DEADLINE=560 bash scripts/issue20_standard.sh cifar10-semi-5pct
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=${1:-cifar10-t5}
+SEED=${2:-0}
+DATA=${DATA:-.data/cifar10-jpeg}
+export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache
+export JDCL_BENCH_TENSORBOARD=0
+[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
+python3 -m pip install -q --no-deps --no-build-isolation -e .
+join=()
+if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
+python3 scripts/gpu_batch.py --deadline "${DEADLINE:-560}" --min-start 60 --out .gpu-runs --data-dir "$DATA" \
+  --bring-checkpoints "${join[@]}" --chain "$P:jdcl:standard:$SEED"
