@@ -63,6 +63,15 @@ class GeneratorConfig:
     labeller_lr: float = 0.03
     labeller_threshold: float = 0.95
 
+    def validate(self) -> dict[str, str]:
+        # named before any training: an unknown sampler would otherwise fail at task 2's self-replay
+        if self.replay_sampler not in SAMPLERS:
+            return {"replay_sampler": f"not one of {', '.join(SAMPLERS)} (e.g. --set generator.replay_sampler=ddim)"}
+        return {}
+
+
+SAMPLERS = ("ancestral", "ddim", "dpm-solver++")  # what ConditionalGenerator.sample runs
+
 
 # -----------------------------------------------------------------------------
 # small helpers

@@ -229,3 +229,31 @@ def test_conformance_with_diagnostics_on(tmp_path, monkeypatch):
     monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
     out = check_method("guide", preset="smoke", overrides={"diagnostics": True}, semi=False, workdir=tmp_path)
     assert out["ticks"] > 0
+
+
+def test_classifier_replay_sampler_is_an_option_and_bad_samplers_are_named_before_training(tmp_path, monkeypatch):
+    """classifier.sampler=dpm-solver++ replays (and draws the grid) with DPM-Solver++ and says so in the
+    budget; an unknown classifier or self-replay sampler is a config error before any step."""
+    from click.testing import CliRunner
+
+    from jdcl_baselines.cond_diffusion import ConditionalGenerator
+    from jdcl_bench.cli import main
+
+    used = []
+    sample = ConditionalGenerator.sample
+
+    def spy(self, eps_fn, y, **kw):
+        used.append(kw.get("sampler"))
+        return sample(self, eps_fn, y, **kw)
+
+    monkeypatch.setattr(ConditionalGenerator, "sample", spy)
+    base = ["run", "--protocol", "synthetic-t2", "--method", "dgr", "--preset", "smoke", "--device", "cpu",
+            "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, base + ["--set", "classifier.sampler=dpm-solver++"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "dpm-solver++" in used and "ancestral" not in used  # smoke's self-replay is DDIM
+    (d,) = (tmp_path / "runs" / "synthetic-t2" / "dgr").glob("smoke+*/seed0")
+    assert json.loads((d / "manifest.json").read_text())["budget"]["replay_sampler"] == "dpm-solver++"
+    for bad in ("classifier.sampler=euler", "generator.replay_sampler=euler"):
+        r = CliRunner().invoke(main, base + ["--set", bad])
+        assert r.exit_code == 2 and bad.split("=")[0] in r.output and "ddim" in r.output, r.output
