@@ -1,13 +1,11 @@
 """scripts/distributed_report.py: rates from log timestamps, accuracy side by side, refusal of unlike runs."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
-SPEC = importlib.util.spec_from_file_location("distributed_report", Path(__file__).parents[1] / "scripts" / "distributed_report.py")
-report_mod = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(report_mod)
+report_mod = load_script("scripts/distributed_report.py")
 
 
 def _log(path: Path, step_seconds: float, tasks=(1, 2)) -> Path:

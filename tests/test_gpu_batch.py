@@ -1,14 +1,8 @@
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_module import load_script
 
 
 def load_gpu_batch():
-    spec = importlib.util.spec_from_file_location("gpu_batch", ROOT / "scripts" / "gpu_batch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/gpu_batch.py")
 
 
 def test_checkpoint_parts_have_names_the_device_returns_and_join_back(tmp_path):

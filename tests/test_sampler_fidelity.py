@@ -1,20 +1,16 @@
 """benchmarks/sampler_fidelity.py in its CPU smoke mode: a random smoke-size model on the synthetic
 protocol, tiny; the record is complete and carries every sampler's rate and replay measures."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from script_module import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("sampler_fidelity", ROOT / "benchmarks" / "sampler_fidelity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def load_sampler_fidelity():
+    return load_script("benchmarks/sampler_fidelity.py")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +42,7 @@ def untrained_reference(tmp_path, monkeypatch):
 
 
 def test_parse_sampler():
-    mod = load_script()
+    mod = load_sampler_fidelity()
     assert mod.parse_sampler("ddim-50") == {"name": "ddim-50", "kind": "ddim", "steps": 50, "spacing": "uniform"}
     assert mod.parse_sampler("dpm-10")["spacing"] == "logsnr"
     assert mod.parse_sampler("dpm-15-uniform")["spacing"] == "uniform"
@@ -56,7 +52,7 @@ def test_parse_sampler():
 
 
 def test_smoke_mode_writes_a_complete_record(tmp_path, untrained_reference):
-    mod = load_script()
+    mod = load_sampler_fidelity()
     record = mod.main(["--random-model", "--protocol", "synthetic-t2", "--device", "cpu", "--n", "12",
                        "--gen-batch", "8", "--samplers", "ddim-50,ddim-4,dpm-3,dpm-3-uniform", "--reference", "ddim-4",
                        "--out", str(tmp_path / "bench")])

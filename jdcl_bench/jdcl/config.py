@@ -94,6 +94,8 @@ class JDCLConfig:
             bad["max_sampled_factor"] = "must be >= 1 (samples drawn per replay image before duplicates fill in)"
         if self.model_channels < 0:
             bad["model_channels"] = "must be >= 0 (0: the UNet preset's width)"
+        from .diffusion import SOLVER_SPACINGS  # torch: only where used (the grids solver_timesteps knows)
+
         for key, allowed, example in (("unet", UNETS, "fast"), ("compile_mode", COMPILE_MODES, "reduce-overhead"),
                                       ("sampler", SAMPLERS, "ddim"), ("local_init", LOCAL_INITS, "global"),
                                       ("sampler_spacing", SOLVER_SPACINGS, "uniform")):
@@ -117,7 +119,6 @@ UNETS = ("paper", "fast", "smoke")  # UNetConfig's presets
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOCAL_INITS = ("scratch", "global")
 SAMPLERS = ("ddim", "dpm-solver++")
-SOLVER_SPACINGS = ("uniform", "logsnr", "linspace")  # diffusion.SOLVER_SPACINGS (kept torch-free here)
 
 # The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
 # results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
