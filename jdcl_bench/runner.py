@@ -53,6 +53,14 @@ TASK_CHECKPOINT = "checkpoint-task.pt"  # the state after the last finished task
 DEFAULT_OUT = "jdcl-runs"
 
 
+def _segment(manifest: dict, from_task: int) -> dict:
+    """What a manifest says of the process that wrote it, as one entry of ``manifest["segments"]``."""
+    code, hw = manifest.get("code_version") or {}, manifest.get("hardware") or {}
+    return {"from_task": from_task, "started_at": manifest.get("started_at"),
+            "source_hash": code.get("source_hash"), "commit": code.get("commit"), "gpu_name": hw.get("gpu_name"),
+            "gpu_shared_by": manifest.get("gpu_shared_by", 1), "note": manifest.get("note")}
+
+
 class StopRun(Exception):
     """Raised inside a task when the time limit is reached; the run was checkpointed."""
 
@@ -326,11 +334,7 @@ class Runner:
         """Adds this process to ``self.segments`` and folds all of them into the manifest: a run that
         shared its GPU in any process says so (the most processes it shared with), every process's
         note is kept, and a run whose processes ran different code says which."""
-        this = {"from_task": start + 1, "started_at": manifest["started_at"],
-                "source_hash": manifest["code_version"].get("source_hash"),
-                "commit": manifest["code_version"].get("commit"),
-                "gpu_name": manifest["hardware"].get("gpu_name"),
-                "gpu_shared_by": manifest.get("gpu_shared_by", 1), "note": manifest.get("note")}
+        this = _segment(manifest, start + 1)
         earlier = self.segments
         if earlier and earlier[-1].get("source_hash") != this["source_hash"]:
             self.reporter.info(f"warning: this run's earlier tasks ran source hash {earlier[-1].get('source_hash')}, "
@@ -362,12 +366,7 @@ class Runner:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
-        return [{"from_task": 1, "started_at": old.get("started_at"),
-                 "source_hash": old.get("code_version", {}).get("source_hash"),
-                 "commit": old.get("code_version", {}).get("commit"),
-                 "gpu_name": old.get("hardware", {}).get("gpu_name"),
-                 "gpu_shared_by": old.get("gpu_shared_by", 1), "note": old.get("note"),
-                 "from_manifest": True}]
+        return [{**_segment(old, 1), "from_manifest": True}]
 
     def _no_time_for(self, k: int, start: int, longest: float) -> bool:
         """Whether task k would not finish within --time-limit (rank 0's clock decides); says so."""
