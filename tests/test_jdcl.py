@@ -298,6 +298,21 @@ def test_records_from_before_the_short_budget_options_get_their_own_label():
     assert JDCL.differences_from_paper(asdict(JDCL.config_for("paper", {}))) == []
 
 
+def test_records_at_the_recipes_lr_and_ddim_get_their_own_label():
+    """`fast` ran lr 2e-4 and DDIM-50 until it took lr 5e-4 and DPM-Solver++: those records (the
+    accuracy-vs-compute runs among them) are a recipe of their own, never averaged with today's
+    `fast`; today's presets keep the plain label."""
+    from dataclasses import asdict
+
+    from jdcl_bench.methods.jdcl import JDCL
+
+    earlier = asdict(JDCL.config_for("fast", {"lr": "2e-4", "sampler": "ddim", "ddim_steps": "50"}))
+    assert JDCL.label_for_config(earlier) == "JDCL (lr 2e-4, DDIM-50)"
+    for preset in ("fast", "standard", "digits", "paper"):
+        assert JDCL.label_for_config(asdict(JDCL.config_for(preset, {}))) is None, preset
+    assert "lr 0.0005 (recipe 2e-4)" in JDCL.differences_from_paper(asdict(JDCL.config_for("fast", {})))
+
+
 def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
     """replay_confidence_threshold: a sample's label is kept only at that probability or above (-1 = no
     class, never taken into the replay); 0 keeps every label. A threshold nothing passes stops the run
@@ -317,9 +332,10 @@ def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
     assert json.loads(next(tmp_path.rglob("metrics.json")).read_text())["tasks_done"] == 1
 
 
-def test_standard_takes_the_measured_lr_and_few_step_sampler_and_says_so():
-    """`standard` runs lr 5e-4 and DPM-Solver++ in 10 steps on DDIM's grid (the two-task probe and the
-    sampler record); both are deviations from the recipe that the paper comparison lists, `paper` none."""
+def test_fast_and_standard_take_the_measured_lr_and_few_step_sampler_and_say_so():
+    """`fast` and `standard` run lr 5e-4 and DPM-Solver++ in 10 steps on DDIM's grid (measured on
+    cifar10-t5 at `fast`'s steps); both are deviations from the recipe that the paper comparison
+    lists, `paper` none. `standard` is `fast`'s recipe at more steps."""
     from dataclasses import asdict
 
     from jdcl_bench.methods.jdcl import JDCL
@@ -329,4 +345,8 @@ def test_standard_takes_the_measured_lr_and_few_step_sampler_and_says_so():
     diffs = JDCL.differences_from_paper(std)
     assert any("dpm-solver++ (10 steps, uniform grid)" in d for d in diffs)
     assert any(d.startswith("lr 0.0005") for d in diffs)
-    assert asdict(JDCL.config_for("fast", {}))["lr"] == 2e-4  # fast keeps the lr its record ran
+    fast = asdict(JDCL.config_for("fast", {}))
+    assert {k: v for k, v in fast.items() if k not in ("local_steps", "global_steps")} == \
+        {k: v for k, v in std.items() if k not in ("local_steps", "global_steps")}
+    assert (std["local_steps"], std["global_steps"]) == (5 * fast["local_steps"], 5 * fast["global_steps"])
+    assert asdict(JDCL.config_for("paper", {}))["lr"] == 2e-4 and JDCL.config_for("paper", {}).sampler == "ddim"

@@ -517,6 +517,36 @@ def test_cli_table_tiers(tmp_path):
     assert r.exit_code == 2 and "exclude each other" in r.output
 
 
+def test_overrides_a_preset_has_since_taken_make_the_run_one_of_its_seeds(tmp_path):
+    """A run made as `fast --set lr=5e-4` before `fast` took lr 5e-4 is, by its config, a `fast` run:
+    one of the preset's seeds, its config.json still saying what was typed. An override the preset
+    took while another still differs drops out of the label; the other stays. Each is read against
+    the preset as the code defines it now, so a run whose config differs from it keeps its overrides."""
+    from dataclasses import asdict
+
+    from jdcl_bench.methods.jdcl import JDCL
+
+    root = tmp_path / "results"
+    fast_now = json.loads(json.dumps(asdict(JDCL.config_for("fast", {}))))
+
+    def run(seed, overrides, **changes):
+        d = write_run(root, P10, "jdcl", "JDCL", seed, 50.0 + seed, preset="fast",
+                      subdir=f"{P10}/jdcl/fast+{seed}/seed{seed}")
+        config = json.loads((d / "config.json").read_text())
+        config["method_config"] = {**fast_now, **changes}
+        config["overrides"] = overrides
+        (d / "config.json").write_text(json.dumps(config))
+
+    run(0, {"lr": "5e-4", "ddim_steps": str(fast_now["ddim_steps"])})           # what fast gives today
+    run(1, {"lr": "5e-4", "local_steps": "1600"}, local_steps=1600)              # lr taken, steps not
+    run(2, {"lr": "1e-3"}, lr=1e-3)                                              # differs from today's fast
+    df = load_records(root)
+    labels = dict(zip(df["seed"], df["method_label"]))
+    assert labels == {0: "JDCL", 1: "JDCL [local_steps=1600]", 2: "JDCL [lr=1e-3]"}
+    assert dict(zip(df["seed"], df["overrides"]))[0] == {}
+    assert json.loads((root / P10 / "jdcl/fast+0/seed0/config.json").read_text())["overrides"]["lr"] == "5e-4"
+
+
 def test_a_run_with_overrides_is_its_own_row_not_the_presets_seed(tmp_path):
     """`--set local_steps=1600` on `fast` is not the `fast` preset: it must neither replace the preset's
     record of the same seed (the newer of two duplicates wins) nor be averaged with it."""

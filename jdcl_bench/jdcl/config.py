@@ -62,7 +62,7 @@ class JDCLConfig:
     # which always returns its last x̂0); either runs `ddim_steps` model evaluations. On a `fast` G
     # (results/bench/sampler-fidelity-NVIDIA_H100_80GB_HBM3-20261206T131643.json) 10 steps on DDIM's
     # grid gave replay fidelity 53.5 % / Fréchet distance 13.6 against DDIM-50's 48.2 % / 18.5 at
-    # 5.0x its rate (on the log-SNR grid: 48.6 % / 18.3); `standard` uses that.
+    # 5.0x its rate (on the log-SNR grid: 48.6 % / 18.3); `fast` and `standard` use that.
     sampler: str = "ddim"
     # the few-step solver's timesteps (dpm-solver++ only): uniform = DDIM's grid | logsnr | linspace
     sampler_spacing: str = "logsnr"
@@ -125,25 +125,28 @@ SAMPLERS = ("ddim", "dpm-solver++")
 # replay fidelity 41.9 % -> 55.3 %, saturated pixel values 44 % -> 5 %.
 SHORT_BUDGET = {"sampler_clip_x0": True, "global_ema_restart": True, "local_init": "global", "diagnostics": True}
 
+# The quick look: a 7.5M-parameter UNet, batch 512 (the small model is launch-bound at 256, so 512
+# costs little more per step), 1.6 % / 1.7 % of the official local / global steps, 1000 replay images
+# per class (as the paper), the short-budget options and the diagnostics, and two measured changes:
+# lr 5e-4 (recipe 2e-4) and replay by DPM-Solver++(2M) in 10 steps on DDIM's grid (recipe DDIM-250).
+# cifar10-t5, seed 0, H100 (results/curves/jdcl-cifar10-t5): 44.88 % -> 52.83 % at these steps with
+# both (lr 2e-4 and DDIM-50 before), 36.48 -> 39.49 % at half of them; the replay of every generation
+# more faithful (fidelity +7 to +11 points, feature Fréchet distance 15 -> 8-10). On the two-task
+# probe (results/probes/jdcl-cifar10-first2-levers) lr 5e-4 alone lifted G_1's replay fidelity
+# 49.5 -> 59.9 %; the sampler alone replays at 5x DDIM-50's rate, as faithfully or more
+# (results/bench/sampler-fidelity-*T131643.json).
+FAST = {"unet": "fast", "batch_size": 512, "lr": 5e-4, "local_steps": 800, "global_steps": 500,
+        "sampler": "dpm-solver++", "sampler_spacing": "uniform", "ddim_steps": 10,
+        "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
+        "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET}
+
 PRESETS = {
-    # The quick look: a 7.5M-parameter UNet, batch 512 (the small model is launch-bound at 256, so 512
-    # costs little more per step), 1.6 % / 1.7 % of the official local / global steps, DDIM-50 replay,
-    # 1000 replay images per class (as the paper), the short-budget options and the diagnostics.
-    "fast": {"unet": "fast", "batch_size": 512, "local_steps": 800, "global_steps": 500, "ddim_steps": 50,
-             "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
-             "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
-    # `fast` at 5x the steps: sized from the rates measured alone on an H200 (fast UNet compiled:
-    # 25 local / 18 global steps per second, results/probes/jdcl-cifar10-first2) for about 30 GPU-minutes
-    # a cifar10-t5 run with compilation and replay; not yet run end to end (docs/jdcl.md says what is
-    # measured). On cifar10-t5 the gain per doubling of `fast`'s steps falls (+10.1, then +7.3 points),
-    # so at `fast`'s learning rate it projects to about 60 %, not the budget issue's 75 %. Two measured
-    # changes on top: lr 5e-4 (two-task probe, results/probes/jdcl-cifar10-first2-levers: G_1's replay
-    # fidelity 49.5 -> 59.9 %, seen accuracy after task 2 77.9 -> 82.7 % at the same steps) and replay by
-    # DPM-Solver++(2M) in 10 steps on DDIM's grid (as faithful as DDIM-50 or more, 5x its rate).
-    "standard": {"unet": "fast", "batch_size": 512, "lr": 5e-4, "local_steps": 4000, "global_steps": 2500,
-                 "sampler": "dpm-solver++", "sampler_spacing": "uniform", "ddim_steps": 10,
-                 "replay_per_class": 1000, "gen_batch": 2500, "ssl_labelled_batch": 64,
-                 "teacher_weights": "ema", "keep_raw_global": False, "ssl_ema_warmup": True, **SHORT_BUDGET},
+    "fast": FAST,
+    # `fast` at 5x the steps, the same recipe: sized from the rates measured alone (fast UNet compiled:
+    # about 25 local / 17 global steps per second on an H100 or H200) for about 30 GPU-minutes a
+    # cifar10-t5 run with compilation and replay; not yet run end to end (docs/jdcl.md says what is
+    # measured). Along this recipe's curve: 39.49 % at half of `fast`'s steps, 52.83 % at `fast`'s.
+    "standard": {**FAST, "local_steps": 4000, "global_steps": 2500},
     # The first run: digits-t5 on a 2-core CPU in about 5 minutes (results/probes/jdcl-digits-first-run).
     # The tiny `smoke` UNet is enough for 8x8 digits. With steps this few the recipe's class weights
     # leave the global model's classifier behind (seen accuracy 36.7 % after task 4 against 96.4 %,
@@ -164,9 +167,15 @@ PRESETS = {
 def label_for_config(method_config: dict) -> str | None:
     """A record whose config has no ``sampler_clip_x0`` ran before the short-budget options existed
     (LDM's unclipped sampler, continued global EMA, local model from scratch), whatever its preset
-    is called today: its own row, never averaged with the preset's newer seeds."""
+    is called today: its own row, never averaged with the preset's newer seeds. Likewise a record
+    with the options at the recipe's lr and DDIM (`fast` until it took lr 5e-4 and DPM-Solver++)."""
     if "local_steps" in method_config and "sampler_clip_x0" not in method_config:  # a JDCL config, older
         return "JDCL (before the short-budget options)"
+    # With the short-budget options but the recipe's lr and DDIM: `fast` before it took lr 5e-4 and
+    # DPM-Solver++ (and the accuracy-vs-compute runs made with it), a recipe of its own.
+    if (method_config.get("sampler_clip_x0") is True and method_config.get("lr") == 2e-4
+            and method_config.get("sampler", "ddim") == "ddim"):
+        return f"JDCL (lr 2e-4, DDIM-{method_config.get('ddim_steps')})"
     return None
 
 

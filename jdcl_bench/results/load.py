@@ -37,6 +37,37 @@ def config_label(method: str, method_config: dict) -> str | None:
     return label if isinstance(label, str) and label else None
 
 
+@functools.lru_cache(maxsize=None)
+def _preset_config(method: str, preset: str) -> tuple[tuple[str, Any], ...] | None:
+    """The flattened config ``--preset PRESET`` gives METHOD with today's code (JSON values, as a
+    record's config.json holds them), or None when the method or preset cannot be loaded."""
+    try:
+        from ..config import to_dict
+        from ..registry import METHODS
+
+        cfg = METHODS.get(method).config_for(preset, {})
+        return tuple(_flatten(json.loads(json.dumps(to_dict(cfg)))))
+    except Exception:  # a broken or missing plugin, a preset since removed: the recorded overrides stay
+        return None
+
+
+def effective_overrides(method: str, preset: str | None, overrides: dict, method_config: dict) -> dict:
+    """The --set values of a record that still make it differ from its preset as the code defines it
+    today. An override equal to the preset's value today restates the preset (the preset has since
+    taken it) and is dropped; when the record's whole config is what the preset gives today, none is
+    left and the record is one of the preset's seeds. Every other override stays."""
+    if not overrides or not preset:
+        return dict(overrides)
+    current = _preset_config(method, str(preset))
+    if current is None:
+        return dict(overrides)
+    now = dict(current)
+    ran = dict(_flatten(method_config))
+    if all(k in ran and ran[k] == v for k, v in now.items()):
+        return {}
+    return {k: v for k, v in overrides.items() if not (k in now and k in ran and ran[k] == now[k])}
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -78,8 +109,11 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         label += f" ({bound} bound)"
     base_label = label
     # A run with --set overrides is not its preset: its own row, never averaged with (or replacing)
-    # the preset's seeds. Its overrides are part of the label, as in its run directory's name.
-    overrides = _dict(config.get("overrides"))
+    # the preset's seeds. Its overrides are part of the label, as in its run directory's name, except
+    # those the preset has taken since (effective_overrides: a run whose config is today's preset is
+    # one of its seeds; its config.json still says what was typed).
+    overrides = effective_overrides(config["method"], config.get("preset") or budget.get("preset"),
+                                    _dict(config.get("overrides")), _dict(config.get("method_config")))
     overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if overrides_text:
         label += f" [{overrides_text}]"
@@ -120,7 +154,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "run_dir": str(run_dir),
         "budget": budget,                       # the manifest's budget (steps etc. in the method's units)
         "method_config": _dict(config.get("method_config")),
-        "overrides": _dict(config.get("overrides")),   # the run's --set values
+        "overrides": overrides,   # the run's --set values that differ from its preset today
     }
 
 
