@@ -19,6 +19,9 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
 @click.option("--loop", is_flag=True, help="Time JDCL's local- and global-stage loops (augmentations, index draws, "
               "replay batches, teachers, EMA, reporting) next to the bare training step of the same model.")
 @click.option("--semi", is_flag=True, help="With --loop: the semi-supervised (FixMatch) local stage.")
+@click.option("--profile", default=0, type=click.IntRange(min=0), show_default=True,
+              help="With --loop: profile this many more steps of each loop, and as many bare steps, after the timed "
+                   "window (host and device ms per step, syncs, copies, launches, the host's costliest operators).")
 @click.option("--method", default="jdcl", show_default=True,
               help="With --loop: whose loops (jdcl: local and global stage; dgr, guide: the generator's diffusion "
                    "loop and task 2's classifier loop; nncsl: tasks 1 and 2).")
@@ -35,8 +38,8 @@ BENCH_DEFAULTS = {"paper": (256, 2000, 250), "fast": (512, 2500, 50), "smoke": (
               help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
                    "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
-def bench(configs, device, iters, warmup, loop, semi, method, no_compile, no_cudagraphs, contiguous_path, only,
-          inductor_options, out) -> None:
+def bench(configs, device, iters, warmup, loop, semi, profile, method, no_compile, no_cudagraphs, contiguous_path,
+          only, inductor_options, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
 
@@ -55,9 +58,11 @@ def bench(configs, device, iters, warmup, loop, semi, method, no_compile, no_cud
     dev = resolve_device(device)
     if loop:
         return _bench_loops(method, configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup,
-                            semi, out)
+                            semi, out, profile)
     if semi:
         raise click.UsageError("--semi applies to --loop only")
+    if profile:
+        raise click.UsageError("--profile applies to --loop only (the model bench reports kernels by kind already)")
     iters, warmup = 10 if iters is None else iters, 3 if warmup is None else warmup
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "complete": False, "runs": []}
     path = record_path(out, "bench", record.get("gpu_name", "cpu"))
@@ -87,7 +92,8 @@ def bench(configs, device, iters, warmup, loop, semi, method, no_compile, no_cud
     click.echo(f"wrote {path}")
 
 
-def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool, out) -> None:
+def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool, out, profile: int = 0) -> None:
+    import inspect
     import json
 
     from .bench import device_info, record_path
@@ -102,12 +108,15 @@ def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool,
     if unknown:
         raise click.BadParameter(f"{method} has no preset {', '.join(unknown)}; its presets: {', '.join(cls.presets)}",
                                  param_hint="--config")
+    if profile and "profile" not in inspect.signature(cls.time_loops).parameters:
+        raise click.UsageError(f"--profile: {method}'s loop bench does not profile yet (jdcl's does)")
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "method": method,
               "complete": False, "runs": []}
     path = record_path(out, "loop" if method == "jdcl" else f"loop-{method}", record.get("gpu_name", "cpu"))
     for name in configs:
         try:
-            record["runs"].append(cls.time_loops(name, dev, steps, warmup, semi, click.echo))
+            extra = {"profile": profile} if profile else {}
+            record["runs"].append(cls.time_loops(name, dev, steps, warmup, semi, click.echo, **extra))
         except (NotImplementedError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())

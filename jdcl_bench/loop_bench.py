@@ -26,23 +26,30 @@ import torch.nn.functional as F
 from .bench import _sync
 from .jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
 from .methods.base import Method, ProtocolInfo, RunContext, TaskData
+from .profiling import StepProfile
 from .progress import Reporter
 
 
 class _Clock:
-    """Stands in for the runner: ``tick`` counts steps and reads the clock at the ends of the window."""
+    """Stands in for the runner: ``tick`` counts steps and reads the clock at the ends of the window;
+    with a profile, the steps right after the window run under it (outside the timed window)."""
 
     def __init__(self, device: torch.device):
-        self.device, self.n, self.marks, self.times = device, 0, (), {}
+        self.device, self.n, self.marks, self.times, self.profile = device, 0, (), {}, None
 
-    def window(self, start: int, stop: int) -> None:
-        self.n, self.marks, self.times = 0, (start, stop), {}
+    def window(self, start: int, stop: int, profile: StepProfile | None = None) -> None:
+        self.n, self.marks, self.times, self.profile = 0, (start, stop), {}, profile
 
     def tick(self) -> None:
         self.n += 1
         if self.n in self.marks:
             _sync(self.device)
             self.times[self.n] = time.perf_counter()
+        if self.profile is not None:
+            if self.n == self.marks[1]:
+                self.profile.start()
+            elif self.n == self.marks[1] + self.profile.steps:
+                self.profile.stop()
 
     def seconds(self) -> float:
         start, stop = self.marks
@@ -96,12 +103,33 @@ def stage_line(label: str, s: dict) -> str:
             f"the loop keeps {100 * s['loop_share_of_bare']:.1f} %")
 
 
+def _profiled(fn, device: torch.device, steps: int) -> dict:
+    """``steps`` calls of a bare step under the profiler (StepProfile.summary)."""
+    prof = StepProfile(device, steps)
+    prof.start()
+    for _ in range(steps):
+        fn()
+    prof.stop()
+    return prof.summary()
+
+
+def profile_line(label: str, p: dict) -> str:
+    """One profiled loop or bare step as the command prints it: where a step's host time goes."""
+    busy = "" if p["device_busy_share"] is None else f", device busy {100 * p['device_busy_share']:.0f} %"
+    ops = ", ".join(f"{o['op']} {o['self_ms_per_step']:.2f}" for o in p["top_host_ops"][:4])
+    return (f"  {label}: host {p['host_ms_per_step']:.2f} ms/step, device {p['device_ms_per_step']:.2f} ms/step{busy}; "
+            f"per step {p['syncs_per_step']:.1f} syncs, {p['copies_per_step']:.1f} copies, "
+            f"{p['launches_per_step']:.0f} launches; host self ms/step: {ops}")
+
+
 def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
-                    semi: bool = False, overrides: dict | None = None, log=print) -> dict:
+                    semi: bool = False, overrides: dict | None = None, log=print, profile: int = 0) -> dict:
     """Local- and global-stage rates of JDCL (``cls``, passed in: the method's module calls this one) at
     ``preset`` (its loop and its bare step), on a two-task CIFAR-shaped protocol of random images;
-    ``semi``: the FixMatch local stage."""
-    cfg = cls.config_for(preset, {**(overrides or {}), "local_steps": warmup + steps, "global_steps": warmup + steps,
+    ``semi``: the FixMatch local stage. ``profile`` > 0: that many more steps of each loop, and as many
+    bare steps, run under torch.profiler after the timed windows (``loop_profile``, ``bare_profile``)."""
+    n_steps = warmup + steps + profile
+    cfg = cls.config_for(preset, {**(overrides or {}), "local_steps": n_steps, "global_steps": n_steps,
                                    "cls_start_fraction": 0.0, "diagnostics": False})
     with bench_context(device, semi) as (info, ctx, clock, gen):
         m = cls(cfg, ctx)
@@ -111,15 +139,21 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
         out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup,
                "unet": cfg.unet, "batch_size": cfg.batch_size, "compile": m.compiled, "compile_mode": cfg.compile_mode,
                "stages": []}
+        if profile:
+            out["profile_steps"] = profile
+        new_profile = lambda: StepProfile(device, profile) if profile else None  # noqa: E731
 
         # ---- local stage: the loop, then the bare step on the same model, optimiser and EMA
         m.begin_task(first)
-        clock.window(warmup, warmup + steps)
-        log(f"loop bench: local stage, {warmup} + {steps} steps")
+        clock.window(warmup, warmup + steps, new_profile())
+        log(f"loop bench: local stage, {warmup} + {steps} steps" + (f" + {profile} profiled" if profile else ""))
         m._train_local(first)
         loop_s = clock.seconds()
-        bare_s, per_step = _timed(_bare_local_step(m, first, gen), device, warmup, steps), _local_images(cfg, semi)
+        bare = _bare_local_step(m, first, gen)
+        bare_s, per_step = _timed(bare, device, warmup, steps), _local_images(cfg, semi)
         out["stages"].append(_stage_result("local", loop_s, bare_s, steps, per_step))
+        if profile:
+            out["stages"][-1].update(loop_profile=clock.profile.summary(), bare_profile=_profiled(bare, device, profile))
         m.L = m.G = m.snapshot()
 
         # ---- global stage: replay of all ten classes (the quota of each), teachers G and L
@@ -132,14 +166,19 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
                     "y": torch.arange(10, device=device).repeat_interleave(per_class),
                     "old": torch.tensor(CLASSES[0], device=device)}
         m._begin_global()
-        clock.window(warmup, warmup + steps)
-        log(f"loop bench: global stage, {warmup} + {steps} steps")
+        clock.window(warmup, warmup + steps, new_profile())
+        log(f"loop bench: global stage, {warmup} + {steps} steps" + (f" + {profile} profiled" if profile else ""))
         m._train_global(second)
         loop_s = clock.seconds()
-        bare_s = _timed(_bare_global_step(m, gen), device, warmup, steps)
+        bare = _bare_global_step(m, gen)
+        bare_s = _timed(bare, device, warmup, steps)
         out["stages"].append(_stage_result("global", loop_s, bare_s, steps, cfg.batch_size))
+        if profile:
+            out["stages"][-1].update(loop_profile=clock.profile.summary(), bare_profile=_profiled(bare, device, profile))
     for s in out["stages"]:
         log(stage_line(f"{preset} {s['stage']:6s}", s))
+        for key in ("loop_profile", "bare_profile") if profile else ():
+            log(profile_line(key.split("_")[0], s[key]))
     return out
 
 

@@ -81,3 +81,67 @@ def _top_ops(fn, ctx, top: int) -> list[dict] | str:
         return sorted(rows, key=lambda r: -r["self_gpu_ms"])[:top]
     except Exception as exc:  # a diagnostic: never fail the benchmark over it
         return f"unavailable: {type(exc).__name__}: {exc}"
+
+
+# ---- where a training loop's time goes, host side included (the loop bench) ----------------------
+
+# CUDA runtime calls that make the host wait for the device. A cudaMemcpyAsync from pageable memory
+# waits too (PyTorch's .to(device) of an unpinned tensor); it is counted apart, as "copies".
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ")
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+class StepProfile:
+    """torch.profiler over ``steps`` consecutive calls of a loop's tick (or of a bare step), host and
+    device: ``start`` and ``stop`` bracket the window, ``summary`` says per step how long the host
+    took, how long the device computed, how often the host waited for it, how many launches, and
+    which operators cost the host most (self time). A device busy far less than the host's step
+    time means the loop is host-bound; syncs per step say where it waits."""
+
+    def __init__(self, device: torch.device, steps: int):
+        self.device, self.steps, self.prof, self.wall = device, steps, None, 0.0
+
+    def start(self) -> None:
+        import time
+
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        self.prof = profile(activities=acts)
+        _sync_device(self.device)
+        self.prof.__enter__()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        import time
+
+        _sync_device(self.device)
+        self.wall = time.perf_counter() - self.t0
+        self.prof.__exit__(None, None, None)
+
+    def summary(self, top: int = 15) -> dict:
+        from torch.autograd import DeviceType
+
+        n = self.steps
+        events = self.prof.key_averages()
+        # kernels are the events on the device; an operator's device time is its kernels' again
+        gpu_us = sum(_gpu_us(e, "self_device_time_total") or 0.0 for e in events
+                     if getattr(e, "device_type", None) == DeviceType.CUDA)
+        events = [e for e in events if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
+        count = lambda names: sum(e.count for e in events if any(e.key.startswith(k.strip()) and
+                                                                 (k[-1] != " " or e.key == k.strip()) for k in names))
+        host = sorted(((e.self_cpu_time_total, e) for e in events if e.self_cpu_time_total > 0),
+                      key=lambda kv: -kv[0])[:top]
+        wall_ms = 1000 * self.wall / n
+        return {"steps": n, "host_ms_per_step": wall_ms, "device_ms_per_step": gpu_us / 1000 / n,
+                "device_busy_share": (gpu_us / 1000 / n) / wall_ms if wall_ms and self.device.type == "cuda" else None,
+                "syncs_per_step": count(SYNC_CALLS) / n,
+                "copies_per_step": count(("cudaMemcpyAsync",)) / n,
+                "launches_per_step": count(LAUNCH_CALLS) / n,
+                "top_host_ops": [{"op": e.key[:120], "self_ms_per_step": us / 1000 / n, "calls_per_step": e.count / n}
+                                 for us, e in host]}
+
+
+def _sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -7,7 +7,8 @@
 #                                         # options, --time-limit 330), then benchmarks/sampler_fidelity.py
 #                                         # on its global model: DDIM-50/250 vs DPM-Solver++(2M) 10-25 steps
 #   bash scripts/issue23_gpu.sh loop      # jdcl-bench bench --loop: JDCL's local and global loops next to
-#                                         # the bare step of the same model, fast preset, fully and
+#                                         # the bare step of the same model (and 30 steps of each under
+#                                         # torch.profiler: where the host time goes), fast preset, fully and
 #                                         # semi-supervised, DGR/GUIDE's generator loop and NNCSL (one
 #                                         # record each, no data needed)
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
@@ -35,8 +36,8 @@ case "${1:-}" in
     python benchmarks/sampler_fidelity.py --run "$run_dir" --data-dir "$DATA" --n 5000 --out "$DEST"
     ;;
   loop)
-    jdcl-bench bench --loop --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --semi --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --profile 30 --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --profile 30 --semi --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --method dgr --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --method nncsl --semi --config fast --device cuda --out "$DEST"
     ;;

@@ -46,3 +46,41 @@ def test_loop_bench_runs_the_method_loops_for_the_window(monkeypatch):
     assert out["semi_supervised"] is True
     # FixMatch's local step: labelled + weak and strong unlabelled views of the smoke preset (4 + 2 x 8)
     assert out["stages"][0]["images_per_step"] == 4 * (1 + 2 * 2)
+
+
+
+def test_loop_bench_profile_says_per_step_where_the_host_goes(tmp_path, monkeypatch):
+    """`--profile N` profiles N more steps of each loop (trained after the timed window) and N bare
+    steps: host and device time per step, syncs, copies and launches per step, and the host's
+    costliest operators. On a CPU the device columns are zero; the structure and the step counts are
+    the same. The model bench (no --loop) refuses it."""
+    from jdcl_bench.methods.jdcl import JDCL
+
+    seen = {}
+    real_local = JDCL._train_local
+
+    def local(self, task):
+        real_local(self, task)
+        seen["local"] = self.counters["local_steps"]
+
+    monkeypatch.setattr(JDCL, "_train_local", local)
+    r = CliRunner().invoke(main, ["bench", "--loop", "--config", "smoke", "--device", "cpu", "--iters", "1",
+                                  "--warmup", "1", "--profile", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen["local"] == 1 + 1 + 2
+    (run,) = json.loads(next(tmp_path.glob("loop-*.json")).read_text())["runs"]
+    assert run["profile_steps"] == 2
+    for s in run["stages"]:
+        assert s["steps"] == 1  # the rates are still those of the timed window
+        for key in ("loop_profile", "bare_profile"):
+            p = s[key]
+            assert p["steps"] == 2 and p["host_ms_per_step"] > 0 and p["device_ms_per_step"] == 0
+            assert p["device_busy_share"] is None
+            assert p["top_host_ops"] and all(o["self_ms_per_step"] > 0 for o in p["top_host_ops"])
+            assert p["syncs_per_step"] == 0 and p["launches_per_step"] == 0  # no CUDA on a CPU run
+    assert "host" in r.output and "ms/step" in r.output
+    r = CliRunner().invoke(main, ["bench", "--profile", "3", "--device", "cpu"])
+    assert r.exit_code == 2 and "--profile applies to --loop" in r.output
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nncsl", "--config", "fast", "--profile", "3",
+                                  "--device", "cpu", "--out", str(tmp_path / "nncsl")])
+    assert r.exit_code == 2 and "does not profile yet" in r.output and not (tmp_path / "nncsl").exists()
