@@ -109,7 +109,7 @@ def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool,
         raise click.BadParameter(f"{method} has no preset {', '.join(unknown)}; its presets: {', '.join(cls.presets)}",
                                  param_hint="--config")
     if profile and "profile" not in inspect.signature(cls.time_loops).parameters:
-        raise click.UsageError(f"--profile: {method}'s loop bench does not profile yet (jdcl's does)")
+        raise click.UsageError(f"--profile: {method}'s loop bench does not profile yet (jdcl's and nncsl's do)")
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "method": method,
               "complete": False, "runs": []}
     path = record_path(out, "loop" if method == "jdcl" else f"loop-{method}", record.get("gpu_name", "cpu"))

@@ -39,7 +39,7 @@ case "${1:-}" in
     jdcl-bench bench --loop --profile 30 --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --profile 30 --semi --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --method dgr --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --method nncsl --semi --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --profile 30 --method nncsl --semi --config fast --device cuda --out "$DEST"
     ;;
   packing)
     python benchmarks/sweep_packing.py --methods finetune,joint --protocols digits-t5 --cells 4 --preset paper \

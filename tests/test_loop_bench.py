@@ -81,6 +81,6 @@ def test_loop_bench_profile_says_per_step_where_the_host_goes(tmp_path, monkeypa
     assert "host" in r.output and "ms/step" in r.output
     r = CliRunner().invoke(main, ["bench", "--profile", "3", "--device", "cpu"])
     assert r.exit_code == 2 and "--profile applies to --loop" in r.output
-    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nncsl", "--config", "fast", "--profile", "3",
-                                  "--device", "cpu", "--out", str(tmp_path / "nncsl")])
-    assert r.exit_code == 2 and "does not profile yet" in r.output and not (tmp_path / "nncsl").exists()
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "fast", "--profile", "3",
+                                  "--device", "cpu", "--out", str(tmp_path / "dgr")])
+    assert r.exit_code == 2 and "does not profile yet" in r.output and not (tmp_path / "dgr").exists()

@@ -133,11 +133,11 @@ class NNCSL(Method):
 
     # ---- setup ---------------------------------------------------------------------------
     @classmethod
-    def time_loops(cls, preset, device, steps, warmup, semi, log) -> dict:
+    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0) -> dict:
         """``jdcl-bench bench --loop --method nncsl``: task 1's loop and task 2's (with the NND teacher)."""
         from .loop_bench import time_nncsl_loop
 
-        return time_nncsl_loop(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log)
+        return time_nncsl_loop(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log, profile=profile)
 
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)

@@ -28,7 +28,8 @@ def test_generator_loop_bench_record(tmp_path):
 
 
 def test_nncsl_loop_bench_times_both_tasks(tmp_path, monkeypatch):
-    """NNCSL's own train_task runs warm-up + timed steps per task; task 2 with the NND teacher."""
+    """NNCSL's own train_task runs warm-up + timed (+ profiled) steps per task; task 2 with the NND
+    teacher; with --profile, each task's loop and bare step say where a step's host time goes."""
     from jdcl_baselines.nncsl import NNCSL
 
     seen = []
@@ -39,12 +40,15 @@ def test_nncsl_loop_bench_times_both_tasks(tmp_path, monkeypatch):
         seen.append((task.index, self.step, self.teacher is not None, len(task.unlabelled_x)))
     monkeypatch.setattr(NNCSL, "train_task", train_task)
     r = CliRunner().invoke(main, ["bench", "--loop", "--method", "nncsl", "--semi", "--config", "smoke", "--device",
-                                  "cpu", "--iters", "2", "--warmup", "1", "--out", str(tmp_path)])
+                                  "cpu", "--iters", "2", "--warmup", "1", "--profile", "2", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert seen == [(0, 3, False, 9500), (1, 3, True, 9500)]
+    assert seen == [(0, 5, False, 9500), (1, 5, True, 9500)]
     (run,) = json.loads(next(tmp_path.glob("loop-nncsl-*.json")).read_text())["runs"]
     assert [s["stage"] for s in run["stages"]] == ["task 1", "task 2"] and run["semi_supervised"] is True
     assert all(s["loop_steps_per_s"] > 0 and s["bare_steps_per_s"] > 0 for s in run["stages"])
+    assert run["profile_steps"] == 2 and all(s[k]["steps"] == 2 and s[k]["host_ms_per_step"] > 0 and s[k]["top_host_ops"]
+                                             for s in run["stages"] for k in ("loop_profile", "bare_profile"))
+    assert "ms/step" in r.output
 
 
 def test_loop_bench_refuses_what_it_cannot_time(tmp_path):
