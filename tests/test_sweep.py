@@ -125,3 +125,35 @@ def test_dry_run_lists_pending_cells_and_writes_nothing(tmp_path):
     r = sweep(tmp_path / "fresh", "--dry-run", "--methods", "finetune", "--protocols", "synthetic-t2")
     assert r.exit_code == 0 and rows(r.output) == [("finetune", "synthetic-t2", 0, "pending")]
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_complete_record_of_an_older_config_is_kept_and_said_to_be_stale(tmp_path):
+    """A run directory is named by preset and --set values: after a preset changed (JDCL's `fast`
+    took lr 5e-4), the complete record there ran another config. The sweep does not overwrite it, and
+    does not pass it off as today's preset either: the skipped cell names what differs."""
+    from jdcl_bench.sweep import SweepSpec
+    from jdcl_bench.sweep.cells import plan
+
+    assert sweep(tmp_path, "--methods", "finetune", "--protocols", "synthetic-t2").exit_code == 0
+    spec = SweepSpec(["finetune"], ["synthetic-t2"], [0], preset="smoke", out=str(tmp_path), device="cpu")
+    ((_, _, result),) = plan(spec)
+    assert result.status == "skipped" and result.error is None  # today's config: nothing to say
+
+    path = tmp_path / "runs/synthetic-t2/finetune/smoke/seed0/config.json"
+    config = json.loads(path.read_text())
+    table, key = config["method_config"], ""
+    while True:  # the first number in the (nested) method config, changed as an older preset would have it
+        k, v = next((k, v) for k, v in table.items() if isinstance(v, dict) or
+                    (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        key += k
+        if not isinstance(v, dict):
+            table[k] = v + 1
+            break
+        table, key = v, key + "."
+    path.write_text(json.dumps(config))
+    ((_, _, result),) = plan(spec)
+    assert result.status == "skipped" and f"{key}:" in result.error and "--restart" in result.error
+    r = CliRunner().invoke(main, ["sweep", *SMOKE, "--out", str(tmp_path), "--methods", "finetune", "--protocols",
+                                  "synthetic-t2"], terminal_width=250, catch_exceptions=False)
+    assert r.exit_code == 0 and rows(r.output)[0][3] == "skipped" and "ran another config" in r.output
+    assert json.loads(path.read_text()) == config  # the record is kept as it was

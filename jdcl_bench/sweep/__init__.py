@@ -2,8 +2,9 @@
 
 A cell is one ``jdcl-bench run``. Its run directory follows the runner's rule
 (:func:`jdcl_bench.runner.run_dir_for`, the preset defaulting to the method's ``default_preset``);
-a cell whose ``metrics.json`` says ``"complete": true`` is skipped, any other one is run, which
-resumes it from its last checkpoint if it has one. Executors:
+a cell whose ``metrics.json`` says ``"complete": true`` is skipped (its result names the settings
+in which that record's config differs from what the cell would run today: ``cells.stale_config``),
+any other one is run, which resumes it from its last checkpoint if it has one. Executors:
 
 - ``local``: the cells one after another in this process; a failing cell is reported and the
   sweep goes on. With ``per_gpu`` > 1 or ``gpus`` (:class:`PackOptions`), up to ``per_gpu`` cells
@@ -106,6 +107,8 @@ def summary_table(results: list[CellResult], title: str = "sweep"):
             detail = r.error or ""
         elif r.status == "submitted":
             detail = f"job {r.job_id}: {r.run_dir}"
+        elif r.status == "skipped" and r.error:  # a record of an older config (cells.stale_config)
+            detail = f"{r.run_dir}: {r.error}"
         else:
             detail = r.run_dir or ""
         table.add_row(r.cell.method, r.cell.protocol, str(r.cell.seed), f"[{STATUS_STYLE[r.status]}]{status}[/]",

@@ -124,6 +124,29 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
     return run_dir_for(cfg, cfg.preset or METHODS.get(cfg.method).default_preset)
 
 
+def stale_config(cfg: RunConfig, run_dir: Path) -> str | None:
+    """Why a complete record in ``run_dir`` is not what ``cfg`` would run today, or None. A run
+    directory is named by preset and --set values, not by what the preset sets: after a preset or a
+    default changed (JDCL's `fast` took lr 5e-4), the record there ran another config. The sweep keeps
+    it (a record is never overwritten unasked) and says so."""
+    import json
+
+    from ..config import to_dict
+    from ..records import read_json
+    from ..registry import METHODS
+    from ..run_dir import _config_diff
+
+    try:
+        old = read_json(Path(run_dir) / "config.json").get("method_config")
+        now = json.loads(json.dumps(to_dict(METHODS.get(cfg.method).config_for(cfg.preset, cfg.overrides))))
+    except Exception:  # unreadable or unloadable: nothing to compare; the runner checks again when it runs
+        return None
+    if not isinstance(old, dict) or old == now:
+        return None
+    return (f"record ran another config than this preset gives today ({_config_diff(old, now)}); "
+            "--restart or another --out runs it again")
+
+
 def read_metrics(run_dir: Path) -> dict | None:
     from ..records import read_json
 
@@ -153,7 +176,9 @@ def plan(spec: SweepSpec) -> list[tuple[Cell, RunConfig, CellResult | None]]:
         run_dir = resolve_run_dir(cfg)
         metrics = read_metrics(run_dir)
         if metrics and metrics.get("complete"):
-            out.append((cell, cfg, from_metrics(CellResult(cell, "skipped", str(run_dir)), metrics)))
+            result = from_metrics(CellResult(cell, "skipped", str(run_dir)), metrics)
+            result.error = stale_config(cfg, run_dir)
+            out.append((cell, cfg, result))
         else:
             out.append((cell, cfg, None))
     return out
