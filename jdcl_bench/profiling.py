@@ -96,7 +96,9 @@ class StepProfile:
     device: ``start`` and ``stop`` bracket the window, ``summary`` says per step how long the host
     took, how long the device computed, how often the host waited for it, how many launches, and
     which operators cost the host most (self time). A device busy far less than the host's step
-    time means the loop is host-bound; syncs per step say where it waits."""
+    time means the loop is host-bound; syncs per step say where it waits. Not yet run on a GPU
+    (2026-12-06): check there that kernels replayed from CUDA graphs (JDCL's compiled UNet) are seen
+    one by one before reading the device columns."""
 
     def __init__(self, device: torch.device, steps: int):
         self.device, self.steps, self.prof, self.wall = device, steps, None, 0.0
