@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .jdcl.diffusion import EMA, GaussianDiffusion
 from .jdcl.unet import JointUNet, UNetConfig, apply_fast_path, count_parameters
-from .profiling import kernel_breakdown
+from .profiling import kernel_breakdown, sync_device as _sync
 from .kernels import FastPath
 
 
@@ -111,11 +111,6 @@ def selected_paths(s: "BenchSettings", device: torch.device) -> list[PathSpec]:
             return True
         return (not p.channels_last and s.contiguous_path) or (p.options and bool(s.inductor_options))
     return [p for p in PATHS if wanted(p)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_time(fn, device: torch.device, warmup: int, iters: int) -> float:

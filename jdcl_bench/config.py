@@ -157,6 +157,11 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def to_json_dict(cfg: Any) -> dict:
+    """``cfg`` as a record's config.json holds it (tuples as lists): what a record is compared with."""
+    return json.loads(json.dumps(to_dict(cfg)))
+
+
 def _is_batch_field(name: str) -> bool:
     return name == "batch_size" or name.endswith("_batch_size") or name.endswith("_batch") or name == "batch"
 

@@ -22,7 +22,6 @@ from typing import Callable
 import torch
 
 
-
 def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A CPU tensor drawn from a run's CPU generator (batch indices, augmentation parameters) onto
     ``device`` without stopping the CPU.
@@ -40,6 +39,7 @@ def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | 
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
 
 def tune_backends(device: torch.device | str) -> None:
     """TF32 for fp32 matmuls/convolutions on CUDA; nothing elsewhere."""

@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .bench import _sync
 from .jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
 from .methods.base import Method, ProtocolInfo, RunContext, TaskData
-from .profiling import StepProfile
+from .profiling import StepProfile, sync_device
 from .progress import Reporter
 
 
@@ -37,13 +36,14 @@ class _Clock:
     def __init__(self, device: torch.device):
         self.device, self.n, self.marks, self.times, self.profile = device, 0, (), {}, None
 
-    def window(self, start: int, stop: int, profile: StepProfile | None = None) -> None:
-        self.n, self.marks, self.times, self.profile = 0, (start, stop), {}, profile
+    def window(self, start: int, stop: int, profile_steps: int = 0) -> None:
+        self.n, self.marks, self.times = 0, (start, stop), {}
+        self.profile = StepProfile(self.device, profile_steps) if profile_steps else None
 
     def tick(self) -> None:
         self.n += 1
         if self.n in self.marks:
-            _sync(self.device)
+            sync_device(self.device)
             self.times[self.n] = time.perf_counter()
         if self.profile is not None:
             if self.n == self.marks[1]:
@@ -73,11 +73,11 @@ def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
     """Seconds for ``steps`` calls of ``fn`` back to back, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - t0
 
 
@@ -113,6 +113,23 @@ def _profiled(fn, device: torch.device, steps: int) -> dict:
     return prof.summary()
 
 
+def add_profiles(stage: dict, clock: _Clock, bare, device: torch.device) -> None:
+    """When the clock's window had a profile: it (``loop_profile``) and as many calls of the bare step
+    under the profiler (``bare_profile``), into the stage's result."""
+    if clock.profile is not None:
+        stage.update(loop_profile=clock.profile.summary(), bare_profile=_profiled(bare, device, clock.profile.steps))
+
+
+def window_text(warmup: int, steps: int, profile: int) -> str:
+    return f"{warmup} + {steps} steps" + (f" + {profile} profiled" if profile else "")
+
+
+def stage_lines(label: str, s: dict) -> list[str]:
+    """A stage's rates as the command prints them, then its profiles when it has them."""
+    return [stage_line(label, s)] + [profile_line(k.split("_")[0], s[k]) for k in ("loop_profile", "bare_profile")
+                                     if k in s]
+
+
 def profile_line(label: str, p: dict) -> str:
     """One profiled loop or bare step as the command prints it: where a step's host time goes."""
     busy = "" if p["device_busy_share"] is None else f", device busy {100 * p['device_busy_share']:.0f} %"
@@ -141,19 +158,17 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
                "stages": []}
         if profile:
             out["profile_steps"] = profile
-        new_profile = lambda: StepProfile(device, profile) if profile else None  # noqa: E731
 
         # ---- local stage: the loop, then the bare step on the same model, optimiser and EMA
         m.begin_task(first)
-        clock.window(warmup, warmup + steps, new_profile())
-        log(f"loop bench: local stage, {warmup} + {steps} steps" + (f" + {profile} profiled" if profile else ""))
+        clock.window(warmup, warmup + steps, profile)
+        log(f"loop bench: local stage, {window_text(warmup, steps, profile)}")
         m._train_local(first)
         loop_s = clock.seconds()
         bare = _bare_local_step(m, first, gen)
         bare_s, per_step = _timed(bare, device, warmup, steps), _local_images(cfg, semi)
         out["stages"].append(_stage_result("local", loop_s, bare_s, steps, per_step))
-        if profile:
-            out["stages"][-1].update(loop_profile=clock.profile.summary(), bare_profile=_profiled(bare, device, profile))
+        add_profiles(out["stages"][-1], clock, bare, device)
         m.L = m.G = m.snapshot()
 
         # ---- global stage: replay of all ten classes (the quota of each), teachers G and L
@@ -166,19 +181,17 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
                     "y": torch.arange(10, device=device).repeat_interleave(per_class),
                     "old": torch.tensor(CLASSES[0], device=device)}
         m._begin_global()
-        clock.window(warmup, warmup + steps, new_profile())
-        log(f"loop bench: global stage, {warmup} + {steps} steps" + (f" + {profile} profiled" if profile else ""))
+        clock.window(warmup, warmup + steps, profile)
+        log(f"loop bench: global stage, {window_text(warmup, steps, profile)}")
         m._train_global(second)
         loop_s = clock.seconds()
         bare = _bare_global_step(m, gen)
         bare_s = _timed(bare, device, warmup, steps)
         out["stages"].append(_stage_result("global", loop_s, bare_s, steps, cfg.batch_size))
-        if profile:
-            out["stages"][-1].update(loop_profile=clock.profile.summary(), bare_profile=_profiled(bare, device, profile))
+        add_profiles(out["stages"][-1], clock, bare, device)
     for s in out["stages"]:
-        log(stage_line(f"{preset} {s['stage']:6s}", s))
-        for key in ("loop_profile", "bare_profile") if profile else ():
-            log(profile_line(key.split("_")[0], s[key]))
+        for line in stage_lines(f"{preset} {s['stage']:6s}", s):
+            log(line)
     return out
 
 

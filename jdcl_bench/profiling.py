@@ -83,11 +83,19 @@ def _top_ops(fn, ctx, top: int) -> list[dict] | str:
         return f"unavailable: {type(exc).__name__}: {exc}"
 
 
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on a CPU. What every timer here brackets with."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # ---- where a training loop's time goes, host side included (the loop bench) ----------------------
 
-# CUDA runtime calls that make the host wait for the device. A cudaMemcpyAsync from pageable memory
-# waits too (PyTorch's .to(device) of an unpinned tensor); it is counted apart, as "copies".
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ")
+# CUDA runtime calls that make the host wait for the device (by name prefix, and the blocking
+# cudaMemcpy by its exact name: as a prefix it would take cudaMemcpyAsync too). A cudaMemcpyAsync from
+# pageable memory waits as well (PyTorch's .to(device) of an unpinned tensor); it is counted apart, as
+# "copies".
+SYNC_CALLS, SYNC_EXACT = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"), ("cudaMemcpy",)
 LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
@@ -110,14 +118,14 @@ class StepProfile:
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         self.prof = profile(activities=acts)
-        _sync_device(self.device)
+        sync_device(self.device)
         self.prof.__enter__()
         self.t0 = time.perf_counter()
 
     def stop(self) -> None:
         import time
 
-        _sync_device(self.device)
+        sync_device(self.device)
         self.wall = time.perf_counter() - self.t0
         self.prof.__exit__(None, None, None)
 
@@ -130,20 +138,17 @@ class StepProfile:
         gpu_us = sum(_gpu_us(e, "self_device_time_total") or 0.0 for e in events
                      if getattr(e, "device_type", None) == DeviceType.CUDA)
         events = [e for e in events if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
-        count = lambda names: sum(e.count for e in events if any(e.key.startswith(k.strip()) and
-                                                                 (k[-1] != " " or e.key == k.strip()) for k in names))
+
+        def count(prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> int:
+            return sum(e.count for e in events if e.key.startswith(prefixes) or e.key in exact)
+
         host = sorted(((e.self_cpu_time_total, e) for e in events if e.self_cpu_time_total > 0),
                       key=lambda kv: -kv[0])[:top]
         wall_ms = 1000 * self.wall / n
         return {"steps": n, "host_ms_per_step": wall_ms, "device_ms_per_step": gpu_us / 1000 / n,
                 "device_busy_share": (gpu_us / 1000 / n) / wall_ms if wall_ms and self.device.type == "cuda" else None,
-                "syncs_per_step": count(SYNC_CALLS) / n,
+                "syncs_per_step": count(SYNC_CALLS, SYNC_EXACT) / n,
                 "copies_per_step": count(("cudaMemcpyAsync",)) / n,
                 "launches_per_step": count(LAUNCH_CALLS) / n,
                 "top_host_ops": [{"op": e.key[:120], "self_ms_per_step": us / 1000 / n, "calls_per_step": e.count / n}
                                  for us, e in host]}
-
-
-def _sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -363,7 +362,7 @@ class Runner:
         if not path.is_file():
             return []
         try:
-            old = json.loads(path.read_text())
+            old = records.read_json(path)
         except (OSError, ValueError):
             return []
         return [{**_segment(old, 1), "from_manifest": True}]

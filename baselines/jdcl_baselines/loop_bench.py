@@ -22,12 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from jdcl_bench.bench import _sync
 from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import cuda_channels_last
-from jdcl_bench.loop_bench import (CLASSES, SHAPE, _profiled, _stage_result, _task, _timed, bench_context, profile_line,
-                                   stage_line)
+from jdcl_bench.loop_bench import (CLASSES, SHAPE, _stage_result, _task, _timed, add_profiles, bench_context, stage_line,
+                                   stage_lines, window_text)
 from jdcl_bench.methods.base import optimiser_step
+from jdcl_bench.profiling import sync_device
 
 from .cond_diffusion import ConditionalGenerator, GeneratorStage
 from .dgr import classifier_augment
@@ -91,10 +91,10 @@ def time_classifier_loop(cls, preset: str, device: torch.device, steps: int = 20
 
         def timed_generation(*args):  # only the generations inside the timed window count
             inside = warmup <= clock.n < warmup + steps
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             out = generate(*args)
-            _sync(device)
+            sync_device(device)
             regen[0] += (time.perf_counter() - t0) if inside else 0.0
             return out
         m._generate_replay = timed_generation
@@ -134,8 +134,6 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
     """NNCSL's loop in tasks 1 and 2 at ``preset`` (``semi``: 5 % labelled, the rest the anchor stream).
     ``profile`` > 0: that many more loop steps, and as many bare steps, under torch.profiler after the
     timed window (jdcl_bench.loop_bench.time_jdcl_loops says what is recorded)."""
-    from jdcl_bench.profiling import StepProfile
-
     cfg = cls.config_for(preset, {"steps_per_task": warmup + steps + profile})
     out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup, "stages": []}
     if profile:
@@ -150,8 +148,8 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
             task = _task(k, classes, seen, n, 10_000 - n if semi else 0, SHAPE, rng, device)
             ctx.task_index = k
             m.begin_task(task)
-            clock.window(warmup, warmup + steps, StepProfile(device, profile) if profile else None)
-            log(f"loop bench: NNCSL task {k + 1}, {warmup} + {steps} steps" + (f" + {profile} profiled" if profile else ""))
+            clock.window(warmup, warmup + steps, profile)
+            log(f"loop bench: NNCSL task {k + 1}, {window_text(warmup, steps, profile)}")
             m.train_task(task)
             loop_s = clock.seconds()
             views = m._views()
@@ -162,11 +160,9 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
                 optimiser_step(m.opt, loss, cfg.ref_lr)
             bare_s = _timed(step, device, warmup, steps)
             out["stages"].append(_stage_result(f"task {k + 1}", loop_s, bare_s, steps, images))
-            if profile:
-                out["stages"][-1].update(loop_profile=clock.profile.summary(), bare_profile=_profiled(step, device, profile))
+            add_profiles(out["stages"][-1], clock, step, device)
             m.end_task(task)
     for s in out["stages"]:
-        log(stage_line(f"{preset} NNCSL {s['stage']}", s))
-        for key in ("loop_profile", "bare_profile") if profile else ():
-            log(profile_line(key.split("_")[0], s[key]))
+        for line in stage_lines(f"{preset} NNCSL {s['stage']}", s):
+            log(line)
     return out

@@ -42,11 +42,10 @@ def _preset_config(method: str, preset: str) -> tuple[tuple[str, Any], ...] | No
     """The flattened config ``--preset PRESET`` gives METHOD with today's code (JSON values, as a
     record's config.json holds them), or None when the method or preset cannot be loaded."""
     try:
-        from ..config import to_dict
+        from ..config import to_json_dict
         from ..registry import METHODS
 
-        cfg = METHODS.get(method).config_for(preset, {})
-        return tuple(_flatten(json.loads(json.dumps(to_dict(cfg)))))
+        return tuple(_flatten(to_json_dict(METHODS.get(method).config_for(preset, {}))))
     except Exception:  # a broken or missing plugin, a preset since removed: the recorded overrides stay
         return None
 

@@ -129,16 +129,14 @@ def stale_config(cfg: RunConfig, run_dir: Path) -> str | None:
     directory is named by preset and --set values, not by what the preset sets: after a preset or a
     default changed (JDCL's `fast` took lr 5e-4), the record there ran another config. The sweep keeps
     it (a record is never overwritten unasked) and says so."""
-    import json
-
-    from ..config import to_dict
+    from ..config import to_json_dict
     from ..records import read_json
     from ..registry import METHODS
     from ..run_dir import _config_diff
 
     try:
         old = read_json(Path(run_dir) / "config.json").get("method_config")
-        now = json.loads(json.dumps(to_dict(METHODS.get(cfg.method).config_for(cfg.preset, cfg.overrides))))
+        now = to_json_dict(METHODS.get(cfg.method).config_for(cfg.preset, cfg.overrides))
     except Exception:  # unreadable or unloadable: nothing to compare; the runner checks again when it runs
         return None
     if not isinstance(old, dict) or old == now:
