@@ -60,6 +60,17 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def flat_items(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested config as ``("a.b", value)`` pairs, in order: how records compare and show settings."""
+    out = []
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.extend(flat_items(v, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -45,16 +45,7 @@ def check_same_protocol(run_dir: Path, old_config: dict, protocol: Protocol) -> 
 
 def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
     """'key: X there, Y now' for the (flattened) settings that differ, at most ``limit`` of them."""
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in (d or {}).items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old), flat(json.loads(json.dumps(new)))
+    a, b = dict(records.flat_items(old)), dict(records.flat_items(json.loads(json.dumps(new))))
     diff = [f"{k}: {a.get(k, '(absent)')} there, {b.get(k, '(absent)')} now" for k in sorted(set(a) | set(b))
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
     return "; ".join(diff[:limit]) + (f"; {len(diff) - limit} more" if len(diff) > limit else "")

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .schema import IGNORE_MARKER, RECORD_COLUMNS, _dict, _flatten, _float
+from ..records import flat_items as _flatten
+from .schema import IGNORE_MARKER, RECORD_COLUMNS, _dict, _float
 
 
 @functools.lru_cache(maxsize=None)

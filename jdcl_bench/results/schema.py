@@ -96,16 +96,3 @@ def _float(value: Any) -> float:
 
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
-
-
-
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.extend(_flatten(v, key + "."))
-        else:
-            out.append((key, v))
-    return out
-

@@ -7,7 +7,8 @@ from typing import Any
 
 
 from .load import _is_number, _read_json
-from .schema import _dict, _flatten, _float
+from ..records import flat_items as _flatten
+from .schema import _dict, _float
 
 # --------------------------------------------------------------------------------------------
 # One run, for `jdcl-bench show RUN_DIR`
