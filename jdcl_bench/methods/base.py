@@ -315,9 +315,13 @@ class RunContext:
         if step % every and bar["left"] > 0:
             bar["advance"](1)
             return
-        self.check_loss(loss)
-        values = {"loss": float(loss.detach()),
-                  **{k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in parts.items()}}
+        # one device read for the loss and the tensor parts together
+        tensors = {k: v for k, v in parts.items() if isinstance(v, torch.Tensor)}
+        read = torch.stack([loss.detach().float().reshape(()), *(v.detach().float().reshape(()) for v in tensors.values())])
+        loss_value, *tensor_values = read.tolist()
+        self.check_loss(loss_value)
+        read_parts = dict(zip(tensors, tensor_values))
+        values = {"loss": loss_value, **{k: read_parts[k] if k in read_parts else float(v) for k, v in parts.items()}}
         bar["advance"](1, **values)
         self.log_curve(bar["stage"], step, **values)
 
