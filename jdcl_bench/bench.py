@@ -354,7 +354,7 @@ def run_bench(s: BenchSettings, device: torch.device, log=print, on_path=None) -
             "ddim_tflops": s.gen_batch / t_eps * flops["eps_eval"] / 1e12,
             "peak_memory_gib_train": mem_train, "peak_memory_gib": mem}
         log(f"{s.config} {name}: train {train_ips:.0f} img/s ({1000 * t_train:.1f} ms/step), "
-            f"DDIM-{s.ddim_steps} {sample_ips:.1f} img/s (batch {s.gen_batch})")
+            f"replay in {s.ddim_steps} steps {sample_ips:.1f} img/s (batch {s.gen_batch})")
         if s.profile and device.type == "cuda" and optimised:
             # every optimised path keeps its own profile (before, each faster path's replaced the last)
             # each in the mode it was timed in: sampling runs the model in eval mode (no dropout);

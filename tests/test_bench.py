@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from jdcl_bench.bench import parity, unet_config
 from jdcl_bench.cli import main
 from jdcl_bench.jdcl.unet import JointUNet
+from jdcl_bench.methods.jdcl import JDCL
 
 
 def _weights(cfg):
@@ -45,6 +46,11 @@ def test_bench_command_writes_a_record(tmp_path):
         assert p["train_images_per_s"] > 0 and p["ddim_images_per_s"] > 0
     assert run["flops_per_image"]["train_step"] > run["flops_per_image"]["eps_eval"] > 0
     assert run["paths"]["reference_fp32_eager"]["train_speedup_vs_reference"] == 1.0
+    # the bench times the preset's own batches and sampler steps (it timed DDIM-50 for `fast` after
+    # `fast` moved to 10 steps)
+    smoke = JDCL.config_for("smoke", {})
+    s = run["settings"]
+    assert (s["batch"], s["gen_batch"], s["ddim_steps"]) == (smoke.batch_size, smoke.gen_batch, smoke.ddim_steps)
 
 
 def test_every_timed_path_is_handed_over_as_it_finishes():
