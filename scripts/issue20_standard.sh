@@ -8,6 +8,12 @@
 #
 #   bash scripts/issue20_standard.sh [protocol] [seed]        # on the device, from the repository root
 #   JOIN=1 DEADLINE=560 bash scripts/issue20_standard.sh cifar10-semi-5pct
+#
+# Commit first and put the commit in the command (JDCL_BENCH_COMMIT=<git rev-parse HEAD here> bash
+# scripts/...): the device machine's git can be older than the tree it received (on 2026-12-06 it
+# showed the session's first commit), and records.code_version takes the commit from that variable
+# when set. A record made without it says dirty: true against the stale commit; its source_hash
+# still names the code (scripts/commit_for_source_hash.py finds the commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${1:-cifar10-t5}

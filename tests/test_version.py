@@ -50,3 +50,19 @@ def test_pyproject_lists_every_package_a_wheel_needs():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jdcl_bench").rglob("__init__.py")}
     assert on_disk - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
+
+
+def test_a_records_source_hash_leads_back_to_its_commit():
+    """On a GPU machine git may be older than the copied tree; the source hash still names the code,
+    and scripts/commit_for_source_hash.py hashes a commit's files exactly as records.source_hash
+    hashes the tree."""
+    from jdcl_bench.records import source_hash
+    from script_module import load_script
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("no git checkout")
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jdcl_bench"],
+                      capture_output=True, text=True).stdout.strip():
+        pytest.skip("jdcl_bench has uncommitted changes: HEAD is not the code that runs")
+    mod = load_script("scripts/commit_for_source_hash.py")
+    assert mod.tree_source_hash("HEAD") == source_hash()
