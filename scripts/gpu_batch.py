@@ -92,6 +92,16 @@ def part_name(run_dir: Path, out: Path) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name)
 
 
+def _between_tasks(path: Path) -> bool:
+    """Whether a checkpoint holds a run's state between tasks (the runner's phase "task_done")."""
+    try:
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True).get("phase") == "task_done"
+    except Exception:  # not a checkpoint this script can read: leave it as it is
+        return False
+
+
 def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     """Put returned checkpoint parts back together in their run folders under ``out`` (the records
     must be there: extract the returned runs.tar.gz into ``out`` first). The parts may lie in several
@@ -118,6 +128,13 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
             for i in range(len(numbered)):
                 fh.write(numbered[i].read_bytes())
         tmp.replace(dest)  # whole or not at all
+        if _between_tasks(dest):
+            # as the runner keeps it: if the resumed run stops inside its first task, its in-task
+            # checkpoint replaces checkpoint.pt, and this copy is still there to bring home
+            keep = dest.with_name("checkpoint-task.pt")
+            tmp_keep = keep.with_suffix(".pt.joining")
+            tmp_keep.write_bytes(dest.read_bytes())
+            tmp_keep.replace(keep)
         for f in numbered.values():  # joined once: a later command on this machine must not join them again
             f.unlink()               # over the newer checkpoint the run has written since
         print(f"joined {len(numbered)} part(s) into {dest}")

@@ -1,3 +1,4 @@
+import pytest
 from script_module import load_script
 
 
@@ -25,6 +26,28 @@ def test_checkpoint_parts_have_names_the_device_returns_and_join_back(tmp_path):
     assert len(parts) == 3
     assert all(set(p.name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for p in parts)
     assert b"".join(p.read_bytes() for p in parts) == data
+
+
+@pytest.mark.parametrize("phase", ["task_done", "in_task"])
+def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tmp_path, phase):
+    """A resumed run's first in-task save replaces checkpoint.pt; the joined between-task state stays
+    as checkpoint-task.pt, which bring_checkpoints returns if the machine is lost inside that task."""
+    import torch
+
+    gpu_batch = load_gpu_batch()
+    out, back = tmp_path / "out", tmp_path / "back"
+    back.mkdir()
+    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    torch.save({"phase": phase, "task": 1, "method": {"w": torch.ones(3)}}, run / "checkpoint.pt")
+    gpu_batch.bring_checkpoints(out, back)
+    (run / "checkpoint.pt").unlink()
+    gpu_batch.join_checkpoints(out, [back])
+    kept = run / "checkpoint-task.pt"
+    assert kept.exists() == (phase == "task_done")
+    if kept.exists():
+        assert kept.read_bytes() == (run / "checkpoint.pt").read_bytes()
 
 
 def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
