@@ -32,11 +32,14 @@ from jdcl_bench.runner import TASK_CHECKPOINT, RunConfig
 from jdcl_bench.results.schema import IGNORE_MARKER
 
 
-def between_task_checkpoint(src: Path) -> Path:
+def between_task_checkpoint(src: Path) -> tuple[Path, dict]:
+    """The source's state after its last finished task: (file, loaded state)."""
     for name in (TASK_CHECKPOINT, "checkpoint.pt"):
         path = src / name
-        if path.is_file() and records.load_checkpoint(path)["phase"] == "task_done":
-            return path
+        if path.is_file():
+            state = records.load_checkpoint(path)
+            if state["phase"] == "task_done":
+                return path, state
     raise SystemExit(f"{src} holds no checkpoint taken between tasks ({TASK_CHECKPOINT} or checkpoint.pt "
                      "with phase task_done): nothing to fork")
 
@@ -45,8 +48,9 @@ def fork(src: Path, out: Path, sets: list[str], protocol: str | None = None) -> 
     """Write the fork's run folder under ``out``; returns it. ``protocol``: the name or file the fork
     will be run with (default: the source's registered name)."""
     config = records.read_json(src / "config.json")
-    overrides = {**config.get("overrides", {}), **parse_set(sets)}
-    if overrides == config.get("overrides", {}):
+    src_overrides = config.get("overrides", {})
+    overrides = {**src_overrides, **parse_set(sets)}
+    if overrides == src_overrides:
         raise SystemExit("--set changes nothing: a fork must differ from its source")
     proto = get_protocol(protocol or config["protocol"])
     if proto.run_name != config["protocol"]:
@@ -61,14 +65,13 @@ def fork(src: Path, out: Path, sets: list[str], protocol: str | None = None) -> 
     dest = run_dir_for(cfg, config["preset"], proto)
     if dest.exists() and any(dest.iterdir()):
         raise SystemExit(f"{dest} exists already; delete it or choose another --out")
-    ckpt_path = between_task_checkpoint(src)
-    state = records.load_checkpoint(ckpt_path)
+    ckpt_path, state = between_task_checkpoint(src)
     task = int(state["task"]) + 1  # tasks the fork inherits
     metrics = records.read_json(src / "metrics.json")
     num_tasks = metrics["num_tasks"]
     if task >= num_tasks:
         raise SystemExit(f"{ckpt_path} is the state after the last task ({task}/{num_tasks}): nothing left to fork")
-    changed = {k: v for k, v in overrides.items() if config.get("overrides", {}).get(k) != v}
+    changed = {k: v for k, v in overrides.items() if src_overrides.get(k) != v}
     fork_note = (f"the state after task {task} of {src} (benchmarks/fork_run.py), continued from task "
                  f"{task + 1} with {', '.join(f'{k}={v}' for k, v in changed.items())}")
     segments = list(state.get("segments") or [])

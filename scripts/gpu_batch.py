@@ -129,12 +129,11 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
                 fh.write(numbered[i].read_bytes())
         tmp.replace(dest)  # whole or not at all
         if _between_tasks(dest):
-            # as the runner keeps it: if the resumed run stops inside its first task, its in-task
+            # kept as the runner keeps it: if the resumed run stops inside its first task, its in-task
             # checkpoint replaces checkpoint.pt, and this copy is still there to bring home
-            keep = dest.with_name("checkpoint-task.pt")
-            tmp_keep = keep.with_suffix(".pt.joining")
-            tmp_keep.write_bytes(dest.read_bytes())
-            tmp_keep.replace(keep)
+            from jdcl_bench.records import keep_copy  # the runs this script starts import it too
+
+            keep_copy(dest, dest.with_name("checkpoint-task.pt"))
         for f in numbered.values():  # joined once: a later command on this machine must not join them again
             f.unlink()               # over the newer checkpoint the run has written since
         print(f"joined {len(numbered)} part(s) into {dest}")

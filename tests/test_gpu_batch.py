@@ -28,6 +28,16 @@ def test_checkpoint_parts_have_names_the_device_returns_and_join_back(tmp_path):
     assert b"".join(p.read_bytes() for p in parts) == data
 
 
+def _run_folder(tmp_path, preset):
+    """(results folder, folder the parts come back to, a cifar10-t5 JDCL run folder with its record)."""
+    out, back = tmp_path / "out", tmp_path / "back"
+    back.mkdir()
+    run = out / "runs" / "cifar10-t5" / "jdcl" / preset / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    return out, back, run
+
+
 @pytest.mark.parametrize("phase", ["task_done", "in_task"])
 def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tmp_path, phase):
     """A resumed run's first in-task save replaces checkpoint.pt; the joined between-task state stays
@@ -35,11 +45,7 @@ def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tm
     import torch
 
     gpu_batch = load_gpu_batch()
-    out, back = tmp_path / "out", tmp_path / "back"
-    back.mkdir()
-    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
+    out, back, run = _run_folder(tmp_path, "standard")
     torch.save({"phase": phase, "task": 1, "method": {"w": torch.ones(3)}}, run / "checkpoint.pt")
     gpu_batch.bring_checkpoints(out, back)
     (run / "checkpoint.pt").unlink()
@@ -54,11 +60,7 @@ def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
     """The parts of one checkpoint carried in two device calls (two folders) become the run's
     checkpoint again; a missing part is refused and nothing is written."""
     gpu_batch = load_gpu_batch()
-    out, back = tmp_path / "out", tmp_path / "back"
-    back.mkdir()
-    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard+ab12" / "seed0"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
+    out, back, run = _run_folder(tmp_path, "standard+ab12")
     data = bytes(range(256)) * 9
     (run / "checkpoint.pt").write_bytes(data)
     gpu_batch.bring_checkpoints(out, back, part_bytes=1000)
