@@ -56,6 +56,25 @@ def test_jdcl_smoke_run_on_embedded_protocol(tmp_path, protocol):
 
 
 
+def test_the_sampler_sees_one_batch_shape_per_run(tmp_path, monkeypatch):
+    """Replay and the end-of-task sample grids draw the same batch shape: under torch.compile every
+    new shape is a new compilation (a grid of its own size cost one per task on the GPU)."""
+    from jdcl_bench.methods.jdcl import JDCL
+
+    sizes = []
+    real = JDCL._sample_labelled
+
+    def spy(self, state, n, gen, filtered=True):
+        sizes.append(n)
+        return real(self, state, n, gen, filtered=filtered)
+
+    monkeypatch.setattr(JDCL, "_sample_labelled", spy)
+    r = CliRunner().invoke(main, ["run", "--protocol", "digits-t5", "--method", "jdcl", "--preset", "smoke",
+                                  "--set", "gen_batch=100", "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert len(sizes) > 5 and set(sizes) == {100}, sizes
+
+
 def test_digits_preset_runs_on_cpu(tmp_path, monkeypatch):
     """README's first run: the `digits` preset exists and completes digits-t5 with its replay grids,
     here at a few steps (the measured run and its accuracy: results/probes/jdcl-digits-first-run)."""

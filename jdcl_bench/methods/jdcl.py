@@ -284,10 +284,14 @@ class JDCL(Method):
         y = confident_labels(logits, self.cfg.replay_confidence_threshold if filtered else 0.0)
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
 
+    def _gen_batch_per_rank(self) -> int:
+        """Each rank's share of ``gen_batch``: the one batch shape the compiled sampler sees."""
+        return -(-self.cfg.gen_batch // D.world_size())
+
     def _fill(self, state: dict, classes: list[int], crop_scale: float, desc: str, gen: torch.Generator):
         """Class-balanced replay for ``classes`` from one generator (replay.class_balanced)."""
         c = self.cfg
-        per_rank = -(-c.gen_batch // D.world_size())
+        per_rank = self._gen_batch_per_rank()
         with self.ctx.progress(f"replay ({desc})", c.replay_per_class * len(classes)) as advance:
             x, y, counts, sampled = class_balanced(
                 lambda: self._sample_labelled(state, per_rank, gen), classes, c.replay_per_class,
@@ -332,8 +336,13 @@ class JDCL(Method):
             return
         gen_state = self.dev_rng.get_state()
         n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
-        x, y = self._sample_labelled(self.G, min(n, self.cfg.gen_batch), self.dev_rng,  # not counted: a diagnostic
+        # sampled at the replay's batch shape and cut: a shape of its own (64, 128, ... as classes are
+        # seen) made the compiled sampler compile again after every task, 15-30 s each on an H100
+        # (standard's logs, results/probes/jdcl-cifar10-t5-standard-first-tasks), where the extra
+        # images cost well under a second
+        x, y = self._sample_labelled(self.G, self._gen_batch_per_rank(), self.dev_rng,  # not counted: a diagnostic
                                      filtered=False)
+        x, y = x[:n], y[:n]
         self.dev_rng.set_state(gen_state)  # diagnostics must not change the training randomness
         save_class_grid(self.ctx, f"samples_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
 
