@@ -13,10 +13,9 @@ def preset_sizes(name: str) -> tuple[int, int, int]:
     """Training batch, generation batch and sampler steps of JDCL's preset ``name``, read from the
     preset itself so the bench times what a run does (DDIM and DPM-Solver++(2M) both make one ε
     evaluation a step, so the per-step time serves either)."""
-    from .jdcl.config import JDCLConfig, PRESETS
-    from .config import apply_overrides
+    from .methods.jdcl import JDCL
 
-    cfg = apply_overrides(JDCLConfig(), PRESETS.get(name, {}))
+    cfg = JDCL.config_for(name, {})
     return cfg.batch_size, cfg.gen_batch, cfg.ddim_steps
 
 

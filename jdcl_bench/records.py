@@ -194,13 +194,19 @@ def code_version() -> dict:
 def source_hash() -> str:
     """sha256 over the package's own source files: identifies the code even where there is no .git
     (a copied working tree on a GPU machine, an installed wheel)."""
+    pkg = Path(__file__).resolve().parent
+    return hash_sources((f.relative_to(pkg), f.read_bytes) for f in sorted(pkg.rglob("*.py")))
+
+
+def hash_sources(files) -> str:
+    """The source hash of ``(path relative to the package, read bytes)`` pairs, in path order: one
+    definition for a working tree (source_hash) and a git commit (scripts/commit_for_source_hash.py)."""
     import hashlib
 
     h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(str(f.relative_to(pkg)).encode())
-        h.update(f.read_bytes())
+    for rel, read in files:
+        h.update(str(rel).encode())
+        h.update(read())
     return h.hexdigest()[:16]
 
 

@@ -12,9 +12,11 @@ hashes a working tree, without checking anything out.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
+from functools import partial
 from pathlib import Path, PurePosixPath
+
+from jdcl_bench.records import hash_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,15 +26,11 @@ def git(*args: str, text: bool = True):
 
 
 def tree_source_hash(commit: str, package: str = "jdcl_bench") -> str:
-    """records.source_hash() of the package as it is in ``commit``: sha256 over each ``*.py`` file's
-    path (relative to the package) and bytes, in pathlib's sort order."""
+    """records.source_hash() of the package as it is in ``commit``: its ``*.py`` files in pathlib's
+    sort order, hashed by records.hash_sources."""
     files = [f for f in git("ls-tree", "-r", "--name-only", commit, "--", package).splitlines() if f.endswith(".py")]
     rel = sorted((PurePosixPath(f).relative_to(package) for f in files), key=lambda p: p.parts)
-    h = hashlib.sha256()
-    for r in rel:
-        h.update(str(r).encode())
-        h.update(git("show", f"{commit}:{package}/{r}", text=False))
-    return h.hexdigest()[:16]
+    return hash_sources((r, partial(git, "show", f"{commit}:{package}/{r}", text=False)) for r in rel)
 
 
 def main() -> None:
