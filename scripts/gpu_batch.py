@@ -179,7 +179,10 @@ def main() -> None:
         print(f"{spec:40s} {status.get(spec, '?')}")
     for m in sorted(Path(args.out).rglob("metrics.json")):
         d = json.loads(m.read_text())
-        print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} final {d.get('final_acc', float('nan')):.2f}")
+        # an unfinished run's final_acc averages over every class, unseen ones included: show seen-class accuracy
+        seen = (d.get("seen_acc") or [float("nan")])[-1]
+        final = f"final {d['final_acc']:.2f}" if d.get("complete") else f"seen-class {seen:.2f}"
+        print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} {final}")
     if os.environ.get("OUT"):
         with tarfile.open(Path(os.environ["OUT"]) / "runs.tar.gz", "w:gz") as tf:
             tf.add(args.out, arcname="runs",

@@ -36,3 +36,21 @@ def test_compute_curve_plot_and_table(tmp_path):
                                      "--out-dir", str(tmp_path / "dgr")])
     assert only.exit_code == 0, only.output
     assert "JDCL" not in (tmp_path / "dgr" / "compute_curve_cifar10-t5.md").read_text()
+
+
+def test_run_resumed_on_another_gpu_names_both(tmp_path):
+    """A run whose tasks ran on two GPU models is not credited to the last one alone."""
+    from jdcl_bench.results.load import load_records
+
+    root = tmp_path / "results"
+    run = write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 70.0, gpu_seconds=1800.0, preset="standard")
+    man = json.loads((run / "manifest.json").read_text())
+    man["hardware"] = {"device": "cuda", "gpu_name": "H200"}
+    man["segments"] = [{"from_task": 1, "gpu_name": "H100"}, {"from_task": 2, "gpu_name": "H100"},
+                       {"from_task": 3, "gpu_name": "H200"}, {"from_task": 5, "gpu_name": "H200"}]
+    (run / "manifest.json").write_text(json.dumps(man))
+    assert load_records(root)["gpu_name"].tolist() == ["H100 (tasks 1-2), H200 (tasks 3-5)"]
+
+    man["segments"] = [{"from_task": 1, "gpu_name": "H200"}, {"from_task": 4, "gpu_name": "H200"}]
+    (run / "manifest.json").write_text(json.dumps(man))
+    assert load_records(root)["gpu_name"].tolist() == ["H200"]

@@ -144,7 +144,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "dataset_canonical": canonical if isinstance(canonical, bool) else None,
         "dataset_note": dataset.get("note"),
         "reduced": reduced if isinstance(reduced, bool) else None,
-        "gpu_name": hw.get("gpu_name"),
+        "gpu_name": _gpu_names(manifest, hw, metrics.get("tasks_done")),
         "device": hw.get("device"),
         "commit": code.get("commit"),
         "dirty": code.get("dirty"),
@@ -156,6 +156,26 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "method_config": _dict(config.get("method_config")),
         "overrides": overrides,   # the run's --set values that differ from its preset today
     }
+
+
+def _gpu_names(manifest: dict, hw: dict, tasks_done: Any) -> str | None:
+    """The GPU a run ran on; a run resumed on another GPU model names each with its tasks.
+
+    ``hardware`` holds the last process's machine only, so a run whose first tasks ran on an H100
+    and the rest on an H200 would otherwise be credited to the H200 alone (its GPU-minutes mix both).
+    """
+    segs = [s for s in manifest.get("segments") or [] if isinstance(s, dict) and _is_number(s.get("from_task"))]
+    if len({s.get("gpu_name") for s in segs}) < 2:
+        return hw.get("gpu_name")
+    spans: list[list] = []                                  # [gpu, first task, last task]
+    for i, seg in enumerate(segs):
+        last = segs[i + 1]["from_task"] - 1 if i + 1 < len(segs) else (tasks_done or seg["from_task"])
+        if spans and spans[-1][0] == seg.get("gpu_name"):
+            spans[-1][2] = last
+        else:
+            spans.append([seg.get("gpu_name"), seg["from_task"], last])
+    return ", ".join(f"{g or 'no GPU'} (task{'s' if b > a else ''} {a}{f'-{b}' if b > a else ''})"
+                     for g, a, b in spans)
 
 
 def _short_list(items: Sequence[str], limit: int = 5) -> str:

@@ -6,6 +6,7 @@ pyplot's global backend alone.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,9 @@ def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{protocol}: accuracy against compute")
-    gpus = sorted({str(g) for g in curve["gpu_name"] if isinstance(g, str)})
+    # the models only: a run resumed on another model reads "A (tasks 1-2), B (tasks 3-5)" (the table says which)
+    gpus = sorted({name for g in curve["gpu_name"] if isinstance(g, str)
+                   for name in re.sub(r" \(tasks? [0-9-]+\)", "", g).split(", ")})
     ax.set_title(("GPU: " + ", ".join(gpus) + "; " if gpus else "") + "hollow = shared its GPU", fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
