@@ -14,7 +14,11 @@ diagnostics (jdcl_bench.replay_quality: the dataset's reference classifier):
   batch of each sampler is a warm-up and not timed; labelling is not timed);
 - ``mean_abs_diff_vs_reference``: mean |x - x_ref| in [-1, 1] units against the reference sampler
   (default DDIM-250) from the same noise: all the samplers solve the same ODE, so this is how far
-  each is from the many-step solution.
+  each is from the many-step solution;
+- with ``--confidence 0.5,0.9``: for each threshold, the replay JDCL's
+  ``replay_confidence_threshold`` would keep (samples whose own-classifier label has at least that
+  probability): the share kept overall and per class, and the kept samples' fidelity and Fréchet
+  distance. It measures that option on a trained G without training anything.
 
 Samplers are named ``ddim-<steps>`` or ``dpm-<steps>[-<spacing>]`` (spacing logsnr by default, or
 uniform = DDIM's grid, or linspace = diffusers'). The record goes to
@@ -74,7 +78,10 @@ def load_global_model(path: Path) -> tuple[dict, int | None, str]:
     a runner checkpoint, a ``{"ema": {"module": ...}}`` record, or a plain state dict."""
     from jdcl_bench.records import load_checkpoint
 
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    ckpt = path
+    if path.is_dir():  # a run folder: its latest state, else the state after its last finished task
+        ckpt = next((path / n for n in ("checkpoint.pt", "checkpoint-task.pt") if (path / n).is_file()),
+                    path / "checkpoint.pt")
     state = load_checkpoint(ckpt)
     if "method" in state:  # a runner checkpoint: the method's state holds G
         G = state["method"].get("G")
@@ -90,7 +97,8 @@ def load_global_model(path: Path) -> tuple[dict, int | None, str]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="a JDCL run directory (its config.json and checkpoint.pt)")
+    src.add_argument("--run", type=Path, help="a JDCL run directory (its config.json and checkpoint.pt, "
+                                              "else checkpoint-task.pt)")
     src.add_argument("--checkpoint", type=Path,
                      help="a checkpoint or model state file; needs --protocol (and --unet unless fast)")
     src.add_argument("--random-model", action="store_true", help="an untrained model (smoke tests only)")
@@ -109,9 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="clip x0-predictions to [-1, 1] (run: the run's sampler_clip_x0)")
     ap.add_argument("--no-compile", action="store_true", help="eager model on CUDA (compiled by default)")
     ap.add_argument("--compile-mode", default="reduce-overhead")
+    ap.add_argument("--confidence", default="",
+                    help="comma-separated thresholds in (0, 1): also measure the replay each would keep "
+                         "(replay_confidence_threshold)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
+    try:
+        thresholds = [float(t) for t in args.confidence.split(",") if t.strip()]
+    except ValueError:
+        ap.error(f"--confidence {args.confidence!r}: expected numbers such as 0.5,0.9")
+    if any(not 0 < t < 1 for t in thresholds):
+        ap.error(f"--confidence {args.confidence!r}: each threshold must lie in (0, 1)")
 
     from jdcl_bench.bench import device_info
     from jdcl_bench.data.datasets import load_dataset
@@ -187,12 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                noise=noise, device=device, clip_denoised=clip)
 
     @torch.no_grad()
-    def label(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As JDCL's replay: clamp, the model's own classifier's label, uint8."""
+    def label(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As JDCL's replay: clamp, the model's own classifier's label and its probability, uint8."""
         x = x.clamp(-1, 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            y = model.classify(x).float().argmax(1)
-        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y
+            prob = model.classify(x).float().softmax(1)
+        conf, y = prob.max(1)
+        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), y, conf
 
     gen = torch.Generator(device).manual_seed(args.seed)
     noises = []
@@ -214,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         for noise in {tuple(z.shape): z for z in noises}.values():  # warm-up, once per batch shape:
             sample(spec, noise)                                       # compilation and CUDA graph capture
         sync()
-        xs, x_u8, ys, t_total = [], [], [], 0.0
+        xs, x_u8, ys, confs, t_total = [], [], [], [], 0.0
         for noise in noises:
             sync()
             t0 = time.perf_counter()
@@ -222,10 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
             sync()
             t_total += time.perf_counter() - t0
             xs.append(x.float().clamp(-1, 1).cpu())
-            u8, y = label(x)
+            u8, y, conf = label(x)
             x_u8.append(u8.cpu())
             ys.append(y.cpu())
-        x_all, u8_all, y_all = torch.cat(xs), torch.cat(x_u8), torch.cat(ys)
+            confs.append(conf.cpu())
+        x_all, u8_all, y_all, conf_all = torch.cat(xs), torch.cat(x_u8), torch.cat(ys), torch.cat(confs)
         keep = torch.isin(y_all, torch.tensor(seen))
         report = diag.measure(u8_all[keep], y_all[keep], seen)
         row = {"kind": spec["kind"], "steps": spec["steps"], "spacing": spec["spacing"], "model_evals": spec["steps"],
@@ -240,6 +259,26 @@ def main(argv: list[str] | None = None) -> dict:
         row["mean_abs_diff_vs_reference"] = float((x_all - torch.cat(ref_x)).abs().mean())
         record["samplers"][spec["name"]] = row
         print(f"{spec['name']:>16s}: {row['images_per_s']:9.1f} img/s  " + summary_line("", report).lstrip(": "))
+        if thresholds:
+            row["confidence"] = {}
+        for t in thresholds:
+            kept = keep & (conf_all >= t)
+            # what JDCL's replay would keep: its quota is per class, so a class the threshold starves is
+            # filled with duplicates (or stops the run), whatever the overall share
+            per_class_kept = {int(c): float(kept[y_all == c].float().sum() / max(int((y_all == c).sum()), 1))
+                              for c in seen}
+            if not bool(kept.any()):
+                row["confidence"][str(t)] = {"kept": 0.0, "kept_per_class": per_class_kept}
+                print(f"{'':>16s}  confidence >= {t}: nothing kept")
+                continue
+            rep_t = diag.measure(u8_all[kept], y_all[kept], seen)
+            row["confidence"][str(t)] = {
+                "kept": float(kept.float().sum() / max(int(keep.sum()), 1)), "kept_per_class": per_class_kept,
+                **{k: rep_t["overall"][k] for k in ("fidelity", "fd", "saturated", "hf")},
+                "per_class": rep_t["per_class"]}
+            print(f"{'':>16s}  confidence >= {t}: kept {100 * row['confidence'][str(t)]['kept']:.1f} % "
+                  f"(least-kept class {100 * min(per_class_kept.values()):.1f} %)"
+                  + summary_line("", rep_t))
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, json.dumps(record, indent=1).encode())
 

@@ -67,3 +67,20 @@ def test_smoke_mode_writes_a_complete_record(tmp_path, untrained_reference):
     assert saved["samplers"]["dpm-3"]["mean_abs_diff_vs_reference"] >= 0
     assert set(saved["vs_ddim50"]) == {"dpm-3", "dpm-3-uniform"}
     assert saved["model"]["seen_classes"] == [0, 1, 2, 3] and saved["model"]["unet"] == "smoke"
+
+
+def test_confidence_thresholds_measure_the_replay_each_keeps(tmp_path, untrained_reference):
+    mod = load_sampler_fidelity()
+    record = mod.main(["--random-model", "--protocol", "synthetic-t2", "--device", "cpu", "--n", "16",
+                       "--gen-batch", "16", "--samplers", "dpm-2", "--reference", "dpm-2",
+                       "--confidence", "0.01,0.26,0.999", "--out", str(tmp_path / "bench")])
+    conf = record["samplers"]["dpm-2"]["confidence"]
+    assert list(conf) == ["0.01", "0.26", "0.999"]
+    # a probability below 1/classes keeps everything; a higher bar never keeps more
+    assert conf["0.01"]["kept"] == 1.0 and conf["0.01"]["fidelity"] == record["samplers"]["dpm-2"]["fidelity"]
+    kept = [conf[t]["kept"] for t in conf]
+    assert kept == sorted(kept, reverse=True)
+    assert set(conf["0.26"]["kept_per_class"]) == {0, 1, 2, 3}
+    for bad in ("1.5", "x"):
+        with pytest.raises(SystemExit):
+            mod.main(["--random-model", "--protocol", "synthetic-t2", "--device", "cpu", "--confidence", bad])
