@@ -475,6 +475,21 @@ def test_tier_tables_main_table_is_standard_only_and_says_what_is_missing(tmp_pa
     assert paper.at["NNCSL (M=5120)", P10].mean == 74.0 and "Preset paper" in render_markdown(paper)
 
 
+def test_budget_matched_caption_says_when_a_run_alone_went_over_the_budget(tmp_path):
+    from jdcl_bench.results import tier_tables
+
+    root = _tiered(tmp_path)
+    md = render_markdown(tier_tables(load_records(root), "final_acc", [P10, P100])[0][0])
+    assert "25.5 GPU-min alone (n=2)." in md and "over the" not in md
+    slow = write_run(root, P10, "jdcl", "JDCL", 2, 84.0, preset="standard", reduced=True, gpu_seconds=3300.0)
+    man = json.loads((slow / "manifest.json").read_text())
+    (slow / "manifest.json").write_text(json.dumps({**man, "gpu_shared_by": 1}))
+    md = render_markdown(tier_tables(load_records(root), "final_acc", [P10, P100])[0][0])
+    assert "cifar10-t5 35.3 GPU-min alone (n=3), over the 30-minute budget." in md
+    # minutes on a shared GPU are not a measurement alone: never called over (or within) the budget
+    assert "10.0 min on a shared GPU (n=1)." in md
+
+
 def test_tier_tables_all_and_named_tiers_keep_every_record_readable(tmp_path):
     from jdcl_bench.results import render_tiers, tier_tables
 
