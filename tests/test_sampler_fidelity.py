@@ -84,3 +84,15 @@ def test_confidence_thresholds_measure_the_replay_each_keeps(tmp_path, untrained
     for bad in ("1.5", "x"):
         with pytest.raises(SystemExit):
             mod.main(["--random-model", "--protocol", "synthetic-t2", "--device", "cpu", "--confidence", bad])
+
+
+def test_a_run_folder_between_tasks_gives_its_task_checkpoint(tmp_path):
+    """A run stopped between tasks and brought home keeps checkpoint-task.pt only: G is read from it."""
+    mod = load_sampler_fidelity()
+    state = {"phase": "task_done", "task": 3, "method": {"G": {"ema": {"module": {"w": torch.ones(2)}}}},
+             "rng": torch.Generator().get_state(), "acc_rows": [], "seen_acc": [], "wall_s": 0.0}
+    torch.save(state, tmp_path / "checkpoint-task.pt")
+    weights, task, source = mod.load_global_model(tmp_path)
+    assert task == 3 and torch.equal(weights["w"], torch.ones(2)) and "checkpoint-task.pt" in source
+    torch.save({**state, "task": 4}, tmp_path / "checkpoint.pt")  # the latest state wins where both exist
+    assert mod.load_global_model(tmp_path)[1] == 4
