@@ -85,7 +85,9 @@ class JDCLConfig:
     # class-balanced replay set does. Aimed at the loss `standard`'s cifar10-t5 diagnostics show:
     # G_k learns the new classes second-hand, from 1000 of L_k's samples a class (task 2: 86.7 %
     # against L_2's 95.9 %), and its own samples of them, the next task's old-class replay, lose
-    # about 17 points of fidelity in that one step (old classes about 6 a generation).
+    # about 17 points of fidelity in that one step (old classes about 6 a generation). On digits-t5
+    # (CPU, results/probes/jdcl-digits-global-new-source) it lifted the replay and the new classes
+    # but cost 6 points final: realness marks the new classes for the classifier. No preset uses it.
     global_new_source: str = "replay"
     # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
