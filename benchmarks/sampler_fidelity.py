@@ -77,10 +77,11 @@ def load_global_model(path: Path) -> tuple[dict, int | None, str]:
     """(EMA weights of G, index of the task G finished or None, what was loaded) from a run directory,
     a runner checkpoint, a ``{"ema": {"module": ...}}`` record, or a plain state dict."""
     from jdcl_bench.records import load_checkpoint
+    from jdcl_bench.runner import TASK_CHECKPOINT
 
     ckpt = path
     if path.is_dir():  # a run folder: its latest state, else the state after its last finished task
-        ckpt = next((path / n for n in ("checkpoint.pt", "checkpoint-task.pt") if (path / n).is_file()),
+        ckpt = next((path / n for n in ("checkpoint.pt", TASK_CHECKPOINT) if (path / n).is_file()),
                     path / "checkpoint.pt")
     state = load_checkpoint(ckpt)
     if "method" in state:  # a runner checkpoint: the method's state holds G

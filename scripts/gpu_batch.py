@@ -94,11 +94,11 @@ def part_name(run_dir: Path, out: Path) -> str:
 
 def _between_tasks(path: Path) -> bool:
     """Whether a checkpoint holds a run's state between tasks (the runner's phase "task_done")."""
-    try:
-        import torch
+    from jdcl_bench.records import CheckpointError, load_checkpoint  # the runs this script starts import it too
 
-        return torch.load(path, map_location="cpu", weights_only=True).get("phase") == "task_done"
-    except Exception:  # not a checkpoint this script can read: leave it as it is
+    try:
+        return load_checkpoint(path).get("phase") == "task_done"
+    except CheckpointError:  # not a checkpoint of this suite: leave it as it is
         return False
 
 
@@ -132,8 +132,9 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
             # kept as the runner keeps it: if the resumed run stops inside its first task, its in-task
             # checkpoint replaces checkpoint.pt, and this copy is still there to bring home
             from jdcl_bench.records import keep_copy  # the runs this script starts import it too
+            from jdcl_bench.runner import TASK_CHECKPOINT
 
-            keep_copy(dest, dest.with_name("checkpoint-task.pt"))
+            keep_copy(dest, dest.with_name(TASK_CHECKPOINT))
         for f in numbered.values():  # joined once: a later command on this machine must not join them again
             f.unlink()               # over the newer checkpoint the run has written since
         print(f"joined {len(numbered)} part(s) into {dest}")

@@ -50,7 +50,9 @@ def test_run_resumed_on_another_gpu_names_both(tmp_path):
                        {"from_task": 3, "gpu_name": "H200"}, {"from_task": 5, "gpu_name": "H200"}]
     (run / "manifest.json").write_text(json.dumps(man))
     assert load_records(root)["gpu_name"].tolist() == ["H100 (tasks 1-2), H200 (tasks 3-5)"]
+    assert load_records(root)["gpu_models"].tolist() == [["H100", "H200"]]
 
     man["segments"] = [{"from_task": 1, "gpu_name": "H200"}, {"from_task": 4, "gpu_name": "H200"}]
     (run / "manifest.json").write_text(json.dumps(man))
     assert load_records(root)["gpu_name"].tolist() == ["H200"]
+    assert load_records(root)["gpu_models"].tolist() == [["H200"]]

@@ -46,7 +46,8 @@ def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tm
 
     gpu_batch = load_gpu_batch()
     out, back, run = _run_folder(tmp_path, "standard")
-    torch.save({"phase": phase, "task": 1, "method": {"w": torch.ones(3)}}, run / "checkpoint.pt")
+    torch.save({"phase": phase, "task": 1, "method": {"w": torch.ones(3)}, "rng": torch.Generator().get_state(),
+                "acc_rows": [], "seen_acc": [], "wall_s": 0.0}, run / "checkpoint.pt")  # a runner checkpoint's keys
     gpu_batch.bring_checkpoints(out, back)
     (run / "checkpoint.pt").unlink()
     gpu_batch.join_checkpoints(out, [back])

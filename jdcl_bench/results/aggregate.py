@@ -212,14 +212,14 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
             shared_by = pd.to_numeric(g["gpu_shared_by"], errors="coerce")
             on_gpu = g["device"].astype(str).eq("cuda") | (g["gpu_minutes"].fillna(0) > 0)
             bits = []
-            for mask, words in ((on_gpu & shared_by.eq(1), "GPU-min alone"),
-                                (on_gpu & shared_by.gt(1), "min on a shared GPU"),
-                                (on_gpu & shared_by.isna(), "GPU-min, sharing not recorded")):
+            for mask, words, alone in ((on_gpu & shared_by.eq(1), "GPU-min alone", True),
+                                       (on_gpu & shared_by.gt(1), "min on a shared GPU", False),
+                                       (on_gpu & shared_by.isna(), "GPU-min, sharing not recorded", False)):
                 sel = g[mask]
                 if len(sel):
                     mean = sel["gpu_minutes"].mean()
-                    over = (limit is not None and proto == limit[0] and words == "GPU-min alone"
-                            and round(mean, 1) > limit[1])
+                    # only a measurement alone can be held against the budget
+                    over = alone and limit is not None and proto == limit[0] and round(mean, 1) > limit[1]
                     bits.append(f"{mean:.1f} {words} (n={len(sel)})"
                                 + (f", over the {limit[1]:g}-minute budget" if over else ""))
             if (~on_gpu).any():

@@ -144,7 +144,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "dataset_canonical": canonical if isinstance(canonical, bool) else None,
         "dataset_note": dataset.get("note"),
         "reduced": reduced if isinstance(reduced, bool) else None,
-        "gpu_name": _gpu_names(manifest, hw, metrics.get("tasks_done")),
+        **_gpu_names(manifest, hw, metrics.get("tasks_done")),
         "device": hw.get("device"),
         "commit": code.get("commit"),
         "dirty": code.get("dirty"),
@@ -158,15 +158,18 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     }
 
 
-def _gpu_names(manifest: dict, hw: dict, tasks_done: Any) -> str | None:
-    """The GPU a run ran on; a run resumed on another GPU model names each with its tasks.
+def _gpu_names(manifest: dict, hw: dict, tasks_done: Any) -> dict:
+    """``gpu_name``: the GPU a run ran on, or for a run resumed on another GPU model each model with
+    its tasks; ``gpu_models``: the models alone (for a plot's title, without parsing that text).
 
     ``hardware`` holds the last process's machine only, so a run whose first tasks ran on an H100
     and the rest on an H200 would otherwise be credited to the H200 alone (its GPU-minutes mix both).
     """
     segs = [s for s in manifest.get("segments") or [] if isinstance(s, dict) and _is_number(s.get("from_task"))]
+    models = sorted({str(s.get("gpu_name")) for s in segs if s.get("gpu_name")})
     if len({s.get("gpu_name") for s in segs}) < 2:
-        return hw.get("gpu_name")
+        name = hw.get("gpu_name")
+        return {"gpu_name": name, "gpu_models": [name] if name else []}
     spans: list[list] = []                                  # [gpu, first task, last task]
     for i, seg in enumerate(segs):
         last = segs[i + 1]["from_task"] - 1 if i + 1 < len(segs) else (tasks_done or seg["from_task"])
@@ -174,8 +177,9 @@ def _gpu_names(manifest: dict, hw: dict, tasks_done: Any) -> str | None:
             spans[-1][2] = last
         else:
             spans.append([seg.get("gpu_name"), seg["from_task"], last])
-    return ", ".join(f"{g or 'no GPU'} (task{'s' if b > a else ''} {a}{f'-{b}' if b > a else ''})"
-                     for g, a, b in spans)
+    return {"gpu_name": ", ".join(f"{g or 'no GPU'} (task{'s' if b > a else ''} {a}{f'-{b}' if b > a else ''})"
+                                  for g, a, b in spans),
+            "gpu_models": models}
 
 
 def _short_list(items: Sequence[str], limit: int = 5) -> str:
@@ -190,7 +194,7 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     ``method``, ``method_label``, ``preset``, ``seed``, the metrics ``final_acc``, ``avg_acc``,
     ``avg_inc_acc``, ``forgetting``, ``gpu_minutes``, ``wall_minutes``, then ``tasks_done``,
     ``num_tasks``, ``dataset_name``, ``dataset_variant``, ``dataset_canonical`` (bool or None),
-    ``dataset_note``, ``reduced`` (reduced-budget preset: bool or None), ``gpu_name``, ``device``,
+    ``dataset_note``, ``reduced`` (reduced-budget preset: bool or None), ``gpu_name``, ``gpu_models``, ``device``,
     ``commit``, ``dirty``, ``finished_at``, ``seen_acc`` (list), ``acc_matrix`` (list of lists)
     and ``run_dir``.
 

@@ -6,7 +6,6 @@ pyplot's global backend alone.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +134,11 @@ def compute_curve(records: pd.DataFrame, protocol: str) -> pd.DataFrame:
              "preset": f"{r.preset} [{r.overrides_text}]" if r.overrides_text else r.preset,
              "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
              "final_acc": float(r.final_acc), "replay_fidelity": _replay_fidelity(r.run_dir),
-             "gpu_shared_by": _shared_by(r.run_dir), "gpu_name": r.gpu_name, "run_dir": str(r.run_dir)}
+             "gpu_shared_by": _shared_by(r.run_dir), "gpu_name": r.gpu_name, "gpu_models": r.gpu_models,
+             "run_dir": str(r.run_dir)}
             for r in runs.itertuples()]
     cols = ["method", "preset", "seed", "gpu_minutes", "final_acc", "replay_fidelity", "gpu_shared_by", "gpu_name",
-            "run_dir"]
+            "gpu_models", "run_dir"]
     return pd.DataFrame(rows, columns=cols).sort_values(["method", "gpu_minutes"]).reset_index(drop=True)
 
 
@@ -185,9 +185,8 @@ def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{protocol}: accuracy against compute")
-    # the models only: a run resumed on another model reads "A (tasks 1-2), B (tasks 3-5)" (the table says which)
-    gpus = sorted({name for g in curve["gpu_name"] if isinstance(g, str)
-                   for name in re.sub(r" \(tasks? [0-9-]+\)", "", g).split(", ")})
+    # the models only (the table says which tasks of a resumed run ran on which)
+    gpus = sorted({name for models in curve["gpu_models"] for name in models})
     ax.set_title(("GPU: " + ", ".join(gpus) + "; " if gpus else "") + "hollow = shared its GPU", fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
