@@ -136,7 +136,8 @@ def profile_line(label: str, p: dict) -> str:
     ops = ", ".join(f"{o['op']} {o['self_ms_per_step']:.2f}" for o in p["top_host_ops"][:4])
     return (f"  {label}: host {p['host_ms_per_step']:.2f} ms/step, device {p['device_ms_per_step']:.2f} ms/step{busy}; "
             f"per step {p['syncs_per_step']:.1f} syncs, {p['copies_per_step']:.1f} copies, "
-            f"{p['launches_per_step']:.0f} launches; host self ms/step: {ops}")
+            f"{p['launches_per_step']:.0f} launches; host self ms/step: {ops}"
+            + "".join(f"; syncs from {w['site']} {w['per_step']:.1f}/step" for w in (p.get("sync_sites") or [])[:3]))
 
 
 def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps: int = 200, warmup: int = 25,

@@ -2,6 +2,9 @@
 shapes) that launched the most. Used by `jdcl-bench bench` and benchmarks/ddim_batch.py."""
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import torch
 
 
@@ -104,12 +107,13 @@ class StepProfile:
     device: ``start`` and ``stop`` bracket the window, ``summary`` says per step how long the host
     took, how long the device computed, how often the host waited for it, how many launches, and
     which operators cost the host most (self time). A device busy far less than the host's step
-    time means the loop is host-bound; syncs per step say where it waits. Not yet run on a GPU
-    (2026-12-06): check there that kernels replayed from CUDA graphs (JDCL's compiled UNet) are seen
-    one by one before reading the device columns."""
+    time means the loop is host-bound; syncs per step say where it waits, and on CUDA ``sync_sites``
+    which lines of Python made them. On an H200 (results/bench/loop-NVIDIA_H200-20261206T232507.json)
+    the kernels replayed from CUDA graphs were seen one by one (the bare step's device busy 97-98 %)."""
 
     def __init__(self, device: torch.device, steps: int):
         self.device, self.steps, self.prof, self.wall = device, steps, None, 0.0
+        self._warnings, self.sync_records = None, []
 
     def start(self) -> None:
         import time
@@ -119,6 +123,11 @@ class StepProfile:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         self.prof = profile(activities=acts)
         sync_device(self.device)
+        if self.device.type == "cuda":  # each synchronising call warns, from the Python line that made it
+            self._warnings = warnings.catch_warnings(record=True)
+            self.sync_records = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
         self.prof.__enter__()
         self.t0 = time.perf_counter()
 
@@ -128,6 +137,10 @@ class StepProfile:
         sync_device(self.device)
         self.wall = time.perf_counter() - self.t0
         self.prof.__exit__(None, None, None)
+        if self._warnings is not None:
+            torch.cuda.set_sync_debug_mode(0)
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
 
     def summary(self, top: int = 15) -> dict:
         from torch.autograd import DeviceType
@@ -150,5 +163,21 @@ class StepProfile:
                 "syncs_per_step": count(SYNC_CALLS, SYNC_EXACT) / n,
                 "copies_per_step": count(("cudaMemcpyAsync",)) / n,
                 "launches_per_step": count(LAUNCH_CALLS) / n,
+                "sync_sites": sync_sites(self.sync_records, n) if self.device.type == "cuda" else None,
                 "top_host_ops": [{"op": e.key[:120], "self_ms_per_step": us / 1000 / n, "calls_per_step": e.count / n}
                                  for us, e in host]}
+
+
+def sync_sites(records: list, steps: int, top: int = 8) -> list[dict]:
+    """Where the host waited, from the warnings of ``torch.cuda.set_sync_debug_mode("warn")``: the
+    Python lines whose torch calls synchronised (``file:line``, a frame of the suite or of torch),
+    with how often per step. The profiler counts the waits; this names the code behind them. The
+    final synchronisation of the window is the profiler's own and not a warning."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if "synchroniz" not in str(r.message):
+            continue
+        site = f"{Path(r.filename).name}:{r.lineno}"
+        counts[site] = counts.get(site, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [{"site": site, "per_step": c / steps} for site, c in ranked]

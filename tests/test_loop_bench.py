@@ -78,9 +78,29 @@ def test_loop_bench_profile_says_per_step_where_the_host_goes(tmp_path, monkeypa
             assert p["device_busy_share"] is None
             assert p["top_host_ops"] and all(o["self_ms_per_step"] > 0 for o in p["top_host_ops"])
             assert p["syncs_per_step"] == 0 and p["launches_per_step"] == 0  # no CUDA on a CPU run
+            assert p["sync_sites"] is None
     assert "host" in r.output and "ms/step" in r.output
     r = CliRunner().invoke(main, ["bench", "--profile", "3", "--device", "cpu"])
     assert r.exit_code == 2 and "--profile applies to --loop" in r.output
     r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "fast", "--profile", "3",
                                   "--device", "cpu", "--out", str(tmp_path / "dgr")])
     assert r.exit_code == 2 and "does not profile yet" in r.output and not (tmp_path / "dgr").exists()
+
+
+def test_sync_sites_name_the_lines_that_synchronised():
+    """The warnings of torch.cuda.set_sync_debug_mode("warn") become per-step counts by file:line,
+    most frequent first; warnings of anything else are not counted."""
+    import warnings
+
+    from jdcl_bench.profiling import sync_sites
+
+    def rec(msg, filename, lineno):
+        return warnings.WarningMessage(UserWarning(msg), UserWarning, filename, lineno)
+
+    sync = "called a synchronizing CUDA operation"
+    records = [rec(sync, "/x/jdcl_bench/data/augment.py", 222)] * 4 + [rec(sync, "/x/jdcl_bench/methods/jdcl.py", 9)] * 2
+    records += [rec("some deprecation", "/x/other.py", 1)] * 9
+    assert sync_sites(records, steps=2) == [{"site": "augment.py:222", "per_step": 2.0},
+                                            {"site": "jdcl.py:9", "per_step": 1.0}]
+    assert sync_sites([], steps=2) == []
+
