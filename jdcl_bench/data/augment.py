@@ -297,9 +297,11 @@ def _smooth(x):
     """PIL's SMOOTH filter (3x3, centre weight 5, total 13) inside the image; borders unchanged,
     which is the degenerate image ImageEnhance.Sharpness blends with."""
     c = x.shape[1]
-    k = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    k[1, 1] = 5
-    k = (k / 13).expand(c, 1, 3, 3)
+    # built on the CPU and copied as every parameter here is: ``k[1, 1] = 5`` on a CUDA tensor copies a
+    # CPU scalar from pageable memory, which waits for the device. Called in both RandAugment ops of a
+    # step, it is the likely source of the two host waits a step in JDCL's loops (results/bench/README.md,
+    # H200 loop profile; the next profile's sync_sites will say)
+    k = _on(torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype) / 13, x).expand(c, 1, 3, 3)
     inner = F.conv2d(x, k, groups=c)
     out = x.clone()
     out[:, :, 1:-1, 1:-1] = inner
