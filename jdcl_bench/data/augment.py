@@ -299,7 +299,7 @@ def _smooth(x):
     c = x.shape[1]
     # built on the CPU and copied as every parameter here is: ``k[1, 1] = 5`` on a CUDA tensor copies a
     # CPU scalar from pageable memory, which waits for the device (pytorch/pytorch PRs 186482 and 188267
-    # describe it; torch 2.11-2.14 still wait). Called in both RandAugment ops of a
+    # describe it; the device machines' torch 2.11 has it). Called in both RandAugment ops of a
     # step, it is the likely source of the two host waits a step in JDCL's loops (results/bench/README.md,
     # H200 loop profile; the next profile's sync_sites will say)
     k = _on(torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype) / 13, x).expand(c, 1, 3, 3)
