@@ -167,6 +167,69 @@ def test_real_new_class_images_in_the_global_stage(tmp_path, monkeypatch, semi):
     assert any("real images" in d for d in M.JDCL.differences_from_paper({"global_new_source": "real"}))
 
 
+@pytest.mark.parametrize("semi", [False, True])
+def test_real_images_for_the_diffusion_terms_only(tmp_path, monkeypatch, semi):
+    """global_new_source=real-diffusion: the replay set is the recipe's (all generated), the classifier
+    sees it unchanged, and the diffusion view of each new-class sample comes from the task's real
+    images (semi-supervised: unlabelled ones too); old-class samples keep their replay image in both.
+    A resume inside the global stage is exact (the conformance kit's crash points)."""
+    from jdcl_bench.data import augment as A
+    from jdcl_bench.methods import jdcl as M
+
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    calls, pools = [], {}
+    diffusion_pool, views = M.JDCL._diffusion_pool, M.JDCL._views
+
+    def spy_pool(self, task):
+        pools[id(self)] = (task, diffusion_pool(self, task))
+        return pools[id(self)][1]
+
+    def spy_views(self, x, crop_scale, x_diff=None):
+        if x_diff is None:
+            return views(self, x, crop_scale)
+        # the global stage: what it drew, from which replay set and pool; and, with the same randomness,
+        # that the diffusion view is x_diff's and the classifier's view x's
+        rng = self.ctx.rng
+        start = rng.get_state()
+        d, c = views(self, x, crop_scale, x_diff)
+        end = rng.get_state()
+        rng.set_state(start)
+        assert torch.equal(d, views(self, x_diff, crop_scale)[0])
+        rng.set_state(start)
+        assert torch.equal(c, views(self, x, crop_scale)[1])
+        rng.set_state(end)
+        calls.append((x.clone(), x_diff.clone(), self.replay, *pools[id(self)]))
+        return d, c
+
+    monkeypatch.setattr(M.JDCL, "_diffusion_pool", spy_pool)
+    monkeypatch.setattr(M.JDCL, "_views", spy_views)
+    out = check_method("jdcl", preset="smoke", semi=semi, overrides={"global_new_source": "real-diffusion"},
+                       workdir=tmp_path)
+    assert max(out["crash_points"]) > 12  # smoke: 6 + 6 local ticks, then the global stage
+    assert calls
+
+    def index_in(rows, table):  # each row's first match in table, -1 where none
+        eq = (rows[:, None, :] == table[None, :, :]).all(2)
+        return torch.where(eq.any(1), eq.float().argmax(1), torch.full((len(rows),), -1))
+
+    from_unlabelled = 0
+    for x, x_diff, replay, task, pool in calls:
+        assert "n_old" not in replay  # the recipe's replay set, all generated
+        x, x_diff = x.flatten(1), x_diff.flatten(1)
+        where = index_in(x, A.to_unit(replay["x"]).flatten(1))
+        assert bool((where >= 0).all())  # the classifier's images: replay only
+        is_old = torch.isin(replay["y"][where], replay["old"])
+        same = (x == x_diff).all(1)
+        assert bool(same[is_old].all()) and not bool(same[~is_old].any())
+        assert torch.equal(pool, torch.cat([task.x, task.unlabelled_x]) if semi else task.x)
+        assert bool((index_in(x_diff[~is_old], A.to_unit(pool).flatten(1)) >= 0).all())
+        if semi:
+            from_unlabelled += int((index_in(x_diff[~is_old], A.to_unit(task.x).flatten(1)) < 0).sum())
+    if semi:
+        assert from_unlabelled > 0
+    assert any("real images" in d for d in M.JDCL.differences_from_paper({"global_new_source": "real-diffusion"}))
+
+
 def test_unknown_compile_mode_is_a_clear_config_error(tmp_path):
     from click.testing import CliRunner
 

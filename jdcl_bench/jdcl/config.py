@@ -87,7 +87,11 @@ class JDCLConfig:
     # against L_2's 95.9 %), and its own samples of them, the next task's old-class replay, lose
     # about 17 points of fidelity in that one step (old classes about 6 a generation). On digits-t5
     # (CPU, results/probes/jdcl-digits-global-new-source) it lifted the replay and the new classes
-    # but cost 6 points final: realness marks the new classes for the classifier. No preset uses it.
+    # but cost 6 points final: realness marks the new classes for the classifier. real-diffusion: the
+    # replay set is the recipe's, but the diffusion terms take each new-class sample's image from the
+    # task's real images (labelled and unlabelled: those terms use no label) while the classification
+    # terms keep the generated one, so the classifier never sees a real image it could tell apart
+    # from the old classes' replay. No preset uses either.
     global_new_source: str = "replay"
     # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
@@ -131,7 +135,7 @@ UNETS = ("paper", "fast", "smoke")  # UNetConfig's presets
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOCAL_INITS = ("scratch", "global")
 SAMPLERS = ("ddim", "dpm-solver++")
-NEW_SOURCES = ("replay", "real")
+NEW_SOURCES = ("replay", "real", "real-diffusion")
 
 # The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
 # results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
@@ -204,6 +208,9 @@ def differences_from_paper(method_config: dict) -> list[str]:
         out.append(f"lr {method_config['lr']:g} (recipe 2e-4)")
     if method_config.get("replay_confidence_threshold"):
         out.append(f"replay kept at classifier confidence >= {method_config['replay_confidence_threshold']}")
-    if method_config.get("global_new_source", "replay") != "replay":
+    source = method_config.get("global_new_source", "replay")
+    if source == "real":
         out.append("global stage: new classes from the task's real images (recipe: L_k's replay)")
+    elif source == "real-diffusion":
+        out.append("global stage: diffusion terms on the task's real images for new classes (recipe: L_k's replay)")
     return out

@@ -214,10 +214,13 @@ class JDCL(Method):
                 self.ctx.log_step(self.step, loss, every=100, **parts)
                 self.ctx.tick()
 
-    def _views(self, x: torch.Tensor, crop_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The diffusion view (flip, crop) and the classifier's strong view of ``x`` in [0, 1], as [-1, 1]."""
+    def _views(self, x: torch.Tensor, crop_scale: float,
+               x_diff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The diffusion view (flip, crop) and the classifier's strong view of ``x`` in [0, 1], as [-1, 1];
+        the diffusion view of ``x_diff`` instead where given (global_new_source = real-diffusion)."""
         rng, fp = self.ctx.rng, self.info.flip_p
-        x_diff = A.random_resized_crop(A.hflip(x, rng, fp), rng, scale=(crop_scale, 1.0))
+        x_diff = A.random_resized_crop(A.hflip(x if x_diff is None else x_diff, rng, fp), rng,
+                                       scale=(crop_scale, 1.0))
         return x_diff * 2 - 1, A.strong_view(x, rng, fp) * 2 - 1
 
     def _sup_loss(self, fwd, task: TaskData):
@@ -347,6 +350,15 @@ class JDCL(Method):
             x, y = torch.cat([x, xu[keep]]), torch.cat([y, yu[keep]])
         return x, y
 
+    def _diffusion_pool(self, task: TaskData) -> torch.Tensor | None:
+        """The task's real images, labelled and unlabelled, for the diffusion terms of the new-class
+        samples (``global_new_source = "real-diffusion"``; None otherwise). Those terms use no label,
+        so the unlabelled images need none. Rebuilt from the task at each stage start and on resume:
+        nothing of it is in a checkpoint."""
+        if self.cfg.global_new_source != "real-diffusion":
+            return None
+        return torch.cat([task.x, task.unlabelled_x]) if len(task.unlabelled_x) else task.x
+
     def _global_draw(self, task: TaskData):
         """A function giving the indices into the replay set of one global batch (on the device).
         With real new-class images the set is unbalanced (CIFAR-10: 5000 real images a new class,
@@ -417,14 +429,21 @@ class JDCL(Method):
         teachers = self._teacher_fns()
         rx, ry = self.replay["x"], self.replay["y"]
         draw = self._global_draw(task)
+        real_pool = self._diffusion_pool(task)
         cls_start = int(c.cls_start_fraction * c.global_steps)
         head = tuple(self.net.head.parameters())  # out of the loss until cls_start
         self.net.train()
         with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
                 idx = draw()
-                x_diff, x_cls = self._views(A.to_unit(rx[idx]), c.global_crop_scale)
-                y = ry[idx]
+                x, y = A.to_unit(rx[idx]), ry[idx]
+                real = None
+                if real_pool is not None:  # new-class samples: a real image of the task for the diffusion terms
+                    ridx = to_device(torch.randint(len(real_pool), (c.batch_size,), generator=self.ctx.rng),
+                                     self.device)
+                    is_old_all = torch.isin(y, self.replay["old"]).view(-1, 1, 1, 1)
+                    real = torch.where(is_old_all, x, A.to_unit(real_pool[ridx]))
+                x_diff, x_cls = self._views(x, c.global_crop_scale, real)
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
                 # this rank's slice of the global batch (all of it in one process)
                 x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, y))
