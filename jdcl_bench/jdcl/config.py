@@ -91,7 +91,8 @@ class JDCLConfig:
     # replay set is the recipe's, but the diffusion terms take each new-class sample's image from the
     # task's real images (labelled and unlabelled: those terms use no label) while the classification
     # terms keep the generated one, so the classifier never sees a real image it could tell apart
-    # from the old classes' replay. No preset uses either.
+    # from the old classes' replay; on digits-t5 (two seeds, same folder) +1.8 / +2.0 points final
+    # over the recipe, no class falling. No preset uses either; neither is measured on CIFAR-10.
     global_new_source: str = "replay"
     # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
