@@ -9,8 +9,9 @@
 #   bash scripts/issue23_gpu.sh loop      # jdcl-bench bench --loop: JDCL's local and global loops next to
 #                                         # the bare step of the same model (and 30 steps of each under
 #                                         # torch.profiler: where the host time goes), fast preset, fully and
-#                                         # semi-supervised, DGR/GUIDE's generator loop and NNCSL (one
-#                                         # record each, no data needed)
+#                                         # semi-supervised, DGR/GUIDE's generator and classifier loops and
+#                                         # NNCSL, all profiled (one record each, no data needed); the
+#                                         # profiles name the Python lines that synchronised (sync_sites)
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
 #   bash scripts/issue23_gpu.sh packing 4,8   # per GPU (one record each; speedups against N = 1 are the
 #                                             # ratio of the records' wall_s)
@@ -38,7 +39,7 @@ case "${1:-}" in
   loop)
     jdcl-bench bench --loop --profile 30 --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --profile 30 --semi --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --method dgr --config fast --device cuda --out "$DEST"
+    jdcl-bench bench --loop --profile 30 --method dgr --config fast --device cuda --out "$DEST"
     jdcl-bench bench --loop --profile 30 --method nncsl --semi --config fast --device cuda --out "$DEST"
     ;;
   packing)

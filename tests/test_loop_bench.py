@@ -82,9 +82,16 @@ def test_loop_bench_profile_says_per_step_where_the_host_goes(tmp_path, monkeypa
     assert "host" in r.output and "ms/step" in r.output
     r = CliRunner().invoke(main, ["bench", "--profile", "3", "--device", "cpu"])
     assert r.exit_code == 2 and "--profile applies to --loop" in r.output
+    # a loop bench whose time_loops takes no profile argument (a plugin's, say) is refused before it runs
+    from jdcl_baselines.dgr import DGR
+
+    monkeypatch.setattr(DGR, "time_loops", classmethod(lambda cls, preset, device, steps, warmup, semi, log: {}))
     r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "fast", "--profile", "3",
                                   "--device", "cpu", "--out", str(tmp_path / "dgr")])
     assert r.exit_code == 2 and "does not profile yet" in r.output and not (tmp_path / "dgr").exists()
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "finetune", "--config", "fast", "--profile", "3",
+                                  "--device", "cpu", "--out", str(tmp_path / "ft")])
+    assert r.exit_code == 2 and "has no loop bench" in r.output
 
 
 def test_sync_sites_name_the_lines_that_synchronised():

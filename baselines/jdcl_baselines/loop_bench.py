@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import cuda_channels_last
-from jdcl_bench.loop_bench import (CLASSES, SHAPE, _stage_result, _task, _timed, add_profiles, bench_context, stage_line,
+from jdcl_bench.loop_bench import (CLASSES, SHAPE, _stage_result, _task, _timed, add_profiles, bench_context,
                                    stage_lines, window_text)
 from jdcl_bench.methods.base import optimiser_step
 from jdcl_bench.profiling import sync_device
@@ -34,8 +34,10 @@ from .dgr import classifier_augment
 
 
 def time_generator_loop(cfg, preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
-                        log=print) -> dict:
-    """The generator's diffusion loop of a DGR/GUIDE config ``cfg`` (its ``preset``) and its bare step."""
+                        log=print, profile: int = 0) -> dict:
+    """The generator's diffusion loop of a DGR/GUIDE config ``cfg`` (its ``preset``) and its bare step.
+    ``profile`` > 0: that many more loop steps, and as many bare steps, under torch.profiler after the
+    timed window (jdcl_bench.loop_bench.time_jdcl_loops says what is recorded)."""
     g = cfg.generator
     with bench_context(device) as (info, ctx, clock, rng):
         gen = ConditionalGenerator(g, info, device, cfg.amp and device.type == "cuda", compile=cfg.compile,
@@ -43,18 +45,23 @@ def time_generator_loop(cfg, preset: str, device: torch.device, steps: int = 200
         first = CLASSES[0]
         task = _task(0, first, first, 10_000, 0, SHAPE, rng, device)  # a CIFAR-10 task's images
         stage = GeneratorStage(gen, ctx, 0, first, first, None, seed=0, semi=False)
-        stage.total = warmup + steps
-        clock.window(warmup, warmup + steps)
-        log(f"loop bench: generator diffusion loop, {warmup} + {steps} steps")
+        stage.total = warmup + steps + profile
+        clock.window(warmup, warmup + steps, profile)
+        log(f"loop bench: generator diffusion loop, {window_text(warmup, steps, profile)}")
         stage._train(task)
         loop_s = clock.seconds()
         stage.prev = stage.result  # the trained weights again, with a fresh AdamW and EMA
         stage._new_net()
-        bare_s = _timed(_bare_generator_step(stage, task, rng), device, warmup, steps)
+        bare = _bare_generator_step(stage, task, rng)
+        bare_s = _timed(bare, device, warmup, steps)
+        result = _stage_result("generator", loop_s, bare_s, steps, g.batch_size)
+        add_profiles(result, clock, bare, device)
     out = {"preset": preset, "semi_supervised": False, "steps": steps, "warmup": warmup, "unet": g.unet,
-           "batch_size": g.batch_size, "compile": cfg.compile,
-           "stages": [_stage_result("generator", loop_s, bare_s, steps, g.batch_size)]}
-    log(stage_line(f"{preset} generator", out["stages"][0]))
+           "batch_size": g.batch_size, "compile": cfg.compile, "stages": [result]}
+    if profile:
+        out["profile_steps"] = profile
+    for line in stage_lines(f"{preset} generator", result):
+        log(line)
     return out
 
 
@@ -75,9 +82,12 @@ def _bare_generator_step(stage: GeneratorStage, task, rng: torch.Generator):
 
 
 def time_classifier_loop(cls, preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
-                         log=print) -> dict:
-    """Task 2's classifier loop of DGR/GUIDE (``cls``) at ``preset``, replay generation timed apart."""
-    cfg = cls.config_for(preset, {"classifier.steps_later": warmup + steps, "diagnostics": False, "cache": False})
+                         log=print, profile: int = 0) -> dict:
+    """Task 2's classifier loop of DGR/GUIDE (``cls``) at ``preset``, replay generation timed apart.
+    ``profile`` > 0: as time_generator_loop; the profiled loop steps include the replay regenerations
+    that fall among them (every ``regen_every`` steps), the bare steps none."""
+    cfg = cls.config_for(preset, {"classifier.steps_later": warmup + steps + profile, "diagnostics": False,
+                                  "cache": False})
     c = cfg.classifier
     with bench_context(device) as (info, ctx, clock, rng):
         m = cls(cfg, ctx)
@@ -98,17 +108,21 @@ def time_classifier_loop(cls, preset: str, device: torch.device, steps: int = 20
             regen[0] += (time.perf_counter() - t0) if inside else 0.0
             return out
         m._generate_replay = timed_generation
-        clock.window(warmup, warmup + steps)
-        log(f"loop bench: {cls.name} classifier loop of task 2, {warmup} + {steps} steps")
+        clock.window(warmup, warmup + steps, profile)
+        log(f"loop bench: {cls.name} classifier loop of task 2, {window_text(warmup, steps, profile)}")
         m._train_classifier(task)
         loop_s = clock.seconds()
-        bare_s = _timed(_bare_classifier_step(m, task, rng), device, warmup, steps)
-    s = _stage_result("classifier", loop_s, bare_s, steps, c.batch_size)
+        bare = _bare_classifier_step(m, task, rng)
+        bare_s = _timed(bare, device, warmup, steps)
+        s = _stage_result("classifier", loop_s, bare_s, steps, c.batch_size)
+        add_profiles(s, clock, bare, device)
     s.update(replay_generation_s=regen[0], regen_every=c.regen_every, ddim_steps=c.ddim_steps,
              loop_share_of_bare_without_generation=(steps / (loop_s - regen[0])) / s["bare_steps_per_s"])
     log(f"{preset} {cls.name} classifier: loop {s['loop_steps_per_s']:.2f} steps/s ({100 * regen[0] / loop_s:.0f} % of "
         f"it generating replay), bare step {s['bare_steps_per_s']:.2f} steps/s: the loop keeps "
         f"{100 * s['loop_share_of_bare_without_generation']:.1f} % without the generation")
+    for line in stage_lines(f"{preset} {cls.name} classifier", s)[1:]:  # the profiles, where taken
+        log(line)
     return s
 
 

@@ -27,6 +27,30 @@ def test_generator_loop_bench_record(tmp_path):
     assert "the loop keeps" in r.output
 
 
+def test_generator_and_classifier_loops_profile(tmp_path, monkeypatch):
+    """--profile N: N more steps of the generator loop and of task 2's classifier loop run under the
+    profiler after the timed windows, beside N bare steps of each; the timed window is unchanged."""
+    from jdcl_baselines.cond_diffusion import GeneratorStage
+
+    trained, train = [], GeneratorStage._train
+
+    def spy(self, task):
+        train(self, task)
+        trained.append(self.step)
+    monkeypatch.setattr(GeneratorStage, "_train", spy)
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "smoke", "--device", "cpu",
+                                  "--iters", "2", "--warmup", "1", "--profile", "3", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert trained == [1 + 2 + 3]
+    (run,) = json.loads(next(tmp_path.glob("loop-dgr-*.json")).read_text())["runs"]
+    assert run["profile_steps"] == 3
+    for s in run["stages"]:
+        assert s["steps"] == 2
+        for key in ("loop_profile", "bare_profile"):
+            assert s[key]["steps"] == 3 and s[key]["host_ms_per_step"] > 0 and s[key]["top_host_ops"]
+    assert r.output.count("host self ms/step") == 4
+
+
 def test_nncsl_loop_bench_times_both_tasks(tmp_path, monkeypatch):
     """NNCSL's own train_task runs warm-up + timed (+ profiled) steps per task; task 2 with the NND
     teacher; with --profile, each task's loop and bare step say where a step's host time goes."""
