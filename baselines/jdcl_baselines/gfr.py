@@ -201,7 +201,7 @@ class GFR(Method):
         parts = {"ce": l_real}
         if semi:
             # pseudo-labels among the current task's classes (the unlabelled stream belongs to them)
-            cur = torch.tensor(task.classes, device=dev)
+            cur = to_device(torch.tensor(task.classes), dev)  # every step: a copy that does not wait
             probs = logits[nl:nl + nu].detach()[:, cur].softmax(1)
             conf, arg = probs.max(1)
             mask = (conf >= c.pseudo_threshold).float()

@@ -38,7 +38,9 @@ def hue_shift(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     h = torch.where(c > 0, sector / 6, torch.zeros_like(v))
     h = torch.remainder(h + turns.reshape(-1, 1, 1).to(x.dtype), 1.0)
     # back to RGB: channel n is v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # made on the CPU and copied without waiting: torch.tensor(..., device="cuda") copies from pageable
+    # memory and waits for the device, once per call (NNCSL's colour views, GUIDE's jitter: every step)
+    n = to_device(torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype), x.device).view(1, 3, 1, 1)
     k = torch.remainder(n + 6 * h[:, None], 6.0)
     return (v[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))).clamp(0, 1)
 
