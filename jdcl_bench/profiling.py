@@ -3,6 +3,7 @@ shapes) that launched the most. Used by `jdcl-bench bench` and benchmarks/ddim_b
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -173,11 +174,5 @@ def sync_sites(records: list, steps: int, top: int = 8) -> list[dict]:
     Python lines whose torch calls synchronised (``file:line``, a frame of the suite or of torch),
     with how often per step. The profiler counts the waits; this names the code behind them. The
     final synchronisation of the window is the profiler's own and not a warning."""
-    counts: dict[str, int] = {}
-    for r in records:
-        if "synchroniz" not in str(r.message):
-            continue
-        site = f"{Path(r.filename).name}:{r.lineno}"
-        counts[site] = counts.get(site, 0) + 1
-    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-    return [{"site": site, "per_step": c / steps} for site, c in ranked]
+    counts = Counter(f"{Path(r.filename).name}:{r.lineno}" for r in records if "synchroniz" in str(r.message))
+    return [{"site": site, "per_step": c / steps} for site, c in counts.most_common(top)]

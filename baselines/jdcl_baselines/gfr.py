@@ -169,20 +169,23 @@ class GFR(Method):
         c = self.cfg
         spe = self._steps_per_epoch(task, c.batch_size)
         total = math.ceil(c.epochs * spe)
-        semi = len(task.unlabelled_x) > 0
+        # semi-supervised: the task's classes on the device for the pseudo-labels, made once per task
+        cur = to_device(torch.tensor(task.classes), self.device) if len(task.unlabelled_x) else None
         # official: from task 1 on the extractor trains in eval mode (BN statistics frozen)
         self.net.train(not (c.freeze_bn and task.index > 0))
         with self.ctx.progress("GFR feature extractor", total - self.step):
             while self.step < total:
-                loss, parts = self._extractor_loss(task, semi)
+                loss, parts = self._extractor_loss(task, cur)
                 optimiser_step(self.opt, loss, c.lr * c.lr_gamma ** math.floor(self.step / max(1, c.lr_step_epochs * spe)))
                 self.step += 1
                 self.counters["extractor_steps"] += 1
                 self.ctx.log_step(self.step, loss, **parts)
                 self.ctx.tick()
 
-    def _extractor_loss(self, task: TaskData, semi: bool) -> tuple[torch.Tensor, dict]:
+    def _extractor_loss(self, task: TaskData, cur: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """``cur``: the task's classes on the device, semi-supervised; None, fully supervised."""
         c, rng, dev = self.cfg, self.ctx.rng, self.device
+        semi = cur is not None
         li = sample_indices(len(task.x), c.batch_size, rng, dev)
         xl, y = task.x[li], task.y[li]
         views = [self._augment(xl)]
@@ -201,7 +204,6 @@ class GFR(Method):
         parts = {"ce": l_real}
         if semi:
             # pseudo-labels among the current task's classes (the unlabelled stream belongs to them)
-            cur = to_device(torch.tensor(task.classes), dev)  # every step: a copy that does not wait
             probs = logits[nl:nl + nu].detach()[:, cur].softmax(1)
             conf, arg = probs.max(1)
             mask = (conf >= c.pseudo_threshold).float()

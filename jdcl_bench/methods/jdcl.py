@@ -437,17 +437,16 @@ class JDCL(Method):
             while self.step < c.global_steps:
                 idx = draw()
                 x, y = A.to_unit(rx[idx]), ry[idx]
+                is_old = torch.isin(y, self.replay["old"])
                 real = None
                 if real_pool is not None:  # new-class samples: a real image of the task for the diffusion terms
                     ridx = to_device(torch.randint(len(real_pool), (c.batch_size,), generator=self.ctx.rng),
                                      self.device)
-                    is_old_all = torch.isin(y, self.replay["old"]).view(-1, 1, 1, 1)
-                    real = torch.where(is_old_all, x, A.to_unit(real_pool[ridx]))
+                    real = torch.where(is_old.view(-1, 1, 1, 1), x, A.to_unit(real_pool[ridx]))
                 x_diff, x_cls = self._views(x, c.global_crop_scale, real)
                 x_t, t, noise = self.diffusion.sample_t_and_noise(x_diff, self.dev_rng)
                 # this rank's slice of the global batch (all of it in one process)
-                x_t, t, noise, x_cls, y = map(D.shard, (x_t, t, noise, x_cls, y))
-                is_old = torch.isin(y, self.replay["old"])
+                x_t, t, noise, x_cls, y, is_old = map(D.shard, (x_t, t, noise, x_cls, y, is_old))
                 with torch.no_grad(), self.autocast():
                     eps_T, logits_T = teacher_targets(teachers, is_old, x_t, t, x_cls)
                 with self.autocast():
