@@ -118,56 +118,6 @@ def test_jdcl_conformance(tmp_path, monkeypatch, semi):
 
 
 @pytest.mark.parametrize("semi", [False, True])
-def test_real_new_class_images_in_the_global_stage(tmp_path, monkeypatch, semi):
-    """global_new_source=real: the global stage's new classes are the task's own images (semi-supervised:
-    the unlabelled ones labelled by L_k's classifier, task classes only), each batch draws old and new
-    at their classes' shares, the diagnostics measure the generated part only, and a resume inside the
-    global stage is exact (the conformance kit's crash points)."""
-    from jdcl_bench.methods import jdcl as M
-
-    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
-    seen = {}
-    make_replay, global_draw = M.JDCL._make_replay, M.JDCL._global_draw
-
-    def spy_replay(self, task):
-        out = make_replay(self, task)
-        n_old = int(out["n_old"])
-        seen.update(task=task, n_old=n_old, y=out["y"].clone(), real_x=out["x"][n_old:].clone())
-        return out
-
-    def spy_draw(self, task):
-        draw = global_draw(self, task)
-        state = self.ctx.rng.get_state()  # look at a few batches without moving the run's generator
-        seen["batches"] = [draw() for _ in range(4)]
-        self.ctx.rng.set_state(state)
-        return draw
-
-    monkeypatch.setattr(M.JDCL, "_make_replay", spy_replay)
-    monkeypatch.setattr(M.JDCL, "_global_draw", spy_draw)
-    overrides = {"global_new_source": "real", "diagnostics": not semi}
-    out = check_method("jdcl", preset="smoke", semi=semi, overrides=overrides, workdir=tmp_path)
-    assert max(out["crash_points"]) > 12  # smoke: 6 + 6 local ticks, then the global stage
-    task, n_old = seen["task"], seen["n_old"]
-    old, new = seen["y"][:n_old], seen["y"][n_old:]
-    assert set(old.tolist()) <= set(task.seen_classes) - set(task.classes) and set(new.tolist()) <= set(task.classes)
-    if semi:  # every labelled image, and unlabelled ones only where L_k's label is a task class
-        assert len(task.x) < len(new) <= len(task.x) + len(task.unlabelled_x)
-        assert torch.equal(seen["real_x"][:len(task.x)], task.x) and torch.equal(new[:len(task.y)], task.y)
-    else:
-        assert torch.equal(seen["real_x"], task.x) and torch.equal(new, task.y)
-    batch = M.JDCL.config_for("smoke", {}).batch_size
-    share = round(batch * (len(task.seen_classes) - len(task.classes)) / len(task.seen_classes))
-    for idx in seen["batches"]:
-        assert len(idx) == batch and int((idx < n_old).sum()) == share
-    assert any(int((idx[:share] < n_old).sum()) < share for idx in seen["batches"])  # shuffled, not [old, new]
-    if not semi:
-        replay = [e for e in out["metrics"]["diagnostics"] if e["kind"] == "replay"]
-        assert [e["tag"] for e in replay] == ["replay (old classes from G)"]
-        assert replay[0]["classes"] == sorted(set(task.seen_classes) - set(task.classes))
-    assert any("real images" in d for d in M.JDCL.differences_from_paper({"global_new_source": "real"}))
-
-
-@pytest.mark.parametrize("semi", [False, True])
 def test_real_images_for_the_diffusion_terms_only(tmp_path, monkeypatch, semi):
     """global_new_source=real-diffusion: the replay set is the recipe's (all generated), the classifier
     sees it unchanged, and the diffusion view of each new-class sample comes from the task's real
@@ -214,7 +164,6 @@ def test_real_images_for_the_diffusion_terms_only(tmp_path, monkeypatch, semi):
 
     from_unlabelled = 0
     for x, x_diff, replay, task, pool in calls:
-        assert "n_old" not in replay  # the recipe's replay set, all generated
         x, x_diff = x.flatten(1), x_diff.flatten(1)
         where = index_in(x, A.to_unit(replay["x"]).flatten(1))
         assert bool((where >= 0).all())  # the classifier's images: replay only

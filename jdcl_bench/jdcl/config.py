@@ -78,21 +78,17 @@ class JDCLConfig:
     # blurred or wrong images whose labels are guesses; this keeps the ones its classifier is sure of,
     # at the cost of more sampling (max_sampled_factor still caps it). Not yet measured: no preset uses it.
     replay_confidence_threshold: float = 0.0
-    # Where the global stage's new-class images come from. replay: L_k's samples (the official rule:
-    # no real data in any global stage). real: the task's own training images (semi-supervised: the
-    # labelled ones and the unlabelled ones L_k's classifier puts in the task's classes, as it labels
-    # its replay), each batch drawing old and new classes at their shares of the seen classes, as a
-    # class-balanced replay set does. Aimed at the loss `standard`'s cifar10-t5 diagnostics show:
-    # G_k learns the new classes second-hand, from 1000 of L_k's samples a class (task 2: 86.7 %
-    # against L_2's 95.9 %), and its own samples of them, the next task's old-class replay, lose
-    # about 17 points of fidelity in that one step (old classes about 6 a generation). On digits-t5
-    # (CPU, results/probes/jdcl-digits-global-new-source) it lifted the replay and the new classes
-    # but cost 6 points final: realness marks the new classes for the classifier. real-diffusion: the
-    # replay set is the recipe's, but the diffusion terms take each new-class sample's image from the
-    # task's real images (labelled and unlabelled: those terms use no label) while the classification
-    # terms keep the generated one, so the classifier never sees a real image it could tell apart
-    # from the old classes' replay; on digits-t5 (two seeds, same folder) +1.8 / +2.0 points final
-    # over the recipe, no class falling. No preset uses either; neither is measured on CIFAR-10.
+    # Where the global stage's diffusion terms take their new-class images from. replay: L_k's samples
+    # (the official rule: no real data in any global stage). real-diffusion: the replay set stays the
+    # recipe's and the classifier sees it unchanged, but the diffusion view of each new-class sample
+    # (the noise-prediction and diffusion-distillation terms, which use no label) is a random real
+    # image of the task, labelled or unlabelled. Aimed at the loss `standard`'s cifar10-t5 diagnostics
+    # show: G_k learns the new classes second-hand, from 1000 of L_k's samples a class (task 2: 86.7 %
+    # against L_2's 95.9 %), and its own samples of them, the next task's old-class replay, lose about
+    # 17 points of fidelity in that one step. On digits-t5 (CPU, two seeds,
+    # results/probes/jdcl-digits-global-new-source) +1.8 / +2.0 points final over the recipe. Giving
+    # the classifier the real images too (an earlier option, in git history) cost 6 points there:
+    # realness marked the new classes. No preset uses it; not yet measured on CIFAR-10.
     global_new_source: str = "replay"
     # Replay diagnostics (jdcl_bench.replay_quality): the local model's accuracy on its own task and
     # the replay's fidelity, Fréchet distance and pixel health, in metrics.json. Measurement only.
@@ -115,7 +111,7 @@ class JDCLConfig:
         for key, allowed, example in (("unet", UNETS, "fast"), ("compile_mode", COMPILE_MODES, "reduce-overhead"),
                                       ("sampler", SAMPLERS, "ddim"), ("local_init", LOCAL_INITS, "global"),
                                       ("sampler_spacing", SOLVER_SPACINGS, "uniform"),
-                                      ("global_new_source", NEW_SOURCES, "real")):
+                                      ("global_new_source", NEW_SOURCES, "real-diffusion")):
             if getattr(self, key) not in allowed:
                 bad[key] = f"not one of {', '.join(allowed)} (e.g. --set {key}={example})"
         return bad
@@ -136,7 +132,7 @@ UNETS = ("paper", "fast", "smoke")  # UNetConfig's presets
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOCAL_INITS = ("scratch", "global")
 SAMPLERS = ("ddim", "dpm-solver++")
-NEW_SOURCES = ("replay", "real", "real-diffusion")
+NEW_SOURCES = ("replay", "real-diffusion")
 
 # The short-budget options (all off in `paper`), measured on the two-task probe (H200, fast UNet,
 # results/probes/jdcl-cifar10-first2): seen accuracy after task 2 69.4 % -> 76.9 % with all three,
@@ -211,8 +207,6 @@ def differences_from_paper(method_config: dict) -> list[str]:
     if method_config.get("replay_confidence_threshold"):
         out.append(f"replay kept at classifier confidence >= {method_config['replay_confidence_threshold']}")
     source = method_config.get("global_new_source", "replay")
-    if source == "real":
-        out.append("global stage: new classes from the task's real images (recipe: L_k's replay)")
-    elif source == "real-diffusion":
+    if source == "real-diffusion":
         out.append("global stage: diffusion terms on the task's real images for new classes (recipe: L_k's replay)")
     return out

@@ -306,16 +306,11 @@ class JDCL(Method):
     def _make_replay(self, task: TaskData) -> dict:
         old = [k for k in task.seen_classes if k not in task.classes]
         gen = self._replay_rng()
-        real = self.cfg.global_new_source == "real"
         xo, yo, co, so = self._fill(self.G, old, 0.90, "old classes from G", gen)
-        if real:
-            xn, yn = self._real_new(task)
-            cn, sn = {k: {"real": int((yn == k).sum())} for k in task.classes}, 0
-        else:
-            xn, yn, cn, sn = self._fill(self.L, task.classes, 0.85, "new classes from L", gen)
+        xn, yn, cn, sn = self._fill(self.L, task.classes, 0.85, "new classes from L", gen)
         counts = {"task": task.index + 1, "per_class": {**co, **cn}, "sampled_old": so, "sampled_new": sn,
                   "ddim_steps": self.cfg.ddim_steps, "quota_per_class": self.cfg.replay_per_class}
-        missing = [k for k, v in counts["per_class"].items() if v.get("accepted", v.get("real")) == 0]
+        missing = [k for k, v in counts["per_class"].items() if v["accepted"] == 0]
         if missing:
             self.ctx.info(f"warning: the generators produced no sample of classes {missing}; they get no replay")
         x, y = torch.cat([xo, xn]), torch.cat([yo, yn])
@@ -323,32 +318,12 @@ class JDCL(Method):
             raise ConfigError(f"task {task.index + 1}: no replay sample was kept for any class (sampled {so + sn}); "
                                f"lower replay_confidence_threshold (now {self.cfg.replay_confidence_threshold}) or "
                                "raise max_sampled_factor")
-        if self.cfg.diagnostics:  # what is generated: with real new-class images, the old classes' replay only
-            if real:
-                self.ctx.replay_diagnostics(xo, yo, old, "replay (old classes from G)")
-            else:
-                self.ctx.replay_diagnostics(x, y, task.seen_classes, "replay (old from G, new from L)")
+        if self.cfg.diagnostics:
+            self.ctx.replay_diagnostics(x, y, task.seen_classes, "replay (old from G, new from L)")
         if D.is_main():  # every rank holds the same replay set; one writes it down
             self.ctx.artefact_path(f"replay_counts_task{task.index + 1}.json").write_text(json.dumps(counts, indent=2))
             save_class_grid(self.ctx, f"replay_task{task.index + 1}.png", x, y, self.cfg.grid_per_class)
-        out = {"x": x, "y": y, "old": torch.tensor(old, device=self.device, dtype=torch.long)}
-        if real:  # x[:n_old] is generated, the rest real: _global_batch draws the two at fixed shares
-            out["n_old"] = torch.tensor(len(xo))
-        return out
-
-    @torch.no_grad()
-    def _real_new(self, task: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
-        """The task's real images and labels for the global stage (``global_new_source = "real"``).
-        Unlabelled images are labelled by L_k's classifier, as L_k labels its replay, and kept only
-        where that label is one of the task's classes (as its replay keeps only those)."""
-        x, y = task.x, task.y
-        if len(task.unlabelled_x):
-            predict, n = self._predictor(self.L), self.cfg.gen_batch
-            xu = task.unlabelled_x
-            yu = torch.cat([predict(xu[i:i + n]).argmax(1) for i in range(0, len(xu), n)])
-            keep = torch.isin(yu, torch.tensor(task.classes, device=yu.device))
-            x, y = torch.cat([x, xu[keep]]), torch.cat([y, yu[keep]])
-        return x, y
+        return {"x": x, "y": y, "old": torch.tensor(old, device=self.device, dtype=torch.long)}
 
     def _diffusion_pool(self, task: TaskData) -> torch.Tensor | None:
         """The task's real images, labelled and unlabelled, for the diffusion terms of the new-class
@@ -358,24 +333,6 @@ class JDCL(Method):
         if self.cfg.global_new_source != "real-diffusion":
             return None
         return torch.cat([task.x, task.unlabelled_x]) if len(task.unlabelled_x) else task.x
-
-    def _global_draw(self, task: TaskData):
-        """A function giving the indices into the replay set of one global batch (on the device).
-        With real new-class images the set is unbalanced (CIFAR-10: 5000 real images a new class,
-        1000 replay images an old one), so each batch takes the old classes' share of the seen
-        classes from the generated part and the rest from the real part, shuffled so that every
-        rank's slice mixes both. Drawn on the CPU from the run's generator, as every index draw."""
-        c, n, gen = self.cfg, len(self.replay["y"]), self.ctx.rng
-        if "n_old" not in self.replay:
-            return lambda: to_device(torch.randint(n, (c.batch_size,), generator=gen), self.device)
-        n_old = int(self.replay["n_old"])  # once per stage
-        k = round(c.batch_size * (len(task.seen_classes) - len(task.classes)) / len(task.seen_classes))
-
-        def draw():
-            idx = torch.cat([torch.randint(n_old, (k,), generator=gen),
-                             n_old + torch.randint(n - n_old, (c.batch_size - k,), generator=gen)])
-            return to_device(idx[torch.randperm(c.batch_size, generator=gen)], self.device)
-        return draw
 
     def _replay_rng(self) -> torch.Generator:
         """Replay noise: the shared ``dev_rng`` in one process; one generator per rank, seeded from it,
@@ -428,14 +385,15 @@ class JDCL(Method):
         fwd = self._train_fn(find_unused_parameters=True)
         teachers = self._teacher_fns()
         rx, ry = self.replay["x"], self.replay["y"]
-        draw = self._global_draw(task)
+        n = len(ry)
         real_pool = self._diffusion_pool(task)
         cls_start = int(c.cls_start_fraction * c.global_steps)
         head = tuple(self.net.head.parameters())  # out of the loss until cls_start
         self.net.train()
         with self.ctx.progress("global stage", c.global_steps - self.step):
             while self.step < c.global_steps:
-                idx = draw()
+                # drawn on the CPU from the run's generator, as every index draw
+                idx = to_device(torch.randint(n, (c.batch_size,), generator=self.ctx.rng), self.device)
                 x, y = A.to_unit(rx[idx]), ry[idx]
                 is_old = torch.isin(y, self.replay["old"])
                 real = None
