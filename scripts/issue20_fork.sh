@@ -12,7 +12,9 @@
 #                                                      # until DEADLINE; the fork's checkpoint comes back
 #   JDCL_BENCH_COMMIT=<hash> [JOIN=1] bash scripts/issue20_fork.sh continue KEY=VALUE ...
 #                                                      # the same fork's next tasks (JOIN=1 on a fresh
-#                                                      # machine: the fork's parts in .gpu-stage/)
+#                                                      # machine: the fork's parts in .gpu-stage/; with
+#                                                      # FORK_RECORD=<committed record's seed folder> when
+#                                                      # the record is not on the machine either)
 #
 # Task 1 has no global stage and no replay, so a fork of the state after task 1 under a setting that
 # acts on the global stage or the replay is the run that setting makes (same seed, same task
@@ -41,9 +43,10 @@ source_state() {  # the source's record files and its between-task state, joined
 print(f'source: the state after task {s[\"task\"] + 1} ({s[\"phase\"]})')" "$SRC/checkpoint-task.pt"
 }
 chain() { local IFS=';'; echo "cifar10-t5:jdcl:standard:0:$*"; }
-batch() {
+batch() {  # between tasks only: an in-task checkpoint (266 MB on cifar10-t5) cannot come back, and a
+           # task started that the earlier tasks' times say cannot finish is device time lost
   python3 scripts/gpu_batch.py --deadline "${DEADLINE:-560}" --min-start 60 --out .gpu-runs --data-dir "$DATA" \
-    --bring-checkpoints "$@"
+    --stop-between-tasks --bring-checkpoints "$@"
 }
 
 case "$MODE" in
@@ -65,6 +68,10 @@ case "$MODE" in
   continue)
     [ $# -gt 0 ] || { echo "continue needs the fork's KEY=VALUE settings"; exit 2; }
     join=(); if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
+    if [ -n "${FORK_RECORD:-}" ]; then  # a committed fork record (results/probes/...): its parts join there
+      dest=.gpu-runs/runs/${FORK_RECORD#*/runs/}
+      [ -f "$dest/config.json" ] || { mkdir -p "$(dirname "$dest")" && cp -r "$FORK_RECORD" "$dest"; }
+    fi
     batch "${join[@]}" --chain "$(chain "$@")"
     ;;
   *) echo "unknown mode $MODE (probe | fork | continue)"; exit 2 ;;
