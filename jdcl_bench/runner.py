@@ -264,6 +264,9 @@ class Runner:
         cfg = self.cfg
         doc = {"protocol": protocol.run_name, "method": cfg.method, "preset": preset, "seed": cfg.seed,
                "overrides": cfg.overrides, "method_config": to_dict(mcfg),
+               # presets that are this very config (NNCSL's standard is its paper recipe): the tables
+               # count the run under each
+               "same_as": method_cls.same_presets(preset, cfg.overrides),
                "run": {k: v for k, v in asdict(cfg).items() if k not in ("overrides",)},
                "protocol_spec": protocol.to_dict()}
         if D.is_distributed():
@@ -314,6 +317,10 @@ class Runner:
             restore_rng(state["rng"], self.ctx.rng, self.device)
         self.reporter.info(f"resuming {self.run_dir} at task {start + 1}" + (" (inside the task)" if in_task else ""))
         return start, in_task
+
+    def _reduced(self, preset: str) -> bool:
+        """Whether the run's budget is not its paper's: a preset other than ``paper`` and not equal to it."""
+        return preset != "paper" and "paper" not in type(self.method).same_presets(preset, self.cfg.overrides)
 
     def _manifest(self, ds, split_info: dict, config_doc: dict, start: int) -> dict:
         manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
@@ -405,7 +412,7 @@ class Runner:
         if self.diagnostics_seconds:  # measuring, not training: said apart (the budget includes it)
             manifest["diagnostics_seconds"] = round(self.diagnostics_seconds, 1)
         manifest.update({"wall_time_s": wall, "gpu_seconds": wall * gpus,
-                         "budget": {"preset": preset, "reduced": preset != "paper", **self.method.budget()},
+                         "budget": {"preset": preset, "reduced": self._reduced(preset), **self.method.budget()},
                          "finished_at": records.now() if done else None})
         if D.is_main():
             records.write_json(self.run_dir / "manifest.json", manifest)

@@ -490,6 +490,32 @@ def test_budget_matched_caption_says_when_a_run_alone_went_over_the_budget(tmp_p
     assert "10.0 min on a shared GPU (n=1)." in md
 
 
+def test_a_run_whose_config_is_another_presets_counts_in_both_tables(tmp_path):
+    """``same_as`` (runner.py): NNCSL's standard preset is its paper recipe, so a paper run is also a
+    standard record, shown under the standard name there (no "mixes presets" warning); where a seed
+    has a run of each, the tier's own one stays and the seed is counted once."""
+    from jdcl_bench.results import tier_tables
+
+    root = tmp_path / "r"
+
+    def run(preset, seed, acc, same_as):
+        d = write_run(root, P10, "nncsl", "NNCSL", seed, acc, preset=preset)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "same_as": same_as}))
+
+    run("paper", 0, 70.0, ["standard"])
+    run("paper", 1, 72.0, ["standard"])
+    run("standard", 1, 73.0, ["paper"])
+    write_run(root, P10, "gfr", "GFR", 0, 25.0, preset="fast", reduced=True)  # no same_as: its own tier only
+    (main, paper), left = tier_tables(load_records(root), "final_acc", [P10])
+    for table, seed1 in ((main, 73.0), (paper, 72.0)):  # each tier keeps its own run of seed 1
+        cell = table.at["NNCSL", P10]
+        assert cell.n == 2 and cell.mean == pytest.approx((70.0 + seed1) / 2)
+        assert not table.attrs["warnings"]
+    assert main.attrs["tier_presets"] == ["standard"] and paper.attrs["tier_presets"] == ["paper"]
+    assert left == {"fast": 1}
+
+
 def test_tier_tables_all_and_named_tiers_keep_every_record_readable(tmp_path):
     from jdcl_bench.results import render_tiers, tier_tables
 

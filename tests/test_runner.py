@@ -40,6 +40,20 @@ def test_finetune_run_writes_a_complete_record(tmp_path):
     assert run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET) == d
 
 
+def test_a_preset_equal_to_paper_is_recorded_as_both(tmp_path):
+    """Fine-tune's standard preset is its paper recipe: the record says so (same_as), its budget is
+    not reduced, and a preset that differs from every other records none."""
+    tiny = {"classifier.width": "8", "classifier.layers": "[1,1,1,1]", "classifier.epochs": "1"}
+    d = run(RunConfig("synthetic-t2", "finetune", preset="standard", overrides=tiny, out=str(tmp_path),
+                      device="cpu"), QUIET)
+    assert json.loads((d / "config.json").read_text())["same_as"] == ["paper"]
+    assert json.loads((d / "manifest.json").read_text())["budget"]["reduced"] is False
+    s = run(RunConfig("synthetic-t2", "finetune", preset="smoke", out=str(tmp_path), device="cpu"), QUIET)
+    assert json.loads((s / "config.json").read_text())["same_as"] == []
+    assert METHODS.get("nncsl").same_presets("paper-5120", {}) == ["standard-5120"]
+    assert METHODS.get("jdcl").same_presets("standard", {}) == []
+
+
 def test_complete_run_of_another_config_says_so(tmp_path):
     """A run directory is named by preset and overrides, not by the defaults: after a default changed,
     the same command finds the old record complete, and says that it ran with another config."""

@@ -168,6 +168,17 @@ class Method:
         validate(cfg)  # values out of range (batch_size=0, width=0, layers=[]) named before any work
         return cfg
 
+    @classmethod
+    def same_presets(cls, preset: str | None, overrides: dict[str, Any]) -> list[str]:
+        """The method's other presets that give the very config ``preset`` gives (with the same
+        overrides): a method whose paper recipe fits the budget-matched budget has a ``standard``
+        preset equal to ``paper``, and one run of either is a record of both (the tables show it in
+        each, runner.py writes them down as ``same_as``)."""
+        preset = preset or cls.default_preset
+        mine = cls.config_for(preset, overrides)
+        others = [p for p in ("paper", *cls.presets) if p != preset]
+        return sorted(p for p in others if cls.config_for(p, overrides) == mine)
+
 
 def sample_indices(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
     """``k`` indices into range(n) from the run's CPU generator: without replacement when the pool

@@ -242,6 +242,27 @@ def _family_label(df: pd.DataFrame, method: str) -> str:
     return display + (f" ({bound} bound)" if bound else "")
 
 
+def _by_tier(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``tier`` column, a record listed once in each tier it belongs to: its preset's,
+    and those of the presets with the very same config (``same_as``: NNCSL's ``standard`` is its
+    ``paper`` recipe, so one run of either counts in both tables). In another preset's tier the row
+    takes that preset's name, so a cell never reads as mixing presets; where a seed has a record of
+    each, the one run under the tier's own preset stays."""
+    same = df["same_as"] if "same_as" in df else pd.Series([()] * len(df), index=df.index)
+    rows = []
+    for (i, r), also in zip(df.iterrows(), same):
+        own = r["preset"]
+        rows.append({**r, "tier": preset_tier(own), "_own": True})
+        for p in (also if isinstance(also, (tuple, list)) else ()):
+            if preset_tier(p) != preset_tier(own):
+                rows.append({**r, "preset": p, "tier": preset_tier(p), "_own": False})
+    out = pd.DataFrame(rows, columns=[*df.columns, "tier", "_own"]) if rows else df.assign(tier=[], _own=[])
+    key = ["tier", "protocol", "method_label", "preset", "seed"]
+    out = out.sort_values("_own", kind="stable")  # own-preset rows last: they win a duplicate
+    keep = ~out[key].astype(str).duplicated(keep="last") | out["seed"].isna()
+    return out[keep].sort_index(kind="stable").drop(columns="_own")
+
+
 def tier_tables(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc", protocols: Sequence[str] | None = None,
                 tiers: Sequence[str] | None = None, include_all: bool = False) -> tuple[list[pd.DataFrame], dict]:
     """The leaderboard as ``jdcl-bench table`` shows it: one table per preset tier.
@@ -256,7 +277,7 @@ def tier_tables(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc", pro
     ``{tier: number of records}`` of the tiers left out.
     """
     metrics = _check_metrics(metric)
-    df = df.assign(tier=[preset_tier(p) for p in df["preset"]])
+    df = _by_tier(df)
     if protocols is None:
         protocols = sorted(df["protocol"].dropna().unique())
     protocols = list(dict.fromkeys(protocols))

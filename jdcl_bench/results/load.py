@@ -129,6 +129,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "bound": bound,
         "gpu_shared_by": manifest.get("gpu_shared_by"),
         "preset": config.get("preset") or budget.get("preset"),
+        # other presets with this very config (runner.py): the run counts in their tables too
+        "same_as": tuple(str(p) for p in config.get("same_as") or () if isinstance(p, str)),
         "seed": config.get("seed"),
         "final_acc": _float(metrics.get("final_acc")),
         "avg_acc": _float(metrics.get("avg_acc")),

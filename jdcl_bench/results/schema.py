@@ -43,7 +43,7 @@ METRIC_SHORT = {
 }
 
 RECORD_COLUMNS = [
-    "protocol", "method", "method_label", "base_label", "overrides_text", "bound", "preset", "seed",
+    "protocol", "method", "method_label", "base_label", "overrides_text", "bound", "preset", "same_as", "seed",
     *METRICS,
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
