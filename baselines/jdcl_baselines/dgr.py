@@ -87,23 +87,6 @@ PRESETS = {
              "generator.labeller_steps": 300, "generator.labeller_batch": 32,
              "classifier.steps_first": 600, "classifier.steps_later": 300, "classifier.ddim_steps": 25,
              "classifier.regen_every": 10, "classifier.ssl_unlabelled_batch": 256, "diagnostics": True},
-    # The budget-matched preset (<= 30 GPU-minutes of one H200 per cifar10-t5 run, GUIDE's run
-    # counting the DGR generators it reuses). Sized from measured rates and from what JDCL's
-    # measurements say a generator of this UNet needs, not yet from a DGR run of its own: the
-    # generator gets JDCL `standard`'s local-stage budget per task (4000 steps at batch 512, which
-    # gave each L_k 96-99 % on its task and replay 84-90 % faithful on cifar10-t5) instead of
-    # `fast`'s 350-1000 steps at 128 (under 1 % of the paper's images, its replay colour noise);
-    # self-replay 2500 images a class by DPM-Solver++(2M) 10 steps with x0 clipped (on JDCL's
-    # generator as faithful as DDIM-50 at 5x its rate); the classifier its paper's steps (5000 /
-    # 2000), its replay by the same solver. Estimated from the H100 rates (JDCL's local stage at
-    # batch 512: 28.8 steps/s; DGR's classifier: 112 bare steps/s) at about 21 H100-minutes for
-    # DGR; to be measured (the table's caption says when a preset's run is over the budget).
-    "standard": {"generator.unet": "fast", "generator.batch_size": 512, "generator.steps_first": 4000,
-                 "generator.steps_later": 4000, "generator.ema_decay": 0.999, "generator.ema_warmup": True,
-                 "generator.replay_per_task": 5000, "generator.replay_sampler": "dpm-solver++",
-                 "generator.replay_ddim_steps": 10, "generator.gen_batch": 2500,
-                 "generator.labeller_steps": 1500,
-                 "classifier.sampler": "dpm-solver++", "classifier.ddim_steps": 10, "diagnostics": True},
     "smoke": {"generator.unet": "smoke", "generator.batch_size": 16, "generator.steps_first": 6,
               "generator.steps_later": 4, "generator.ema_decay": 0.9, "generator.ema_warmup": True,
               "generator.replay_per_task": 6, "generator.replay_sampler": "ddim", "generator.replay_ddim_steps": 3,
