@@ -250,7 +250,7 @@ def _by_tier(df: pd.DataFrame) -> pd.DataFrame:
     each, the one run under the tier's own preset stays."""
     same = df["same_as"] if "same_as" in df else pd.Series([()] * len(df), index=df.index)
     rows = []
-    for (i, r), also in zip(df.iterrows(), same):
+    for (_, r), also in zip(df.iterrows(), same):
         own = r["preset"]
         rows.append({**r, "tier": preset_tier(own), "_own": True})
         for p in (also if isinstance(also, (tuple, list)) else ()):
