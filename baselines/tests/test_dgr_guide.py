@@ -42,27 +42,6 @@ def test_paper_param_count_unchanged_without_class_cond():
     assert count_parameters(cond) - count_parameters(model) == 10 * 512
 
 
-# ---- the standard candidates (baselines/docs/standard.md) -----------------------------------------
-
-@pytest.mark.parametrize("method,candidate", [("dgr", "dgr-standard"), ("guide", "dgr-standard"),
-                                              ("gfr", "gfr-standard")])
-def test_standard_candidates_load_as_checked_settings(method, candidate):
-    """The candidate files the next GPU measurement runs with --config: every key a field, every
-    value valid, and DGR's and GUIDE's generator parts identical (they share cached generators)."""
-    from pathlib import Path
-
-    from jdcl_bench.config import load_settings_file
-    from jdcl_bench.registry import METHODS
-
-    root = Path(__file__).resolve().parents[2]
-    settings = load_settings_file(root / "benchmarks" / "candidates" / f"{candidate}.toml")
-    cfg = METHODS.get(method).config_for("fast", settings)
-    fast = METHODS.get(method).config_for("fast", {})
-    assert cfg != fast
-    if method != "gfr":
-        assert METHODS.get("dgr").config_for("fast", settings).generator == cfg.generator
-
-
 # ---- guidance and sampling -----------------------------------------------------------------------
 
 def test_guided_eps_matches_hand_computed_gradient():
