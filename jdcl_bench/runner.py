@@ -233,6 +233,8 @@ class Runner:
             start, in_task = self._resume() if resume else (0, False)
             self.t_start = self.last_save = time.time()
             manifest = self._manifest(ds, split_info, config_doc, start)
+            # reduced: not the paper's budget (a preset other than paper and not equal to it)
+            budget = {"preset": preset, "reduced": preset != "paper" and "paper" not in config_doc["same_as"]}
             # longest task so far: do not start one that cannot finish (with --stop-between-tasks the
             # tasks of earlier processes count too, compilation included: each process compiles again)
             longest = max(self.task_seconds, default=0.0) if cfg.stop_between_tasks else 0.0
@@ -253,7 +255,7 @@ class Runner:
                     return self.run_dir
                 self.method.end_task(task)
                 self.task_seconds.append(time.time() - t_task)
-                self._record_task(k, tasks, task_classes, test_x, test_y, covered, manifest, preset)
+                self._record_task(k, tasks, task_classes, test_x, test_y, covered, manifest, budget)
                 longest = max(longest, time.time() - t_task)
                 self.reporter.info(f"task {k + 1}/{len(tasks)} ({time.time() - t_task:.0f}s): seen-class accuracy "
                                    f"{self.seen_acc[-1]:.2f}%, all-class accuracy {self._final:.2f}%")
@@ -317,10 +319,6 @@ class Runner:
             restore_rng(state["rng"], self.ctx.rng, self.device)
         self.reporter.info(f"resuming {self.run_dir} at task {start + 1}" + (" (inside the task)" if in_task else ""))
         return start, in_task
-
-    def _reduced(self, preset: str) -> bool:
-        """Whether the run's budget is not its paper's: a preset other than ``paper`` and not equal to it."""
-        return preset != "paper" and "paper" not in type(self.method).same_presets(preset, self.cfg.overrides)
 
     def _manifest(self, ds, split_info: dict, config_doc: dict, start: int) -> dict:
         manifest = {"code_version": records.code_version(), "packages": records.package_versions(),
@@ -391,7 +389,7 @@ class Runner:
         return True
 
     def _record_task(self, k: int, tasks: list[TaskData], task_classes, test_x, test_y, covered, manifest: dict,
-                     preset: str) -> None:
+                     budget: dict) -> None:
         """Evaluate after task k, checkpoint, and write metrics.json and manifest.json."""
         # rank 0 evaluates, the others take its predictions (every rank is at this point)
         pred = D.broadcast_object(self.evaluate(test_x) if D.is_main() else None)
@@ -412,7 +410,7 @@ class Runner:
         if self.diagnostics_seconds:  # measuring, not training: said apart (the budget includes it)
             manifest["diagnostics_seconds"] = round(self.diagnostics_seconds, 1)
         manifest.update({"wall_time_s": wall, "gpu_seconds": wall * gpus,
-                         "budget": {"preset": preset, "reduced": self._reduced(preset), **self.method.budget()},
+                         "budget": {**budget, **self.method.budget()},
                          "finished_at": records.now() if done else None})
         if D.is_main():
             records.write_json(self.run_dir / "manifest.json", manifest)
