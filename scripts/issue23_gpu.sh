@@ -12,6 +12,12 @@
 #                                         # semi-supervised, DGR/GUIDE's generator and classifier loops and
 #                                         # NNCSL, all profiled (one record each, no data needed); the
 #                                         # profiles name the Python lines that synchronised (sync_sites)
+#                                         # Time: on a fresh H100 (2026-12-07) the JDCL command reached the end of
+#                                         # its global loop at 174 s (first compilations 85 s local, 30 s global)
+#                                         # and still had the bare global step to compile; NNCSL's task-2 loop
+#                                         # ended at 71 s. Give each command 300 s of its own, not 200 / 120 (both
+#                                         # were cut there, before any record was written; each stage's rates
+#                                         # are printed as soon as it is measured since)
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
 #   bash scripts/issue23_gpu.sh packing 4,8   # per GPU (one record each; speedups against N = 1 are the
 #                                             # ratio of the records' wall_s)

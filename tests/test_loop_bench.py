@@ -48,6 +48,19 @@ def test_loop_bench_runs_the_method_loops_for_the_window(monkeypatch):
     assert out["stages"][0]["images_per_step"] == 4 * (1 + 2 * 2)
 
 
+def test_loop_bench_prints_each_stage_when_it_is_measured():
+    """A device command's time limit can stop the bench while the next stage compiles: the stage
+    already measured must be in the output by then, not only at the end."""
+    from jdcl_bench import loop_bench
+    from jdcl_bench.methods.jdcl import JDCL
+
+    lines = []
+    loop_bench.time_jdcl_loops(JDCL, "smoke", torch.device("cpu"), steps=1, warmup=1, log=lines.append)
+    global_start = next(i for i, m in enumerate(lines) if m.startswith("loop bench: global stage"))
+    assert any(m.startswith("smoke local : loop") for m in lines[:global_start]), lines
+    assert any(m.startswith("smoke global: loop") for m in lines[global_start:]), lines
+
+
 
 def test_loop_bench_profile_says_per_step_where_the_host_goes(tmp_path, monkeypatch):
     """`--profile N` profiles N more steps of each loop (trained after the timed window) and N bare

@@ -175,8 +175,7 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
             bare_s = _timed(step, device, warmup, steps)
             out["stages"].append(_stage_result(f"task {k + 1}", loop_s, bare_s, steps, images))
             add_profiles(out["stages"][-1], clock, step, device)
+            for line in stage_lines(f"{preset} NNCSL {out['stages'][-1]['stage']}", out["stages"][-1]):
+                log(line)  # at once: a time limit in the next task's compilation keeps this one's rates
             m.end_task(task)
-    for s in out["stages"]:
-        for line in stage_lines(f"{preset} NNCSL {s['stage']}", s):
-            log(line)
     return out
