@@ -8,6 +8,13 @@
 #
 #   bash scripts/issue20_standard.sh [protocol] [seed]        # on the device, from the repository root
 #   JOIN=1 DEADLINE=560 bash scripts/issue20_standard.sh cifar10-semi-5pct
+#   CONFIG=benchmarks/candidates/jdcl-standard-levers.toml bash scripts/issue20_standard.sh
+#                                     # `standard` with a settings file's values (as `jdcl-bench run
+#                                     # --config FILE`: the same run folder, standard+<hash>)
+#
+# One call per command, on a fresh machine or a warm one: `bash scripts/slim_tree.sh drop` here first
+# (docs/jdcl.md), then carry the data archive and labels, `.cache`, the returned parts in .gpu-stage/
+# and the run's record folder in .gpu-runs/ (extracted from the runs.tar.gz that came back).
 #
 # Commit first and put the commit in the command (JDCL_BENCH_COMMIT=<git rev-parse HEAD here> bash
 # scripts/...): the device machine's git can be older than the tree it received (on 2026-12-06 it
@@ -25,5 +32,17 @@ export JDCL_BENCH_TENSORBOARD=0
 python3 -m pip install -q --no-deps --no-build-isolation -e .
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
+sets=""
+if [ -n "${CONFIG:-}" ]; then  # KEY=VALUE;KEY=VALUE, the chain's --set part (gpu_batch.py)
+  sets=":$(python3 -c 'import sys; from jdcl_bench.config import load_settings_file as f
+print(";".join(f"{k}={v}" for k, v in f(sys.argv[1]).items()))' "$CONFIG")"
+fi
+# a fork with the same settings (scripts/issue20_fork.sh) has the same run folder: never resume one as
+# the whole run (the fork inherits another run's first tasks)
+for c in .gpu-runs/runs/"$P"/jdcl/standard*/seed"$SEED"/config.json; do
+  if [ -f "$c" ] && grep -q '"forked_from"' "$c"; then
+    echo "$(dirname "$c") is a fork (scripts/issue20_fork.sh); move it out of .gpu-runs before a whole run"; exit 2
+  fi
+done
 python3 scripts/gpu_batch.py --deadline "${DEADLINE:-560}" --min-start 60 --out .gpu-runs --data-dir "$DATA" \
-  --bring-checkpoints "${join[@]}" --chain "$P:jdcl:standard:$SEED"
+  --bring-checkpoints "${join[@]}" --chain "$P:jdcl:standard:$SEED$sets"
