@@ -314,3 +314,43 @@ def test_compare_names_the_batchnorm_and_lars_differences(tmp_path):
         "budget: preset fast, reduced (not the paper's steps); BatchNorm in train mode in every task "
         "(official run: eval mode from task 2 on); linear classifier outside LARS (official: inside)")
     assert df.loc["NNCSL (M=500)", "differs"] == "budget: preset paper (the paper's steps)"
+
+
+def test_views_are_the_labelled_and_anchor_images_each_augmented_on_its_own(monkeypatch):
+    """One step's views: two views of the labelled images, then two of the anchors, then
+    ``multicrop`` small crops of the anchors, each crop size augmented in one batched call (a launch
+    per operation, not one per view: the loop's speed on a GPU). With the augmentation replaced by
+    the identity every view is its source image, in that order; with the real one the two copies of
+    an image get their own parameters (one augmentation repeated would fail this)."""
+    import jdcl_baselines.nncsl as nncsl_module
+    from jdcl_bench.methods.base import TaskData
+
+    def views(m):
+        m.ctx.rng.manual_seed(0)
+        x = torch.randint(0, 255, (10, 1, 8, 8), dtype=torch.uint8)
+        m._prepare(TaskData(0, [0, 1], [0, 1], x, torch.tensor([0] * 5 + [1] * 5), x[:0]))
+        return x, m._views()
+
+    m = _nncsl(multicrop=2)
+    m.info.hflip = False
+    calls = []
+    monkeypatch.setattr(nncsl_module, "color_distort", lambda x, rng, s: calls.append(len(x)) or x)
+    monkeypatch.setattr(nncsl_module.A, "random_resized_crop", lambda x, rng, scale: x)
+    monkeypatch.setattr(nncsl_module, "resize", lambda x, px: x)
+    x, (big, small, nl, nu) = views(m)
+    c = m.cfg
+    assert nl == len(m.blocks) * c.sup_per_class and nu == c.unsup_batch
+    assert calls == [2 * nl + 2 * nu, c.multicrop * nu]  # one augmentation call per crop size
+    rows = lambda v: [tuple(r.flatten().tolist()) for r in v]  # noqa: E731
+    assert set(rows(big)) <= set(rows(x.float() / 255)) and len(small) == c.multicrop * nu
+    # the copies of each image sit where the loss reads them: labelled, labelled, anchors, anchors, crops
+    assert torch.equal(big[:nl], big[nl:2 * nl]) and torch.equal(big[2 * nl:2 * nl + nu], big[2 * nl + nu:])
+    assert torch.equal(small[:nu], big[2 * nl:2 * nl + nu]) and torch.equal(small[nu:], small[:nu])
+    monkeypatch.undo()
+
+    m = _nncsl(multicrop=2)
+    _, (big, small, nl, nu) = views(m)
+    assert small.shape == (c.multicrop * nu, 1, m.mc_px, m.mc_px)
+    assert not torch.equal(big[:nl], big[nl:2 * nl])  # two views of the labelled images, not one twice
+    assert not torch.equal(big[2 * nl:2 * nl + nu], big[2 * nl + nu:])
+    assert not torch.equal(small[:nu], small[nu:2 * nu])
