@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -431,3 +432,31 @@ def test_fast_and_standard_take_the_measured_lr_and_few_step_sampler_and_say_so(
         {k: v for k, v in std.items() if k not in ("local_steps", "global_steps")}
     assert (std["local_steps"], std["global_steps"]) == (5 * fast["local_steps"], 5 * fast["global_steps"])
     assert asdict(JDCL.config_for("paper", {}))["lr"] == 2e-4 and JDCL.config_for("paper", {}).sampler == "ddim"
+
+
+def test_jdcl_conformance_with_the_replay_levers(tmp_path, monkeypatch):
+    """The candidate for the next `standard` (benchmarks/candidates/jdcl-standard-levers.toml: more
+    replay a class, a confidence filter on it, real images for the new classes' diffusion terms) on
+    top of what `standard` sets: a resume inside task 2's global stage is exact. The smoke model's
+    replay labeller is barely trained, so its filter's threshold is lowered to one it can pass."""
+    from jdcl_bench.config import load_settings_file
+
+    monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
+    levers = load_settings_file(Path(__file__).resolve().parent.parent / "benchmarks" / "candidates"
+                                / "jdcl-standard-levers.toml")
+    assert set(levers) == {"replay_per_class", "replay_confidence_threshold", "global_new_source"}
+    overrides = {**SHORT_BUDGET, "diagnostics": True, "lr": 5e-4, "sampler": "dpm-solver++",
+                 "sampler_spacing": "uniform", "global_new_source": levers["global_new_source"],
+                 "replay_per_class": 12, "replay_confidence_threshold": 0.3}
+    from jdcl_bench.methods import jdcl as M
+
+    turned_away, confident_labels = [], M.confident_labels
+
+    def spy(logits, threshold):
+        y = confident_labels(logits, threshold)
+        turned_away.append(int((y < 0).sum()))
+        return y
+    monkeypatch.setattr(M, "confident_labels", spy)
+    out = check_method("jdcl", preset="smoke", semi=False, overrides=overrides, workdir=tmp_path)
+    assert max(out["crash_points"]) > 12  # inside the global stage
+    assert sum(turned_away) > 0  # the filter was at work in the runs the resume is compared on
