@@ -6,7 +6,8 @@
 #   bash scripts/issue23_gpu.sh sampler   # train the cifar10-first2 probe (JDCL fast + the short-budget
 #                                         # options, --time-limit 330), then benchmarks/sampler_fidelity.py
 #                                         # on its global model: DDIM-50/250 vs DPM-Solver++(2M) 10-25 steps
-#   bash scripts/issue23_gpu.sh loop      # jdcl-bench bench --loop: JDCL's local and global loops next to
+#   bash scripts/issue23_gpu.sh loop [jdcl|jdcl-semi|dgr|nncsl]
+#                                         # jdcl-bench bench --loop (all four, or the one named): JDCL's local and global loops next to
 #                                         # the bare step of the same model (and 30 steps of each under
 #                                         # torch.profiler: where the host time goes), fast preset, fully and
 #                                         # semi-supervised, DGR/GUIDE's generator and classifier loops and
@@ -42,18 +43,21 @@ case "${1:-}" in
     run_dir=$(dirname "$(ls -d "$WORK"/runs/cifar10-first2-*/jdcl/fast+*/seed0/checkpoint.pt | head -n 1)")
     python benchmarks/sampler_fidelity.py --run "$run_dir" --data-dir "$DATA" --n 5000 --out "$DEST"
     ;;
-  loop)
-    jdcl-bench bench --loop --profile 30 --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --profile 30 --semi --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --profile 30 --method dgr --config fast --device cuda --out "$DEST"
-    jdcl-bench bench --loop --profile 30 --method nncsl --semi --config fast --device cuda --out "$DEST"
+  loop)  # all four, or the one named: loop jdcl | jdcl-semi | dgr | nncsl (a command each fits 10 minutes)
+    which=${2:-all}
+    case "$which" in all|jdcl|jdcl-semi|dgr|nncsl) ;; *) echo "loop: unknown $which (jdcl, jdcl-semi, dgr, nncsl)" >&2; exit 2 ;; esac
+    bench() { jdcl-bench bench --loop --profile 30 --config fast --device cuda --out "$DEST" "$@"; }
+    if [ "$which" = all ] || [ "$which" = jdcl ]; then bench; fi
+    if [ "$which" = all ] || [ "$which" = jdcl-semi ]; then bench --semi; fi
+    if [ "$which" = all ] || [ "$which" = dgr ]; then bench --method dgr; fi
+    if [ "$which" = all ] || [ "$which" = nncsl ]; then bench --method nncsl --semi; fi
     ;;
   packing)
     python benchmarks/sweep_packing.py --methods finetune,joint --protocols digits-t5 --cells 4 --preset paper \
       --ns "${2:-1,2}" --time-limit 240 --work-dir "$WORK/packing" --out "$DEST"
     ;;
   *)
-    echo "usage: $0 sampler | loop | packing N[,N...]" >&2
+    echo "usage: $0 sampler | loop [jdcl|jdcl-semi|dgr|nncsl] | packing N[,N...]" >&2
     exit 2
     ;;
 esac
