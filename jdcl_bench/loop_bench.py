@@ -130,6 +130,14 @@ def stage_lines(label: str, s: dict) -> list[str]:
                                      if k in s]
 
 
+def log_stage(log, label: str, s: dict) -> None:
+    """A stage's lines, logged as soon as the stage is measured: a command stopped by its time limit
+    in the next stage's compilation still shows this one's rates (on 2026-12-07 a 200 s limit cut
+    the JDCL bench after both loops had run, and it printed neither)."""
+    for line in stage_lines(label, s):
+        log(line)
+
+
 def profile_line(label: str, p: dict) -> str:
     """One profiled loop or bare step as the command prints it: where a step's host time goes."""
     busy = "" if p["device_busy_share"] is None else f", device busy {100 * p['device_busy_share']:.0f} %"
@@ -170,7 +178,7 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
         bare_s, per_step = _timed(bare, device, warmup, steps), _local_images(cfg, semi)
         out["stages"].append(_stage_result("local", loop_s, bare_s, steps, per_step))
         add_profiles(out["stages"][-1], clock, bare, device)
-        _log_stage(log, preset, out["stages"][-1])
+        log_stage(log, f"{preset} {out['stages'][-1]['stage']:6s}", out["stages"][-1])
         m.L = m.G = m.snapshot()
 
         # ---- global stage: replay of all ten classes (the quota of each), teachers G and L
@@ -191,16 +199,10 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
         bare_s = _timed(bare, device, warmup, steps)
         out["stages"].append(_stage_result("global", loop_s, bare_s, steps, cfg.batch_size))
         add_profiles(out["stages"][-1], clock, bare, device)
-        _log_stage(log, preset, out["stages"][-1])
+        log_stage(log, f"{preset} {out['stages'][-1]['stage']:6s}", out["stages"][-1])
     return out
 
 
-def _log_stage(log, preset: str, s: dict) -> None:
-    # printed as soon as the stage is measured: a command stopped by its time limit during the next
-    # stage's compilation still shows this one's rates (on 2026-12-07 a 200 s limit cut the bench
-    # after both JDCL loops had run, and it printed neither)
-    for line in stage_lines(f"{preset} {s['stage']:6s}", s):
-        log(line)
 
 
 def _local_images(cfg, semi: bool) -> int:

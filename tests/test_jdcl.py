@@ -440,6 +440,7 @@ def test_jdcl_conformance_with_the_replay_levers(tmp_path, monkeypatch):
     top of what `standard` sets: a resume inside task 2's global stage is exact. The smoke model's
     replay labeller is barely trained, so its filter's threshold is lowered to one it can pass."""
     from jdcl_bench.config import load_settings_file
+    from jdcl_bench.methods import jdcl as M
 
     monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
     levers = load_settings_file(Path(__file__).resolve().parent.parent / "benchmarks" / "candidates"
@@ -448,8 +449,6 @@ def test_jdcl_conformance_with_the_replay_levers(tmp_path, monkeypatch):
     overrides = {**SHORT_BUDGET, "diagnostics": True, "lr": 5e-4, "sampler": "dpm-solver++",
                  "sampler_spacing": "uniform", "global_new_source": levers["global_new_source"],
                  "replay_per_class": 12, "replay_confidence_threshold": 0.3}
-    from jdcl_bench.methods import jdcl as M
-
     turned_away, confident_labels = [], M.confident_labels
 
     def spy(logits, threshold):

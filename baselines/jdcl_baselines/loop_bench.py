@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import cuda_channels_last
 from jdcl_bench.loop_bench import (CLASSES, SHAPE, _stage_result, _task, _timed, add_profiles, bench_context,
-                                   stage_lines, window_text)
+                                   log_stage, stage_lines, window_text)
 from jdcl_bench.methods.base import optimiser_step
 from jdcl_bench.profiling import sync_device
 
@@ -60,8 +60,7 @@ def time_generator_loop(cfg, preset: str, device: torch.device, steps: int = 200
            "batch_size": g.batch_size, "compile": cfg.compile, "stages": [result]}
     if profile:
         out["profile_steps"] = profile
-    for line in stage_lines(f"{preset} generator", result):
-        log(line)
+    log_stage(log, f"{preset} generator", result)
     return out
 
 
@@ -175,7 +174,6 @@ def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, wa
             bare_s = _timed(step, device, warmup, steps)
             out["stages"].append(_stage_result(f"task {k + 1}", loop_s, bare_s, steps, images))
             add_profiles(out["stages"][-1], clock, step, device)
-            for line in stage_lines(f"{preset} NNCSL {out['stages'][-1]['stage']}", out["stages"][-1]):
-                log(line)  # at once: a time limit in the next task's compilation keeps this one's rates
+            log_stage(log, f"{preset} NNCSL {out['stages'][-1]['stage']}", out["stages"][-1])
             m.end_task(task)
     return out
