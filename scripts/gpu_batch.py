@@ -24,11 +24,25 @@ import time
 from pathlib import Path
 
 
+def chain_sets(text: str) -> list[str]:
+    """A chain entry's --set overrides: ``KEY=VALUE`` items, and ``@FILE.toml`` for a settings file's
+    values, turned into --set text as ``jdcl-bench run --config FILE`` turns them (the same run folder)."""
+    sets = []
+    for item in (kv for kv in text.split(";") if kv):
+        if item.startswith("@"):
+            from jdcl_bench.config import load_settings_file  # the runs this script starts import it too
+
+            sets += [f"{k}={v}" for k, v in load_settings_file(item[1:]).items()]
+        else:
+            sets.append(item)
+    return sets
+
+
 def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) -> None:
     for spec in chain:
         protocol, method, preset, *rest = spec.split(":")
         seed = rest[0] if rest else "0"
-        sets = [kv for kv in (rest[1].split(";") if len(rest) > 1 else []) if kv]
+        sets = chain_sets(rest[1] if len(rest) > 1 else "")
         left = args.deadline - (time.time() - t0)
         if left < args.min_start:
             status[spec] = "not started (deadline)"
@@ -148,7 +162,8 @@ def main() -> None:
                     help="first put the ckpt-*.pt.partNN files found in DIR (repeatable) back together in their run "
                          "folders under --out, then run the chains (which resume them)")
     ap.add_argument("--chain", action="append", required=True,
-                    help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides)")
+                    help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides; "
+                         "@FILE.toml among them: a settings file's values, as jdcl-bench run --config)")
     ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
     ap.add_argument("--out", default=".gpu-runs")
     ap.add_argument("--data-dir", default=".data/cifar10-jpeg")

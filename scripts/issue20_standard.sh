@@ -33,10 +33,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e .
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
 sets=""
-if [ -n "${CONFIG:-}" ]; then  # KEY=VALUE;KEY=VALUE, the chain's --set part (gpu_batch.py)
-  sets=":$(python3 -c 'import sys; from jdcl_bench.config import load_settings_file as f
-print(";".join(f"{k}={v}" for k, v in f(sys.argv[1]).items()))' "$CONFIG")"
-fi
+if [ -n "${CONFIG:-}" ]; then sets=":@$CONFIG"; fi  # the chain's --set part: the file's values (gpu_batch.py)
 # a fork with the same settings (scripts/issue20_fork.sh) has the same run folder: never resume one as
 # the whole run (the fork inherits another run's first tasks)
 for c in .gpu-runs/runs/"$P"/jdcl/standard*/seed"$SEED"/config.json; do

@@ -97,3 +97,17 @@ def test_an_in_task_checkpoint_too_large_to_return_sends_the_between_task_one(tm
     (run / "checkpoint-task.pt").write_bytes(b"t" * 1500)  # after the last finished task
     gpu_batch.bring_checkpoints(out, dest, part_bytes=1000, max_bytes=2000)
     assert b"".join(p.read_bytes() for p in sorted(dest.iterdir())) == b"t" * 1500
+
+
+def test_a_chain_entry_takes_a_settings_file_as_jdcl_bench_run_config_does(tmp_path):
+    """``@FILE.toml`` among a chain entry's overrides: the file's values as --set text, in the form
+    `jdcl-bench run --config` gives them (so the run folder is the same), beside plain KEY=VALUE items."""
+    from jdcl_bench.config import load_settings_file
+
+    gpu_batch = load_gpu_batch()
+    f = tmp_path / "c.toml"
+    f.write_text('replay_per_class = 4000\nglobal_new_source = "real-diffusion"\n[classifier]\nlr = 0.1\n')
+    expected = [f"{k}={v}" for k, v in load_settings_file(f).items()]
+    assert expected == ["replay_per_class=4000", "global_new_source=real-diffusion", "classifier.lr=0.1"]
+    assert gpu_batch.chain_sets(f"seed_x=1;@{f}") == ["seed_x=1", *expected]
+    assert gpu_batch.chain_sets("") == [] and gpu_batch.chain_sets("a=1;;b=2") == ["a=1", "b=2"]
