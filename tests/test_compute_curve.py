@@ -56,3 +56,20 @@ def test_run_resumed_on_another_gpu_names_both(tmp_path):
     (run / "manifest.json").write_text(json.dumps(man))
     assert load_records(root)["gpu_name"].tolist() == ["H200"]
     assert load_records(root)["gpu_models"].tolist() == [["H200"]]
+
+
+def test_table_caption_names_each_gpu_model_once_and_where_a_run_ran_on_two(tmp_path):
+    """The caption's GPU list is models, not runs' task spans run together ("H100, H100 (tasks 1-2), ...")."""
+    root = tmp_path / "results"
+    run = write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 70.0, gpu_seconds=1800.0, preset="standard")
+    man = json.loads((run / "manifest.json").read_text())
+    man["segments"] = [{"from_task": 1, "gpu_name": "H100"}, {"from_task": 3, "gpu_name": "H200"}]
+    (run / "manifest.json").write_text(json.dumps(man))
+    other = write_run(root, "cifar10-t5", "finetune", "Fine-tune", 0, 19.0, gpu_seconds=180.0, preset="standard")
+    man = json.loads((other / "manifest.json").read_text())
+    man["hardware"] = {"device": "cuda", "gpu_name": "H100"}
+    (other / "manifest.json").write_text(json.dumps(man))
+
+    r = CliRunner().invoke(main, ["table", "--results", str(root), "--protocol", "cifar10-t5"])
+    assert r.exit_code == 0, r.output
+    assert "GPUs: H100, H200; JDCL on cifar10-t5, seed 0: H100 (tasks 1-2), H200 (tasks 3-5).\n" in r.output

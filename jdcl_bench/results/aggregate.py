@@ -231,9 +231,12 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
         most = int(pd.to_numeric(runs["gpu_shared_by"], errors="coerce").max())
         out.append(f"Minutes on a shared GPU are wall-clock minutes of runs that shared one GPU with other runs (up to "
                    f"{most} at once): those runs did not run alone, and no GPU-minutes alone were measured for them.")
-    gpus = sorted({str(x) for x in runs["gpu_name"].dropna()})
+    # each model once; a run resumed on another model says which of its tasks ran where
+    gpus = sorted({str(m) for models in runs["gpu_models"] if isinstance(models, list) for m in models})
+    mixed = [f"{r.method_label} on {r.protocol}, seed {r.seed}: {r.gpu_name}"
+             for r in runs.itertuples() if isinstance(r.gpu_models, list) and len(r.gpu_models) > 1]
     if gpus:
-        out.append("GPUs: " + ", ".join(gpus) + ".")
+        out.append("GPUs: " + ", ".join(gpus) + "".join(f"; {m}" for m in mixed) + ".")
     return out
 
 
