@@ -8,7 +8,7 @@
 #
 #   bash scripts/issue20_standard.sh [protocol] [seed]        # on the device, from the repository root
 #   JOIN=1 DEADLINE=560 bash scripts/issue20_standard.sh cifar10-semi-5pct
-#   CONFIG=benchmarks/candidates/jdcl-standard-levers.toml bash scripts/issue20_standard.sh
+#   CONFIG=FILE.toml bash scripts/issue20_standard.sh
 #                                     # `standard` with a settings file's values (as `jdcl-bench run
 #                                     # --config FILE`: the same run folder, standard+<hash>)
 #

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -417,9 +416,10 @@ def test_replay_confidence_threshold_keeps_only_sure_labels(tmp_path):
 def test_fast_and_standard_take_the_measured_lr_and_few_step_sampler_and_say_so():
     """`fast` and `standard` run lr 5e-4 and DPM-Solver++ in 10 steps on DDIM's grid (measured on
     cifar10-t5 at `fast`'s steps); both are deviations from the recipe that the paper comparison
-    lists, `paper` none. `standard` is `fast`'s recipe at more steps."""
+    lists, `paper` none. `standard` is `fast`'s recipe at more steps, with the three replay levers."""
     from dataclasses import asdict
 
+    from jdcl_bench.jdcl.config import REPLAY_LEVERS
     from jdcl_bench.methods.jdcl import JDCL
 
     std = asdict(JDCL.config_for("standard", {}))
@@ -428,26 +428,45 @@ def test_fast_and_standard_take_the_measured_lr_and_few_step_sampler_and_say_so(
     assert any("dpm-solver++ (10 steps, uniform grid)" in d for d in diffs)
     assert any(d.startswith("lr 0.0005") for d in diffs)
     fast = asdict(JDCL.config_for("fast", {}))
-    assert {k: v for k, v in fast.items() if k not in ("local_steps", "global_steps")} == \
-        {k: v for k, v in std.items() if k not in ("local_steps", "global_steps")}
+    per_preset = ("local_steps", "global_steps", *REPLAY_LEVERS)
+    assert {k: v for k, v in fast.items() if k not in per_preset} == {k: v for k, v in std.items() if k not in per_preset}
     assert (std["local_steps"], std["global_steps"]) == (5 * fast["local_steps"], 5 * fast["global_steps"])
-    assert asdict(JDCL.config_for("paper", {}))["lr"] == 2e-4 and JDCL.config_for("paper", {}).sampler == "ddim"
+    paper = asdict(JDCL.config_for("paper", {}))
+    assert paper["lr"] == 2e-4 and paper["sampler"] == "ddim"
+
+
+def test_standard_takes_the_replay_levers_and_paper_and_fast_keep_the_recipes_replay():
+    """The three replay levers (measured together on cifar10-t5: docs/jdcl.md) are on in `standard`
+    only, and the paper comparison lists each as a deviation; `paper` keeps the recipe's replay."""
+    from dataclasses import asdict
+
+    from jdcl_bench.jdcl.config import REPLAY_LEVERS
+    from jdcl_bench.methods.jdcl import JDCL
+
+    std = asdict(JDCL.config_for("standard", {}))
+    assert {k: std[k] for k in REPLAY_LEVERS} == REPLAY_LEVERS
+    for preset in ("paper", "fast"):
+        cfg = asdict(JDCL.config_for(preset, {}))
+        assert (cfg["replay_per_class"], cfg["replay_confidence_threshold"], cfg["global_new_source"]) == \
+            (1000, 0.0, "replay"), preset
+    diffs = JDCL.differences_from_paper(std)
+    assert "replay_per_class 4000 (recipe 1000 on CIFAR-10, 400 on CIFAR-100)" in diffs
+    assert "replay kept at classifier confidence >= 0.7" in diffs
+    assert any(d.startswith("global stage: diffusion terms on the task's real images") for d in diffs)
+    assert not any("replay" in d for d in JDCL.differences_from_paper(asdict(JDCL.config_for("fast", {}))))
 
 
 def test_jdcl_conformance_with_the_replay_levers(tmp_path, monkeypatch):
-    """The candidate for the next `standard` (benchmarks/candidates/jdcl-standard-levers.toml: more
-    replay a class, a confidence filter on it, real images for the new classes' diffusion terms) on
-    top of what `standard` sets: a resume inside task 2's global stage is exact. The smoke model's
-    replay labeller is barely trained, so its filter's threshold is lowered to one it can pass."""
-    from jdcl_bench.config import load_settings_file
+    """`standard`'s replay levers (more replay a class, a confidence filter on it, real images for the
+    new classes' diffusion terms) on top of the short-budget options, on the smoke model: a resume
+    inside task 2's global stage is exact. The smoke model's replay labeller is barely trained, so its
+    filter's threshold is lowered to one it can pass."""
+    from jdcl_bench.jdcl.config import REPLAY_LEVERS
     from jdcl_bench.methods import jdcl as M
 
     monkeypatch.setenv("JDCL_BENCH_CACHE", str(tmp_path / "cache"))
-    levers = load_settings_file(Path(__file__).resolve().parent.parent / "benchmarks" / "candidates"
-                                / "jdcl-standard-levers.toml")
-    assert set(levers) == {"replay_per_class", "replay_confidence_threshold", "global_new_source"}
     overrides = {**SHORT_BUDGET, "diagnostics": True, "lr": 5e-4, "sampler": "dpm-solver++",
-                 "sampler_spacing": "uniform", "global_new_source": levers["global_new_source"],
+                 "sampler_spacing": "uniform", "global_new_source": REPLAY_LEVERS["global_new_source"],
                  "replay_per_class": 12, "replay_confidence_threshold": 0.3}
     turned_away, confident_labels = [], M.confident_labels
 

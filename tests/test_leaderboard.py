@@ -28,6 +28,18 @@ RUNS = {
 }
 
 
+def _preset_config_json(method, preset):
+    """What a run of a registered method's preset records as its method_config (a record of a preset
+    whose config differs from today's gets the difference in its label); a made-up one otherwise."""
+    from jdcl_bench.config import ConfigError, to_json_dict
+    from jdcl_bench.registry import METHODS, RegistryError
+
+    try:
+        return to_json_dict(METHODS.get(method).config_for(preset, {}))
+    except (RegistryError, ConfigError):
+        return {"lr": 0.001, "replay": {"buffer": 500, "ratio": 0.5}}
+
+
 def write_run(root, protocol, method, label, seed, final_acc, forgetting=5.0, gpu_seconds=60.0, *,
               complete=True, canonical=True, preset="full", reduced=False, num_tasks=5,
               subdir=None, finished_at="2024-01-01T00:00:00+00:00"):
@@ -39,7 +51,7 @@ def write_run(root, protocol, method, label, seed, final_acc, forgetting=5.0, gp
     matrix = [[(final_acc + 2 * (i - j)) if j <= i else 0.0 for j in range(num_tasks)] for i in range(num_tasks)]
     seen = [final_acc + 3 * (num_tasks - 1 - i) for i in range(num_tasks)]
     config = {"protocol": protocol, "method": method, "preset": preset, "seed": seed,
-              "method_config": {"lr": 0.001, "replay": {"buffer": 500, "ratio": 0.5}}, "run": {}}
+              "method_config": _preset_config_json(method, preset), "run": {}}
     manifest = {
         "code_version": {"commit": "abc123", "dirty": False, "package_version": "0.1.0"},
         "packages": {"torch": "2.3.0"},
@@ -509,7 +521,7 @@ def test_a_run_whose_config_is_another_presets_counts_in_both_tables(tmp_path):
     write_run(root, P10, "gfr", "GFR", 0, 25.0, preset="fast", reduced=True)  # no same_as: its own tier only
     (main, paper), left = tier_tables(load_records(root), "final_acc", [P10])
     for table, seed1 in ((main, 73.0), (paper, 72.0)):  # each tier keeps its own run of seed 1
-        cell = table.at["NNCSL", P10]
+        cell = table.at["NNCSL (M=500)", P10]  # the label NNCSL gives its standard/paper config
         assert cell.n == 2 and cell.mean == pytest.approx((70.0 + seed1) / 2)
         assert not table.attrs["warnings"]
     assert main.attrs["tier_presets"] == ["standard"] and paper.attrs["tier_presets"] == ["paper"]
@@ -597,6 +609,7 @@ def test_a_run_with_overrides_is_its_own_row_not_the_presets_seed(tmp_path):
                        finished_at="2024-01-02T00:00:00+00:00")
     config = json.loads((longer / "config.json").read_text())
     config["overrides"] = {"local_steps": "1600", "global_steps": "1000"}
+    config["method_config"].update(local_steps=1600, global_steps=1000)
     (longer / "config.json").write_text(json.dumps(config))
 
     df = load_records(root)
@@ -605,3 +618,31 @@ def test_a_run_with_overrides_is_its_own_row_not_the_presets_seed(tmp_path):
     assert labels[46.5] == "JDCL" and labels[53.9] == "JDCL [global_steps=1000, local_steps=1600]"
     table = leaderboard(df, "final_acc")
     assert len(table) == 2
+
+
+def test_a_record_of_a_preset_since_redefined_is_labelled_by_what_it_ran(tmp_path):
+    """`standard` took the replay levers after a run of it: that run is not a seed of today's
+    `standard` (never averaged with one), its label names the values it ran (a field it predates at
+    its default), measurement-only fields do not count, and today's preset gets a row of missing
+    cells beside it until a run of it lands."""
+    from jdcl_bench.results import tier_tables
+
+    root = tmp_path / "results"
+    old = write_run(root, P10, "jdcl", "JDCL", 0, 71.4, preset="standard", reduced=True)
+    config = json.loads((old / "config.json").read_text())
+    config["method_config"].update(replay_per_class=1000, replay_confidence_threshold=0.0, diagnostics=False)
+    del config["method_config"]["global_new_source"]  # a field added after the run: its default, "replay"
+    (old / "config.json").write_text(json.dumps(config))
+    df = load_records(root)
+    assert df["method_label"].tolist() == \
+        ["JDCL [global_new_source=replay, replay_confidence_threshold=0.0, replay_per_class=1000]"]
+    (main, _), _ = tier_tables(df, "final_acc", [P10])
+    assert main.at["JDCL", P10] is None and main.at[df["method_label"][0], P10].mean == 71.4
+
+    write_run(root, P10, "jdcl", "JDCL", 1, 75.9, preset="standard", reduced=True)  # today's standard
+    (main, _), _ = tier_tables(load_records(root), "final_acc", [P10])
+    assert main.at["JDCL", P10].n == 1 and main.at["JDCL", P10].mean == 75.9
+    # no method config recorded: nothing to compare, the record keeps its preset's label
+    bare = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({k: v for k, v in bare.items() if k != "method_config"}))
+    assert set(load_records(root)["method_label"]) == {"JDCL"}

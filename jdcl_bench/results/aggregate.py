@@ -299,7 +299,10 @@ def tier_tables(df: pd.DataFrame, metric: str | Sequence[str] = "final_acc", pro
         head = [_tier_words(tier, presets)]
         if tier == MAIN_TIER:
             table = leaderboard(runs, metrics, protocols)
-            have = set(runs["method"])
+            # a method whose standard records all ran other settings (--set values, or the preset
+            # since redefined: the label says which) has no record of the preset as it is: a row of
+            # missing cells under its plain name, beside theirs
+            have = set(runs.loc[runs["overrides_text"].fillna("") == "", "method"])
             extra = [_family_label(data, m) for m in sorted(set(data["method"]) - have)]
             if extra:
                 bounds = {lab: b for lab, b in zip(data["method_label"], data["bound"]) if isinstance(b, str)}

@@ -41,12 +41,15 @@ def config_label(method: str, method_config: dict) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _preset_config(method: str, preset: str) -> tuple[tuple[str, Any], ...] | None:
     """The flattened config ``--preset PRESET`` gives METHOD with today's code (JSON values, as a
-    record's config.json holds them), or None when the method or preset cannot be loaded."""
+    record's config.json holds them; ``""``: the config class's defaults), or None when the method or
+    preset cannot be loaded."""
     try:
         from ..config import to_json_dict
         from ..registry import METHODS
 
-        return tuple(_flatten(to_json_dict(METHODS.get(method).config_for(preset, {}))))
+        cls = METHODS.get(method)
+        cfg = cls.Config() if preset == "" else cls.config_for(preset, {})  # "": no preset, the defaults
+        return tuple(_flatten(to_json_dict(cfg)))
     except Exception:  # a broken or missing plugin, a preset since removed: the recorded overrides stay
         return None
 
@@ -66,6 +69,25 @@ def effective_overrides(method: str, preset: str | None, overrides: dict, method
     if all(k in ran and ran[k] == v for k, v in now.items()):
         return {}
     return {k: v for k, v in overrides.items() if not (k in now and k in ran and ran[k] == now[k])}
+
+
+# Fields that change how a run is measured or executed, not what it computes (replay diagnostics,
+# sample grids, compilation): a preset that changed one of them was not redefined for its records.
+NOT_RECIPE = frozenset({"diagnostics", "grid_per_class", "compile", "compile_mode"})
+
+
+def preset_drift(method: str, preset: str | None, overrides: dict, method_config: dict) -> dict:
+    """The values a record ran with where its preset, as the code defines it today, says otherwise
+    (not among the record's --set values): the preset was redefined since the run. Such a record is
+    not one of today's preset's seeds; its label names these values as it would name --set values,
+    so it keeps a row (and a curve point) of its own. A field the record lacks was added after the
+    run and counts at its default: new options default to what the code did before them."""
+    current = _preset_config(method, str(preset)) if preset and method_config else None
+    if current is None:  # no preset, or no config recorded: nothing to compare
+        return {}
+    ran = {**dict(_preset_config(method, "") or ()), **dict(_flatten(method_config))}
+    return {k: ran[k] for k, v in current
+            if k in ran and ran[k] != v and k not in overrides and k.rsplit(".", 1)[-1] not in NOT_RECIPE}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,8 +134,14 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     # the preset's seeds. Its overrides are part of the label, as in its run directory's name, except
     # those the preset has taken since (effective_overrides: a run whose config is today's preset is
     # one of its seeds; its config.json still says what was typed).
-    overrides = effective_overrides(config["method"], config.get("preset") or budget.get("preset"),
-                                    _dict(config.get("overrides")), _dict(config.get("method_config")))
+    preset = config.get("preset") or budget.get("preset")
+    overrides = effective_overrides(config["method"], preset, _dict(config.get("overrides")),
+                                    _dict(config.get("method_config")))
+    # A record of a preset since redefined names what it ran differently, unless its method's label
+    # already says (config_label: "JDCL (lr 2e-4, DDIM-50)", "NNCSL (M=500, BN in train mode)").
+    if from_config is None:
+        overrides.update(preset_drift(config["method"], preset, _dict(config.get("overrides")),
+                                      _dict(config.get("method_config"))))
     overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if overrides_text:
         label += f" [{overrides_text}]"
@@ -128,7 +156,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "method_label": label,
         "bound": bound,
         "gpu_shared_by": manifest.get("gpu_shared_by"),
-        "preset": config.get("preset") or budget.get("preset"),
+        "preset": preset,
         # other presets with this very config (runner.py): the run counts in their tables too
         "same_as": tuple(str(p) for p in config.get("same_as") or () if isinstance(p, str)),
         "seed": config.get("seed"),
