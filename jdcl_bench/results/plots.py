@@ -113,12 +113,11 @@ def _replay_fidelity(run_dir: str | Path) -> float | None:
     return 100 * float(np.mean(values)) if values else None
 
 
-def _shared_by(run_dir: str | Path) -> int:
-    import json
-
+def _shared_by(value) -> int:
+    """A record's ``gpu_shared_by`` as a count: 1 (alone) where it was not recorded."""
     try:
-        return int(json.loads((Path(run_dir) / "manifest.json").read_text()).get("gpu_shared_by") or 1)
-    except (OSError, ValueError, TypeError, AttributeError):
+        return max(1, int(value))
+    except (TypeError, ValueError):
         return 1
 
 
@@ -134,7 +133,7 @@ def compute_curve(records: pd.DataFrame, protocol: str) -> pd.DataFrame:
              "preset": f"{r.preset} [{r.overrides_text}]" if r.overrides_text else r.preset,
              "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
              "final_acc": float(r.final_acc), "replay_fidelity": _replay_fidelity(r.run_dir),
-             "gpu_shared_by": _shared_by(r.run_dir), "gpu_name": r.gpu_name, "gpu_models": r.gpu_models,
+             "gpu_shared_by": _shared_by(r.gpu_shared_by), "gpu_name": r.gpu_name, "gpu_models": r.gpu_models,
              "run_dir": str(r.run_dir)}
             for r in runs.itertuples()]
     cols = ["method", "preset", "seed", "gpu_minutes", "final_acc", "replay_fidelity", "gpu_shared_by", "gpu_name",
