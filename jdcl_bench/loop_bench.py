@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
+from .jdcl.losses import fixmatch, fixmatch_forward, kd_classifier, kd_diffusion, teacher_targets
 from .methods.base import Method, ProtocolInfo, RunContext, TaskData
 from .profiling import StepProfile, sync_device
 from .progress import Reporter
@@ -215,20 +215,25 @@ def _bare_local_step(m: Method, task: TaskData, gen: torch.Generator):
     fwd, dev_gen = m._train_fn(), torch.Generator(dev).manual_seed(1)
     if m.semi:
         nl, nu = c.ssl_labelled_batch, c.ssl_labelled_batch * c.ssl_mu
+        weak = m._weak_fn()
         x_cls = torch.rand((nl + 2 * nu, *m.info.image_shape), generator=gen).to(dev) * 2 - 1
+        wl, wu, su = x_cls[:nl], x_cls[nl:nl + nu], x_cls[nl + nu:]
         y = task.y[:nl]
-        x_t, t, noise = m.diffusion.sample_t_and_noise(x_cls[nl:nl + nu], dev_gen)
+        x_t, t, noise = m.diffusion.sample_t_and_noise(wu, dev_gen)
     else:
         x_cls = torch.rand((c.batch_size, *m.info.image_shape), generator=gen).to(dev) * 2 - 1
         y = task.y[torch.randint(len(task.y), (c.batch_size,), generator=gen).to(dev)]
         x_t, t, noise = m.diffusion.sample_t_and_noise(x_cls, dev_gen)
 
     def step():
-        with m.autocast():
-            eps, logits = fwd(x_t, t, x_cls)
+        if m.semi:
+            eps, logits = fixmatch_forward(fwd, weak, m.autocast, x_t, t, wl, wu, su)
+        else:
+            with m.autocast():
+                eps, logits = fwd(x_t, t, x_cls)
         l_diff = F.mse_loss(eps.float(), noise)
         if m.semi:
-            l_sup, l_unsup, _ = fixmatch(logits.float(), nl, nu, y, c.ssl_threshold)
+            l_sup, l_unsup, _ = fixmatch(logits, nl, nu, y, c.ssl_threshold)
             loss = l_diff + c.cls_weight * (l_sup + l_unsup)
         else:
             loss = l_diff + c.cls_weight * F.cross_entropy(logits.float(), y)

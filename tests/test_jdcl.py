@@ -478,3 +478,39 @@ def test_jdcl_conformance_with_the_replay_levers(tmp_path, monkeypatch):
     out = check_method("jdcl", preset="smoke", semi=False, overrides=overrides, workdir=tmp_path)
     assert max(out["crash_points"]) > 12  # inside the global stage
     assert sum(turned_away) > 0  # the filter was at work in the runs the resume is compared on
+
+
+def test_fixmatch_weak_views_without_gradients_give_the_one_pass_loss_and_gradients():
+    """fixmatch_forward passes the weak unlabelled views through the classifier on their own, without
+    gradients: the logits, the FixMatch loss and every parameter's gradient are those of one joint
+    pass over all three views (the UNet normalises per sample; dropout off to compare draws alike)."""
+    from contextlib import nullcontext
+
+    from jdcl_bench.jdcl.losses import fixmatch, fixmatch_forward
+    from jdcl_bench.jdcl.unet import ClassifyForward, JointForward, JointUNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = JointUNet(UNetConfig.smoke(num_classes=4, image_size=8)).eval()
+    gen = torch.Generator().manual_seed(1)
+    wl, wu, su = (torch.rand(n, 3, 8, 8, generator=gen) * 2 - 1 for n in (3, 5, 5))
+    x_t, t = torch.randn(5, 3, 8, 8, generator=gen), torch.randint(1000, (5,), generator=gen)
+    y = torch.tensor([0, 1, 2])
+    net.head[-1].weight.data.mul_(50)  # confident enough that the pseudo-label mask is not all zero
+
+    def loss_and_grads(eps, logits):
+        l_sup, l_unsup, mask = fixmatch(logits.float(), 3, 5, y, threshold=0.97)
+        loss = eps.float().pow(2).mean() + l_sup + l_unsup
+        grads = torch.autograd.grad(loss, [p for p in net.parameters()], allow_unused=True)
+        return loss, mask, logits.detach(), grads
+
+    one = loss_and_grads(*JointForward(net)(x_t, t, torch.cat([wl, wu, su])))
+    split = loss_and_grads(*fixmatch_forward(JointForward(net), ClassifyForward(net), nullcontext,
+                                             x_t, t, wl, wu, su))
+    assert 0 < one[1].sum() < 5  # some unlabelled samples pass the threshold, some do not
+    torch.testing.assert_close(split[2], one[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split[0], one[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(split[1], one[1])
+    for g_split, g_one in zip(split[3], one[3]):
+        assert (g_split is None) == (g_one is None)
+        if g_one is not None:
+            torch.testing.assert_close(g_split, g_one, rtol=1e-4, atol=1e-6)

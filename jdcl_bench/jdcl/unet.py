@@ -453,6 +453,17 @@ class JointForward(nn.Module):
         return self.net.forward_joint(x_t, t, x_cls)
 
 
+class ClassifyForward(nn.Module):
+    """``forward`` = ``net.classify``: the classifier's pass alone (encoder and head), compiled as a call."""
+
+    def __init__(self, net: JointUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.classify(x)
+
+
 def apply_fast_path(model: nn.Module, fast: FastPath) -> nn.Module:
     """Run ``model``'s blocks (this module's classes) with the steps ``fast`` turns on."""
     for m in model.modules():

@@ -30,10 +30,10 @@ from ..fastpath import autocast, maybe_compile, to_device, unet_memory_format
 from ..memory import check_joint_unet_fits
 from .base import Method, ProtocolInfo, TaskData, optimiser_step
 from ..jdcl.diffusion import EMA, GaussianDiffusion, global_ema
-from ..jdcl.losses import fixmatch, kd_classifier, kd_diffusion, teacher_targets
+from ..jdcl.losses import fixmatch, fixmatch_forward, kd_classifier, kd_diffusion, teacher_targets
 from ..jdcl.replay import class_balanced, confident_labels
 from ..jdcl.config import PRESETS, JDCLConfig, differences_from_paper, label_for_config
-from ..jdcl.unet import JointForward, JointUNet, UNetConfig, count_parameters
+from ..jdcl.unet import ClassifyForward, JointForward, JointUNet, UNetConfig, count_parameters
 
 
 class JDCL(Method):
@@ -88,9 +88,10 @@ class JDCL(Method):
 
     def _images_per_forward(self) -> int:
         """Images in one training forward on this process: the batch (supervised, global stage), or the
-        FixMatch local step's labelled + weak and strong unlabelled views (semi-supervised)."""
+        FixMatch local step's labelled and strong unlabelled views (semi-supervised; the weak
+        unlabelled views pass without gradients, keeping nothing for the backward)."""
         c = self.cfg
-        images = max(c.batch_size, c.ssl_labelled_batch * (1 + 2 * c.ssl_mu) if self.semi else 0)
+        images = max(c.batch_size, c.ssl_labelled_batch * (1 + c.ssl_mu) if self.semi else 0)
         return -(-images // D.world_size())
 
     def new_model(self) -> JointUNet:
@@ -123,6 +124,10 @@ class JDCL(Method):
             return self._fn(D.wrap_ddp(JointForward(self.net), find_unused_parameters))
         # through a module's forward: torch.compile compiles calls, not other methods
         return self._fn(JointForward(self.net))
+
+    def _weak_fn(self):
+        """The classifier's pass alone (the FixMatch weak views' pseudo-labels), compiled as _train_fn."""
+        return self._fn(ClassifyForward(self.net))
 
     def autocast(self):
         return autocast(self.device, self.amp)
@@ -204,10 +209,11 @@ class JDCL(Method):
     def _train_local(self, task: TaskData) -> None:
         c = self.cfg
         fwd = self._train_fn()
+        loss_fn = partial(self._ssl_loss, weak=self._weak_fn()) if self.semi else self._sup_loss
         self.net.train()
         with self.ctx.progress("local stage", c.local_steps - self.step):
             while self.step < c.local_steps:
-                loss, parts = (self._ssl_loss if self.semi else self._sup_loss)(fwd, task)
+                loss, parts = loss_fn(fwd, task)
                 self._optimise(loss)
                 self.step += 1
                 self.counters["local_steps"] += 1
@@ -237,7 +243,7 @@ class JDCL(Method):
         self.counters["images_seen"] += c.batch_size
         return l_diff + c.cls_weight * l_ce, {"diff": l_diff, "ce": l_ce}
 
-    def _ssl_loss(self, fwd, task: TaskData):
+    def _ssl_loss(self, fwd, task: TaskData, weak):
         """FixMatch inside the joint model: diffusion on the unlabelled stream only."""
         c = self.cfg
         bl, bu = c.ssl_labelled_batch, c.ssl_labelled_batch * c.ssl_mu
@@ -250,12 +256,9 @@ class JDCL(Method):
         x_t, t, noise = self.diffusion.sample_t_and_noise(u_diff, self.dev_rng)
         # this rank's slice of each part of the global batch (all of it in one process)
         wl, wu, su, yl, x_t, t, noise = map(D.shard, (wl, wu, su, task.y[li], x_t, t, noise))
-        nl, nu = len(wl), len(wu)
-        x_cls = torch.cat([wl, wu, su]) * 2 - 1
-        with self.autocast():
-            eps, logits = fwd(x_t, t, x_cls)
+        eps, logits = fixmatch_forward(fwd, weak, self.autocast, x_t, t, wl * 2 - 1, wu * 2 - 1, su * 2 - 1)
         l_diff = F.mse_loss(eps.float(), noise)
-        l_sup, l_unsup, mask = fixmatch(logits.float(), nl, nu, yl, c.ssl_threshold)
+        l_sup, l_unsup, mask = fixmatch(logits, len(wl), len(wu), yl, c.ssl_threshold)
         self.counters["images_seen"] += bl + bu
         return l_diff + c.cls_weight * (l_sup + l_unsup), {"diff": l_diff, "ce": l_sup, "mask": mask.mean()}
 
