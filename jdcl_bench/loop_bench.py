@@ -203,8 +203,6 @@ def time_jdcl_loops(cls: type[Method], preset: str, device: torch.device, steps:
     return out
 
 
-
-
 def _local_images(cfg, semi: bool) -> int:
     return cfg.ssl_labelled_batch * (1 + 2 * cfg.ssl_mu) if semi else cfg.batch_size
 
@@ -228,16 +226,13 @@ def _bare_local_step(m: Method, task: TaskData, gen: torch.Generator):
     def step():
         if m.semi:
             eps, logits = fixmatch_forward(fwd, weak, m.autocast, x_t, t, wl, wu, su)
+            l_sup, l_unsup, _ = fixmatch(logits, nl, nu, y, c.ssl_threshold)
+            l_cls = l_sup + l_unsup
         else:
             with m.autocast():
                 eps, logits = fwd(x_t, t, x_cls)
-        l_diff = F.mse_loss(eps.float(), noise)
-        if m.semi:
-            l_sup, l_unsup, _ = fixmatch(logits, nl, nu, y, c.ssl_threshold)
-            loss = l_diff + c.cls_weight * (l_sup + l_unsup)
-        else:
-            loss = l_diff + c.cls_weight * F.cross_entropy(logits.float(), y)
-        m._optimise(loss)
+            l_cls = F.cross_entropy(logits.float(), y)
+        m._optimise(F.mse_loss(eps.float(), noise) + c.cls_weight * l_cls)
     return step
 
 

@@ -123,7 +123,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     # A label follows from the config the record ran with, not from today's defaults: NNCSL's
     # records from before the BatchNorm default changed say "NNCSL (M=500)" in metrics.json but ran
     # with train-mode BN, which their config.json says.
-    from_config = config_label(config["method"], _dict(config.get("method_config")))
+    method_config = _dict(config.get("method_config"))
+    from_config = config_label(config["method"], method_config)
     if from_config is not None:
         label = from_config
     bare = label == config["method"]  # no display name recorded or installed: see _adopt_recorded_labels
@@ -135,13 +136,12 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     # those the preset has taken since (effective_overrides: a run whose config is today's preset is
     # one of its seeds; its config.json still says what was typed).
     preset = config.get("preset") or budget.get("preset")
-    overrides = effective_overrides(config["method"], preset, _dict(config.get("overrides")),
-                                    _dict(config.get("method_config")))
+    typed = _dict(config.get("overrides"))
+    overrides = effective_overrides(config["method"], preset, typed, method_config)
     # A record of a preset since redefined names what it ran differently, unless its method's label
     # already says (config_label: "JDCL (lr 2e-4, DDIM-50)", "NNCSL (M=500, BN in train mode)").
     if from_config is None:
-        overrides.update(preset_drift(config["method"], preset, _dict(config.get("overrides")),
-                                      _dict(config.get("method_config"))))
+        overrides.update(preset_drift(config["method"], preset, typed, method_config))
     overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if overrides_text:
         label += f" [{overrides_text}]"
@@ -149,7 +149,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "_bare_label": bare,
         "base_label": base_label,
         "overrides_text": overrides_text,
-        "_method_config": dict(_flatten(_dict(config.get("method_config")))),
+        "_method_config": dict(_flatten(method_config)),
         "protocol": config["protocol"],
         "method": config["method"],
         # Rows of a table are labels ("NNCSL (M=500)"), so two configs of one method stay apart.
@@ -183,7 +183,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "acc_matrix": metrics.get("acc_matrix") or [],
         "run_dir": str(run_dir),
         "budget": budget,                       # the manifest's budget (steps etc. in the method's units)
-        "method_config": _dict(config.get("method_config")),
+        "method_config": method_config,
         "overrides": overrides,   # the run's --set values that differ from its preset today
     }
 
