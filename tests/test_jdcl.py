@@ -209,7 +209,7 @@ def test_ema_start_share_matches_real_updates():
         assert float(ema.module.weight) == pytest.approx(ema_start_share(decay, warmup, 300, start), rel=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["paper", "fast"])
+@pytest.mark.parametrize("preset", ["paper", "standard", "fast", "digits"])
 @pytest.mark.parametrize("semi", [False, True])
 def test_local_stage_ema_forgets_the_random_initialisation(preset, semi):
     # the EMA is what samples replay and what is evaluated: at the end of a local stage it must be the

@@ -646,3 +646,17 @@ def test_a_record_of_a_preset_since_redefined_is_labelled_by_what_it_ran(tmp_pat
     bare = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps({k: v for k, v in bare.items() if k != "method_config"}))
     assert set(load_records(root)["method_label"]) == {"JDCL"}
+
+
+@pytest.mark.parametrize("regime, label", [("full", "JDCL"), ("fraction", "JDCL [ssl_ema_warmup=False]")])
+def test_a_semi_supervised_field_redefined_in_a_preset_labels_only_semi_supervised_records(tmp_path, regime, label):
+    """`digits` took `ssl_ema_warmup` after runs of it: a digits-t5 run never read the field (it is
+    still one of the preset's seeds), a digits-semi run did (its own row, named by the value it ran)."""
+    root = tmp_path / "results"
+    run = write_run(root, "digits-t5", "jdcl", "JDCL", 0, 91.1, preset="digits", reduced=True)
+    config = json.loads((run / "config.json").read_text())
+    assert config["method_config"]["ssl_ema_warmup"] is True  # the preset as it is today
+    config["method_config"]["ssl_ema_warmup"] = False
+    config["protocol_spec"] = {"name": "digits-t5", "label_regime": regime}
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_records(root)["method_label"].tolist() == [label]

@@ -76,18 +76,28 @@ def effective_overrides(method: str, preset: str | None, overrides: dict, method
 NOT_RECIPE = frozenset({"diagnostics", "grid_per_class", "compile", "compile_mode"})
 
 
-def preset_drift(method: str, preset: str | None, overrides: dict, method_config: dict) -> dict:
+def _unused(field: str, semi: bool) -> bool:
+    """A field the record's run never read. Fields named ``ssl_*`` configure a method's
+    semi-supervised part (the suite's naming rule, kept by every method): a run of a fully supervised
+    protocol does not read them, so a preset that changed one was not redefined for it."""
+    name = field.rsplit(".", 1)[-1]
+    return name in NOT_RECIPE or (not semi and name.startswith("ssl_"))
+
+
+def preset_drift(method: str, preset: str | None, overrides: dict, method_config: dict,
+                 semi: bool = True) -> dict:
     """The values a record ran with where its preset, as the code defines it today, says otherwise
     (not among the record's --set values): the preset was redefined since the run. Such a record is
     not one of today's preset's seeds; its label names these values as it would name --set values,
     so it keeps a row (and a curve point) of its own. A field the record lacks was added after the
-    run and counts at its default: new options default to what the code did before them."""
+    run and counts at its default: new options default to what the code did before them. ``semi``:
+    the record's protocol has unlabelled data (when not known, every field counts)."""
     current = _preset_config(method, str(preset)) if preset and method_config else None
     if current is None:  # no preset, or no config recorded: nothing to compare
         return {}
     ran = {**dict(_preset_config(method, "") or ()), **dict(_flatten(method_config))}
     return {k: ran[k] for k, v in current
-            if k in ran and ran[k] != v and k not in overrides and k.rsplit(".", 1)[-1] not in NOT_RECIPE}
+            if k in ran and ran[k] != v and k not in overrides and not _unused(k, semi)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,7 +151,9 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     # A record of a preset since redefined names what it ran differently, unless its method's label
     # already says (config_label: "JDCL (lr 2e-4, DDIM-50)", "NNCSL (M=500, BN in train mode)").
     if from_config is None:
-        overrides.update(preset_drift(config["method"], preset, typed, method_config))
+        spec = _dict(config.get("protocol_spec"))  # older records lack it: then every field counts
+        semi = spec.get("label_regime", "semi") != "full"
+        overrides.update(preset_drift(config["method"], preset, typed, method_config, semi))
     overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if overrides_text:
         label += f" [{overrides_text}]"
