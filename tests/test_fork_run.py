@@ -50,3 +50,39 @@ def test_a_fork_inherits_the_finished_tasks_and_runs_the_rest_with_its_settings(
         fork_run.fork(src, tmp_path / "probe", ["replay_per_class=3"])
     with pytest.raises(SystemExit, match="nothing left"):
         fork_run.fork(dest, tmp_path / "probe2", ["replay_per_class=4"])
+
+
+def test_the_state_after_task_1_does_not_depend_on_the_replay_levers(tmp_path):
+    """The premise of the levers' fork (results/probes/jdcl-cifar10-t5-fork-levers, REPLAY_LEVERS'
+    comment): task 1 has no replay and no global stage, so the state after it, from which the fork
+    continued, is the one a run with the levers from the start reaches. Same weights, optimiser,
+    EMA, random streams and diagnostics; only the timings may differ."""
+    from jdcl_bench.jdcl.config import REPLAY_LEVERS
+
+    levers = [f"{k}={v}" for k, v in REPLAY_LEVERS.items()]
+    states = []
+    for name, sets in (("recipe", []), ("levers", levers)):
+        args = ARGS + ["--out", str(tmp_path / name), "--time-limit", "0.01", "--stop-between-tasks"]
+        r = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
+        assert r.exit_code == 0, r.output
+        (ckpt,) = (tmp_path / name).glob("runs/*/jdcl/*/seed0/checkpoint-task.pt")
+        states.append(torch.load(ckpt, weights_only=True))
+
+    def same(a, b, path=""):
+        assert type(a) is type(b), path
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), path
+            for k in a:
+                if k not in ("wall_s", "task_seconds", "segments"):  # timings and start times
+                    same(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b), path
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{path}[{i}]")
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), path
+        else:
+            assert a == b, path
+
+    assert states[0]["phase"] == "task_done" and states[0]["task"] == 0
+    same(*states)
