@@ -111,3 +111,24 @@ def _record_paper(root):
         "complete": True, "tasks_done": 5, "num_tasks": 5, "final_acc": 80.0, "avg_acc": 80.0,
         "avg_inc_acc": 80.0, "forgetting": 1.0, "method_label": "JDCL"}))
     return d
+
+
+def test_differs_column_names_set_values_only_not_a_redefined_presets_old_values(tmp_path):
+    """A record of `standard` from before it took the replay levers is labelled by the values it ran
+    (the recipe's), but it typed no --set: the column must not say it did."""
+    from jdcl_bench.methods.jdcl import JDCL
+    from jdcl_bench.config import to_json_dict
+
+    d = _record(tmp_path, "jdcl", 0, 71.4, preset="standard")
+    config = json.loads((d / "config.json").read_text())
+    mc = to_json_dict(JDCL.config_for("standard", {}))
+    mc.update(replay_per_class=1000, replay_confidence_threshold=0.0, global_new_source="replay")
+    config.update(method_config=mc, overrides={})
+    (d / "config.json").write_text(json.dumps(config))
+    pub = tmp_path / "published.toml"
+    pub.write_text('[[result]]\nmethod = "jdcl"\nprotocol = "cifar10-t5"\nfinal_acc = 83.69\nsource = "paper"\n')
+    records = load_records(tmp_path)
+    assert records["method_label"].iloc[0].startswith("JDCL [global_new_source=replay, ")
+    df = comparison(records, load_published(pub))
+    assert len(df) == 1 and "--set" not in df["differs"].iloc[0]
+    assert "replay_per_class" not in df["differs"].iloc[0]  # the recipe's value: no difference

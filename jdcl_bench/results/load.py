@@ -150,11 +150,14 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     overrides = effective_overrides(config["method"], preset, typed, method_config)
     # A record of a preset since redefined names what it ran differently, unless its method's label
     # already says (config_label: "JDCL (lr 2e-4, DDIM-50)", "NNCSL (M=500, BN in train mode)").
+    # They are named in the label only: they are not --set values (compare's "differs from the
+    # published setting" reads the config the record ran with, not them).
+    named = dict(overrides)
     if from_config is None:
         spec = _dict(config.get("protocol_spec"))  # older records lack it: then every field counts
         semi = spec.get("label_regime", "semi") != "full"
-        overrides.update(preset_drift(config["method"], preset, typed, method_config, semi))
-    overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        named.update(preset_drift(config["method"], preset, typed, method_config, semi))
+    overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
     if overrides_text:
         label += f" [{overrides_text}]"
     return {
