@@ -78,8 +78,10 @@ NOT_RECIPE = frozenset({"diagnostics", "grid_per_class", "compile", "compile_mod
 
 def _unused(field: str, semi: bool) -> bool:
     """A field the record's run never read. Fields named ``ssl_*`` configure a method's
-    semi-supervised part (the suite's naming rule, kept by every method): a run of a fully supervised
-    protocol does not read them, so a preset that changed one was not redefined for it."""
+    semi-supervised part (the naming rule of docs/plugins.md): a run of a fully supervised protocol
+    does not read them, so a preset that changed one was not redefined for it. Semi-supervised-only
+    fields named otherwise (DGR's ``generator.labeller_*``) still count: at worst a supervised
+    record gets a row of its own that it did not need."""
     name = field.rsplit(".", 1)[-1]
     return name in NOT_RECIPE or (not semi and name.startswith("ssl_"))
 
