@@ -387,6 +387,23 @@ def test_plot_seen_accuracy(results, tmp_path):
         plot_seen_accuracy(load_records(results), "no-such-protocol", tmp_path / "x.png")
 
 
+def test_plot_legend_sits_below_the_axes_and_grows_the_figure(results, tmp_path):
+    """A label with --set values is wider than the axes: inside them the legend hid the lines and was
+    cut at the figure's edge. Below the axes, each entry adds height to the saved figure."""
+    from matplotlib.image import imread
+
+    from jdcl_bench.results.plots import plot_seen_accuracy
+
+    one = tmp_path / "one"
+    write_run(one, P10, "jdcl", "JDCL", 0, 50.0, preset="fast")
+    heights = [imread(plot_seen_accuracy(load_records(one), P10, tmp_path / "one.png")).shape[0]]
+    for i in range(6):
+        write_run(one, P10, "jdcl", f"JDCL [replay_per_class={1000 + i}, global_new_source=real-diffusion]", 0,
+                  50.0 + i, preset="fast", subdir=f"{P10}/jdcl/fast+{i}/seed0")
+    heights.append(imread(plot_seen_accuracy(load_records(one), P10, tmp_path / "seven.png")).shape[0])
+    assert heights[1] - heights[0] > 6 * 8 * 150 / 72  # six more 8-point lines at 150 dpi
+
+
 def test_reference_bounds_are_listed_last_and_never_bold(results):
     # joint (upper bound) beats every continual learner, yet the bold cell stays among the learners
     write_run(results, P10, "joint", "joint", 0, 95.0, 1.0)

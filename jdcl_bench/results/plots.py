@@ -42,6 +42,15 @@ def _subtitle(runs: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _legend_below(ax) -> None:
+    """The legend under the axes, one entry a line: a label with its --set values can be wider than
+    the axes, and inside them it would hide the lines it names."""
+    # Called after tight_layout (which would shrink the axes to make room for it): anchored at the
+    # figure's bottom edge, and savefig's bbox_inches="tight" grows the figure to hold it.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              bbox_transform=ax.figure.transFigure, frameon=False)
+
+
 def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path) -> Path:
     """Plot accuracy on all classes seen so far after each task, one line per method label.
 
@@ -86,15 +95,15 @@ def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path
     ax.set_xlabel("after task")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{protocol}: accuracy on all classes seen so far")
     note = _subtitle(runs)
     ax.set_title("mean over seeds, band = ±1 std (ddof=1)" + (f"\n{note}" if note else ""), fontsize=8)
     fig.tight_layout()
+    _legend_below(ax)
 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
+    fig.savefig(out_png, dpi=150, bbox_inches="tight")  # the figure grows to hold the legend
     return out_png
 
 
@@ -182,15 +191,15 @@ def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) 
     ax.set_xlabel("GPU-minutes of the run")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{protocol}: accuracy against compute")
     # the models only (the table says which tasks of a resumed run ran on which)
     gpus = sorted({name for models in curve["gpu_models"] for name in models})
     ax.set_title(("GPU: " + ", ".join(gpus) + "; " if gpus else "") + "hollow = shared its GPU", fontsize=8)
     fig.tight_layout()
+    _legend_below(ax)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
+    fig.savefig(out_png, dpi=150, bbox_inches="tight")  # the figure grows to hold the legend
     return out_png
 
 
