@@ -156,8 +156,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     # published setting" reads the config the record ran with, not them).
     named = dict(overrides)
     if from_config is None:
-        spec = _dict(config.get("protocol_spec"))  # older records lack it: then every field counts
-        semi = spec.get("label_regime", "semi") != "full"
+        # Protocol.semi from the recorded spec; older records lack it: then every field counts
+        semi = _dict(config.get("protocol_spec")).get("label_regime") != "full"
         named.update(preset_drift(config["method"], preset, typed, method_config, semi))
     overrides_text = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
     if overrides_text:
