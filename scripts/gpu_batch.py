@@ -9,7 +9,9 @@ saying how many runs shared the GPU: its GPU-seconds are wall-clock seconds on a
         --chain cifar10-t5:dgr:fast,cifar10-t5:guide:fast --chain cifar10-t5:gfr:fast
 
 At the end the records (everything but checkpoints and shared generator caches) are packed into
-``$OUT/runs.tar.gz`` when ``$OUT`` is set, and a one-line status per run is printed.
+``$OUT/runs.tar.gz`` when ``$OUT`` is set, and a one-line status per run is printed. Back here,
+``python scripts/gpu_batch.py --home FILES_AT`` puts the returned records under .gpu-runs and the
+checkpoint parts in .gpu-stage, where the next call carries them from.
 """
 from __future__ import annotations
 
@@ -156,12 +158,61 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     return joined
 
 
+def archive(out: Path, dest: Path) -> Path:
+    """``dest/runs.tar.gz``: the records under ``out`` (checkpoints, locks and shared generator
+    caches left out), which ``home`` puts back under another ``out``."""
+    path = dest / "runs.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(out, arcname="runs",
+               filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or "/shared" in ti.name else ti)
+    return path
+
+
+def home(files_at: Path, out: Path, stage: Path) -> None:
+    """Here, after a device call: put what it returned where the next call carries it from. The
+    records in ``files_at/runs.tar.gz`` go under ``out`` (as they were under the device's --out), the
+    checkpoint parts into ``stage``, replacing older parts of the same run (a checkpoint of fewer parts
+    must not be joined with a stale last part)."""
+    import shutil
+
+    archive_path = files_at / "runs.tar.gz"
+    if not archive_path.is_file():
+        raise SystemExit(f"{archive_path} is missing: pass the folder a device call's files came back to "
+                         "(its files_at)")
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive_path) as tf:
+        members = []
+        for m in tf.getmembers():
+            if m.name == "runs":
+                continue
+            if not m.name.startswith("runs/"):
+                raise SystemExit(f"{archive_path}: {m.name} is not under runs/; not an archive of this script")
+            m.name = m.name[len("runs/"):]
+            members.append(m)
+        tf.extractall(out, members=members, filter="data")  # "data": no absolute paths, links or ../ escapes
+    print(f"records from {archive_path} in {out}")
+    parts = sorted(files_at.glob("ckpt-*.pt.part[0-9][0-9]"))
+    if parts:
+        stage.mkdir(parents=True, exist_ok=True)
+        for stem in {f.name.rsplit(".part", 1)[0] for f in parts}:
+            for old in stage.glob(f"{stem}.part[0-9][0-9]"):
+                old.unlink()
+        for f in parts:
+            shutil.copyfile(f, stage / f.name)
+        print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--join-checkpoints", action="append", default=[], metavar="DIR",
                     help="first put the ckpt-*.pt.partNN files found in DIR (repeatable) back together in their run "
                          "folders under --out, then run the chains (which resume them)")
-    ap.add_argument("--chain", action="append", required=True,
+    ap.add_argument("--home", metavar="FILES_AT",
+                    help="here, not on the device: put what a call returned (the folder its files came back to) in "
+                         "place for the next call, the records under --out and the checkpoint parts in --stage; "
+                         "runs nothing")
+    ap.add_argument("--stage", default=".gpu-stage", help="with --home: where the checkpoint parts go")
+    ap.add_argument("--chain", action="append",
                     help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides; "
                          "@FILE.toml among them: a settings file's values, as jdcl-bench run --config)")
     ap.add_argument("--deadline", type=float, default=520, help="seconds from now by which every run stops")
@@ -177,6 +228,11 @@ def main() -> None:
                     help="with $OUT set: also return the checkpoint of every unfinished run, split into parts under "
                          "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; --join-checkpoints puts them back), in case the machine goes cold")
     args = ap.parse_args()
+    if args.home:
+        home(Path(args.home), Path(args.out), Path(args.stage))
+        return
+    if not args.chain:
+        ap.error("--chain is required (or --home, here, after a call)")
     if args.join_checkpoints:
         join_checkpoints(Path(args.out), [Path(d) for d in args.join_checkpoints])
     t0 = time.time()
@@ -200,9 +256,7 @@ def main() -> None:
         final = f"final {d['final_acc']:.2f}" if d.get("complete") else f"seen-class {seen:.2f}"
         print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} {final}")
     if os.environ.get("OUT"):
-        with tarfile.open(Path(os.environ["OUT"]) / "runs.tar.gz", "w:gz") as tf:
-            tf.add(args.out, arcname="runs",
-                   filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or "/shared" in ti.name else ti)
+        archive(Path(args.out), Path(os.environ["OUT"]))
         if args.bring_checkpoints:
             bring_checkpoints(Path(args.out), Path(os.environ["OUT"]))
     print(f"done in {time.time() - t0:.0f}s")

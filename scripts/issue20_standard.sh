@@ -14,7 +14,8 @@
 #
 # One call per command, on a fresh machine or a warm one: `bash scripts/slim_tree.sh drop` here first
 # (docs/jdcl.md), then carry the data archive and labels, `.cache`, the returned parts in .gpu-stage/
-# and the run's record folder in .gpu-runs/ (extracted from the runs.tar.gz that came back).
+# and the run's record folder in .gpu-runs/ (`python scripts/gpu_batch.py --home FILES_AT` puts what a
+# call returned there).
 #
 # Commit first and put the commit in the command (JDCL_BENCH_COMMIT=<git rev-parse HEAD here> bash
 # scripts/...): the device machine's git can be older than the tree it received (on 2026-12-06 it

@@ -111,3 +111,36 @@ def test_a_chain_entry_takes_a_settings_file_as_jdcl_bench_run_config_does(tmp_p
     assert expected == ["replay_per_class=4000", "global_new_source=real-diffusion", "classifier.lr=0.1"]
     assert gpu_batch.chain_sets(f"seed_x=1;@{f}") == ["seed_x=1", *expected]
     assert gpu_batch.chain_sets("") == [] and gpu_batch.chain_sets("a=1;;b=2") == ["a=1", "b=2"]
+
+
+def test_home_puts_a_calls_records_and_parts_where_the_next_call_carries_them_from(tmp_path):
+    """What the device returns ($OUT: runs.tar.gz and the parts) goes back under the same relative
+    paths here, and the parts join into the run they came from; parts of an older, longer checkpoint
+    of the same run are replaced, not mixed in."""
+    gpu_batch = load_gpu_batch()
+    device_out, files_at = tmp_path / "device" / ".gpu-runs", tmp_path / "files_at"
+    files_at.mkdir()
+    run = device_out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    (run / "artefacts").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.json").write_text('{"tasks_done": 3, "num_tasks": 5}')
+    (run / "artefacts" / "replay_task3.png").write_bytes(b"png")
+    (device_out / "_logs").mkdir()
+    (device_out / "_logs" / "a.log").write_text("log")
+    data = bytes(range(256)) * 7
+    (run / "checkpoint.pt").write_bytes(data)
+    gpu_batch.archive(device_out, files_at)
+    gpu_batch.bring_checkpoints(device_out, files_at, part_bytes=1000)
+    here_out, stage = tmp_path / "here" / ".gpu-runs", tmp_path / "here" / ".gpu-stage"
+    stage.mkdir(parents=True)
+    stale = stage / next(files_at.glob("*.part00")).name.replace("part00", "part07")
+    stale.write_bytes(b"an older checkpoint's last part")
+    gpu_batch.home(files_at, here_out, stage)
+    back = here_out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    assert (back / "metrics.json").read_text() == (run / "metrics.json").read_text()
+    assert (back / "artefacts" / "replay_task3.png").exists() and (here_out / "_logs" / "a.log").exists()
+    assert not (back / "checkpoint.pt").exists() and not stale.exists()
+    gpu_batch.join_checkpoints(here_out, [stage])
+    assert (back / "checkpoint.pt").read_bytes() == data
+    with pytest.raises(SystemExit, match="files_at"):
+        gpu_batch.home(tmp_path / "nothing", here_out, stage)
