@@ -163,8 +163,16 @@ def archive(out: Path, dest: Path) -> Path:
     caches left out), which ``home`` puts back under another ``out``."""
     path = dest / "runs.tar.gz"
     with tarfile.open(path, "w:gz") as tf:
-        tf.add(out, arcname="runs",
-               filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or "/shared" in ti.name else ti)
+        tf.add(out, arcname="runs", recursive=False)
+        for f in sorted(out.rglob("*")):
+            rel = f.relative_to(out)
+            if (f.name.endswith((".pt", ".lock", ".tmp", ".joining")) or f.name.startswith(".")
+                    or "shared" in rel.parts):
+                continue  # checkpoints (parts of their own), locks, files being written, generator caches
+            try:
+                tf.add(f, arcname=str(Path("runs") / rel), recursive=False)
+            except FileNotFoundError:  # replaced meanwhile by detached chains still running: next time
+                continue
     return path
 
 
@@ -202,6 +210,83 @@ def home(files_at: Path, out: Path, stage: Path) -> None:
         print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
 
 
+BACKGROUND = "_background.json"  # under --out: the detached chains' process and, once done, their statuses
+
+
+def start_background(args, seconds: float) -> subprocess.Popen:
+    """Start the chains in a process of their own session, with ``seconds`` as their deadline: the
+    device machine ends a command's processes when it returns, but not one in a session of its own,
+    which trains on between commands (one process compiles once: each resume in a new process
+    compiled the models again, about 50 s a `standard` task on an H100)."""
+    out = Path(args.out)
+    if (state := background_state(out)) and _alive(state.get("pid")) and "finished_at" not in state:
+        raise SystemExit(f"chains started by --detach are still running here (pid {state['pid']}): "
+                         "wait for them with --attach")
+    (out / "_logs").mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--in-background", "--out", args.out,
+           "--data-dir", args.data_dir, "--deadline", str(seconds), "--min-start", str(args.min_start)]
+    cmd += [a for c in args.chain for a in ("--chain", c)]
+    if args.stop_between_tasks:
+        cmd.append("--stop-between-tasks")
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}  # this command returns the files, not it
+    log = open(out / "_logs" / f"background__{int(time.time())}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def background_state(out: Path) -> dict | None:
+    try:
+        return json.loads((out / BACKGROUND).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_background(out: Path, until: float, child: subprocess.Popen | None = None) -> bool:
+    """Wait for the detached chains until they finish or the time ``until``; whether they finished."""
+    while time.time() < until:
+        if child is not None and child.poll() is not None:
+            break
+        state = background_state(out) or {}
+        if "finished_at" in state or (child is None and not _alive(state.get("pid"))):
+            break
+        time.sleep(2)
+    state = background_state(out) or {}
+    done = "finished_at" in state or not _alive(state.get("pid"))
+    if done:
+        for spec, st in state.get("status", {}).items():
+            print(f"{spec:40s} {st}")
+        if "finished_at" not in state:
+            print(f"the detached chains (pid {state.get('pid')}) ended without finishing: see {out}/_logs")
+    else:
+        print(f"the detached chains still run (pid {state.get('pid')}): the next command on this machine "
+              "passes --attach (its records and checkpoints come back as now)")
+    return done
+
+
+def report(out: Path, bring: bool) -> None:
+    """Every run's progress under ``out``; with $OUT set, the records (and checkpoints) to return."""
+    for m in sorted(out.rglob("metrics.json")):
+        d = json.loads(m.read_text())
+        # an unfinished run's final_acc averages over every class, unseen ones included: show seen-class accuracy
+        seen = (d.get("seen_acc") or [float("nan")])[-1]
+        final = f"final {d['final_acc']:.2f}" if d.get("complete") else f"seen-class {seen:.2f}"
+        print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} {final}")
+    if os.environ.get("OUT"):
+        archive(out, Path(os.environ["OUT"]))
+        if bring:
+            bring_checkpoints(out, Path(os.environ["OUT"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--join-checkpoints", action="append", default=[], metavar="DIR",
@@ -227,15 +312,39 @@ def main() -> None:
     ap.add_argument("--bring-checkpoints", action="store_true",
                     help="with $OUT set: also return the checkpoint of every unfinished run, split into parts under "
                          "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; --join-checkpoints puts them back), in case the machine goes cold")
+    ap.add_argument("--detach", type=float, metavar="SECONDS",
+                    help="run the chains in a background process of their own, with SECONDS as their deadline, "
+                         "which trains on after this command returns at --deadline (a warm device machine keeps "
+                         "it); the next command passes --attach")
+    ap.add_argument("--attach", action="store_true",
+                    help="wait for the chains an earlier --detach started on this machine until they finish or "
+                         "--deadline, then report and return records and checkpoints as after a run")
+    ap.add_argument("--in-background", action="store_true", help=argparse.SUPPRESS)  # the --detach process
     args = ap.parse_args()
+    t0 = time.time()
+    out = Path(args.out)
     if args.home:
-        home(Path(args.home), Path(args.out), Path(args.stage))
+        home(Path(args.home), out, Path(args.stage))
+        return
+    if args.attach:
+        wait_background(out, t0 + args.deadline)
+        report(out, args.bring_checkpoints)
+        print(f"done in {time.time() - t0:.0f}s")
         return
     if not args.chain:
-        ap.error("--chain is required (or --home, here, after a call)")
+        ap.error("--chain is required (or --attach or --home)")
     if args.join_checkpoints:
-        join_checkpoints(Path(args.out), [Path(d) for d in args.join_checkpoints])
-    t0 = time.time()
+        join_checkpoints(out, [Path(d) for d in args.join_checkpoints])
+    if args.detach:
+        child = start_background(args, args.detach)
+        print(f"chains detached (pid {child.pid}, deadline {args.detach:.0f} s; log in {out}/_logs)")
+        wait_background(out, t0 + args.deadline, child)
+        report(out, args.bring_checkpoints)
+        print(f"done in {time.time() - t0:.0f}s")
+        return
+    if args.in_background:
+        records_write(out / BACKGROUND, {"pid": os.getpid(), "sid": os.getsid(0), "chains": args.chain,
+                                         "deadline_s": args.deadline, "started_at": _now()})
     chains = [c.split(",") for c in args.chain]
     specs = [s for c in chains for s in c]
     if len(set(specs)) != len(specs):  # the run lock would stop the second copy mid-batch; say it up front
@@ -249,17 +358,22 @@ def main() -> None:
         t.join()
     for spec in specs:
         print(f"{spec:40s} {status.get(spec, '?')}")
-    for m in sorted(Path(args.out).rglob("metrics.json")):
-        d = json.loads(m.read_text())
-        # an unfinished run's final_acc averages over every class, unseen ones included: show seen-class accuracy
-        seen = (d.get("seen_acc") or [float("nan")])[-1]
-        final = f"final {d['final_acc']:.2f}" if d.get("complete") else f"seen-class {seen:.2f}"
-        print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} {final}")
-    if os.environ.get("OUT"):
-        archive(Path(args.out), Path(os.environ["OUT"]))
-        if args.bring_checkpoints:
-            bring_checkpoints(Path(args.out), Path(os.environ["OUT"]))
+    if args.in_background:
+        state = background_state(out) or {}
+        records_write(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
+                                         "finished_at": _now()})
+    report(out, args.bring_checkpoints)
     print(f"done in {time.time() - t0:.0f}s")
+
+
+def records_write(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)  # an --attach reading it never sees half a file
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 if __name__ == "__main__":

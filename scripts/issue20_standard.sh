@@ -9,6 +9,10 @@
 #   bash scripts/issue20_standard.sh [protocol] [seed]        # on the device, from the repository root
 #   JOIN=1 DEADLINE=560 bash scripts/issue20_standard.sh cifar10-semi-5pct
 #   CONFIG=FILE.toml bash scripts/issue20_standard.sh
+#   DETACH=1500 bash scripts/issue20_standard.sh   # the run trains in a background process of its own
+#   ATTACH=1 bash scripts/issue20_standard.sh      # for up to 1500 s, across commands on the warm
+#                                     # machine (compiled once); each later command waits with ATTACH=1
+#                                     # and brings the records and the between-task checkpoint home
 #                                     # `standard` with a settings file's values (as `jdcl-bench run
 #                                     # --config FILE`: the same run folder, standard+<hash>)
 #
@@ -31,6 +35,9 @@ export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DI
 export JDCL_BENCH_TENSORBOARD=0
 [ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
 python3 -m pip install -q --no-deps --no-build-isolation -e .
+if [ "${ATTACH:-0}" = 1 ]; then
+  exec python3 scripts/gpu_batch.py --attach --deadline "${DEADLINE:-560}" --out .gpu-runs --bring-checkpoints
+fi
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
 sets=""
@@ -42,5 +49,7 @@ for c in .gpu-runs/runs/"$P"/jdcl/standard*/seed"$SEED"/config.json; do
     echo "$(dirname "$c") is a fork (scripts/issue20_fork.sh); move it out of .gpu-runs before a whole run"; exit 2
   fi
 done
+detach=()
+if [ -n "${DETACH:-}" ]; then detach=(--detach "$DETACH"); fi
 python3 scripts/gpu_batch.py --deadline "${DEADLINE:-560}" --min-start 60 --out .gpu-runs --data-dir "$DATA" \
-  --bring-checkpoints "${join[@]}" --chain "$P:jdcl:standard:$SEED$sets"
+  --bring-checkpoints "${join[@]}" "${detach[@]}" --chain "$P:jdcl:standard:$SEED$sets"

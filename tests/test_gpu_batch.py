@@ -144,3 +144,34 @@ def test_home_puts_a_calls_records_and_parts_where_the_next_call_carries_them_fr
     assert (back / "checkpoint.pt").read_bytes() == data
     with pytest.raises(SystemExit, match="files_at"):
         gpu_batch.home(tmp_path / "nothing", here_out, stage)
+
+
+def test_detached_chains_train_on_after_the_command_returns_and_attach_brings_them_back(tmp_path):
+    """--detach: the chains run in a process of their own session (which a device machine leaves
+    running when the command returns) and the command returns at its --deadline; --attach, the next
+    command, waits for them and returns the finished records."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out, back1, back2 = tmp_path / "gpu-runs", tmp_path / "back1", tmp_path / "back2"
+    back1.mkdir(), back2.mkdir()
+    script = [sys.executable, str(repo / "scripts" / "gpu_batch.py"), "--out", str(out)]
+    chain = "synthetic-t2:finetune:smoke:0,synthetic-t2:joint:smoke:0"
+    first = subprocess.run(script + ["--deadline", "0.5", "--detach", "300", "--chain", chain], cwd=tmp_path,
+                           env={**os.environ, "OUT": str(back1)}, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "still run" in first.stdout and (back1 / "runs.tar.gz").exists()
+    second = subprocess.run(script + ["--deadline", "240", "--attach"], cwd=tmp_path,
+                            env={**os.environ, "OUT": str(back2)}, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("tasks 2/2 final") == 2, second.stdout
+    state = json.loads((out / "_background.json").read_text())
+    assert state["sid"] == state["pid"]  # a session leader: not ended with the command that started it
+    assert "finished_at" in state and all(v.startswith("rc=0") for v in state["status"].values())
+    names = tarfile.open(back2 / "runs.tar.gz").getnames()
+    assert sum(n.endswith("seed0/metrics.json") for n in names) == 2
