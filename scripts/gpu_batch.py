@@ -84,16 +84,18 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_b
             d = json.loads(metrics.read_text())
             if d.get("tasks_done") == d.get("num_tasks"):
                 continue
-        src, what = ckpt, "checkpoint"
-        if ckpt.stat().st_size > max_bytes:
+        # sizes from the bytes read, not from stat(): detached chains (--detach) may replace a file between the two
+        src, what, data = ckpt, "checkpoint", ckpt.read_bytes()
+        if len(data) > max_bytes:
+            big = len(data) / 2**20
             task_ckpt = ckpt.parent / "checkpoint-task.pt"
-            if not task_ckpt.is_file() or task_ckpt.stat().st_size > max_bytes:
-                print(f"checkpoint {ckpt} ({ckpt.stat().st_size / 2**20:.0f} MB) is too large to return and the run "
+            data = task_ckpt.read_bytes() if task_ckpt.is_file() else b""
+            if not data or len(data) > max_bytes:
+                print(f"checkpoint {ckpt} ({big:.0f} MB) is too large to return and the run "
                       "has no small between-task checkpoint: it stays on this machine only")
                 continue
-            src, what = task_ckpt, (f"between-task checkpoint (the in-task one, {ckpt.stat().st_size / 2**20:.0f} MB, "
+            src, what = task_ckpt, (f"between-task checkpoint (the in-task one, {big:.0f} MB, "
                                     "stays on this machine; resuming from this one repeats the interrupted task)")
-        data = src.read_bytes()
         name = part_name(ckpt.parent, out)  # the device returns only names of letters, digits, '.', '_', '-'
         for i in range(0, len(data), part_bytes):
             (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
