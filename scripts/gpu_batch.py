@@ -224,6 +224,7 @@ def start_background(args, seconds: float) -> subprocess.Popen:
     if (state := background_state(out)) and _alive(state.get("pid")) and "finished_at" not in state:
         raise SystemExit(f"chains started by --detach are still running here (pid {state['pid']}): "
                          "wait for them with --attach")
+    (out / BACKGROUND).unlink(missing_ok=True)  # an earlier one's "finished_at" must not end the wait for this one
     (out / "_logs").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--in-background", "--out", args.out,
            "--data-dir", args.data_dir, "--deadline", str(seconds), "--min-start", str(args.min_start)]
@@ -262,8 +263,13 @@ def wait_background(out: Path, until: float, child: subprocess.Popen | None = No
         if "finished_at" in state or (child is None and not _alive(state.get("pid"))):
             break
         time.sleep(2)
-    state = background_state(out) or {}
-    done = "finished_at" in state or not _alive(state.get("pid"))
+    state = background_state(out)
+    if state is None and child is None:
+        print(f"no chains were detached here ({out / BACKGROUND} is missing): on a fresh machine, carry the "
+              "returned checkpoint parts and resume the run (--join-checkpoints)")
+        return True
+    state = state or {}
+    done = "finished_at" in state or (child.poll() is not None if child is not None else not _alive(state.get("pid")))
     if done:
         for spec, st in state.get("status", {}).items():
             print(f"{spec:40s} {st}")
@@ -345,7 +351,7 @@ def main() -> None:
         print(f"done in {time.time() - t0:.0f}s")
         return
     if args.in_background:
-        records_write(out / BACKGROUND, {"pid": os.getpid(), "sid": os.getsid(0), "chains": args.chain,
+        _write_json(out / BACKGROUND, {"pid": os.getpid(), "sid": os.getsid(0), "chains": args.chain,
                                          "deadline_s": args.deadline, "started_at": _now()})
     chains = [c.split(",") for c in args.chain]
     specs = [s for c in chains for s in c]
@@ -362,13 +368,13 @@ def main() -> None:
         print(f"{spec:40s} {status.get(spec, '?')}")
     if args.in_background:
         state = background_state(out) or {}
-        records_write(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
+        _write_json(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
                                          "finished_at": _now()})
     report(out, args.bring_checkpoints)
     print(f"done in {time.time() - t0:.0f}s")
 
 
-def records_write(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)  # an --attach reading it never sees half a file

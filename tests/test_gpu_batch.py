@@ -175,3 +175,16 @@ def test_detached_chains_train_on_after_the_command_returns_and_attach_brings_th
     assert "finished_at" in state and all(v.startswith("rc=0") for v in state["status"].values())
     names = tarfile.open(back2 / "runs.tar.gz").getnames()
     assert sum(n.endswith("seed0/metrics.json") for n in names) == 2
+    # detaching again: the finished chains' state must not end the wait for the new ones
+    again = subprocess.run(script + ["--deadline", "0.5", "--detach", "300", "--chain", "synthetic-t2:finetune:smoke:1"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "still run" in again.stdout, again.stdout
+    last = subprocess.run(script + ["--deadline", "240", "--attach"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert "seed1" in last.stdout and last.stdout.count("tasks 2/2 final") == 3, last.stdout
+
+
+def test_attach_without_detached_chains_says_what_to_do(tmp_path, capsys):
+    gpu_batch = load_gpu_batch()
+    assert gpu_batch.wait_background(tmp_path, until=0.0) is True
+    assert "no chains were detached here" in capsys.readouterr().out
