@@ -33,11 +33,11 @@ SEED=${2:-0}
 DATA=${DATA:-.data/cifar10-jpeg}
 export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache
 export JDCL_BENCH_TENSORBOARD=0
-[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
-python3 -m pip install -q --no-deps --no-build-isolation -e .
-if [ "${ATTACH:-0}" = 1 ]; then
+if [ "${ATTACH:-0}" = 1 ]; then  # nothing to install or unpack: the detached process has it all
   exec python3 scripts/gpu_batch.py --attach --deadline "${DEADLINE:-560}" --out .gpu-runs --bring-checkpoints
 fi
+[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
+python3 -m pip install -q --no-deps --no-build-isolation -e .
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
 sets=""
