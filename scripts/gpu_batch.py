@@ -212,6 +212,36 @@ def home(files_at: Path, out: Path, stage: Path) -> None:
         print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
 
 
+def land(run_dir: Path, dest: Path, out: Path, incomplete: bool = False) -> list[Path]:
+    """Here, once a run is done: its record (no checkpoints or locks) into ``dest`` (a results folder's
+    run directory), with the logs of every process that trained it (``out/_logs``, found by the run
+    directory they name) in ``dest/logs``. Refuses an unfinished run (unless ``incomplete``) and an
+    existing ``dest``. The logs copied."""
+    import re
+    import shutil
+
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise SystemExit(f"{run_dir} has no metrics.json: not a run directory")
+    m = json.loads(metrics.read_text())
+    if not m.get("complete") and not incomplete:
+        raise SystemExit(f"{run_dir} has {m.get('tasks_done')}/{m.get('num_tasks')} tasks done: finish it first "
+                         "(or pass --incomplete for a record that says so)")
+    if dest.exists():
+        raise SystemExit(f"{dest} exists: move it away first (a record is never written over)")
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.pt", "*.lock", "*.tmp", ".*"))
+    # each process prints its run directory as the device saw it (.gpu-runs/runs/...): match the part below out
+    rel = re.escape(str(run_dir.resolve().relative_to(out.resolve())))
+    logs = [f for f in sorted((out / "_logs").glob("*.log"))
+            if re.search(rf"(^|[\s/]){rel}(\s|$)", f.read_text(errors="replace"), re.M)]
+    if logs:
+        (dest / "logs").mkdir(exist_ok=True)
+        for f in logs:
+            shutil.copyfile(f, dest / "logs" / f.name)
+    print(f"{run_dir} -> {dest} ({len(logs)} process log(s) in logs/)")
+    return logs
+
+
 BACKGROUND = "_background.json"  # under --out: the detached chains' process and, once done, their statuses
 
 
@@ -305,6 +335,10 @@ def main() -> None:
                          "place for the next call, the records under --out and the checkpoint parts in --stage; "
                          "runs nothing")
     ap.add_argument("--stage", default=".gpu-stage", help="with --home: where the checkpoint parts go")
+    ap.add_argument("--land", nargs=2, metavar=("RUN_DIR", "DEST"),
+                    help="here, once a run under --out is done: copy its record and its processes' logs to DEST "
+                         "(e.g. results/runs/<protocol>/<method>/<preset>/seed<N>); runs nothing")
+    ap.add_argument("--incomplete", action="store_true", help="with --land: also an unfinished run")
     ap.add_argument("--chain", action="append",
                     help="comma-separated protocol:method:preset[:seed[:key=value;key=value]] (the last part: --set overrides; "
                          "@FILE.toml among them: a settings file's values, as jdcl-bench run --config)")
@@ -334,13 +368,16 @@ def main() -> None:
     if args.home:
         home(Path(args.home), out, Path(args.stage))
         return
+    if args.land:
+        land(Path(args.land[0]), Path(args.land[1]), out, args.incomplete)
+        return
     if args.attach:
         wait_background(out, t0 + args.deadline)
         report(out, args.bring_checkpoints)
         print(f"done in {time.time() - t0:.0f}s")
         return
     if not args.chain:
-        ap.error("--chain is required (or --attach or --home)")
+        ap.error("--chain is required (or --attach, --home or --land)")
     if args.join_checkpoints:
         join_checkpoints(out, [Path(d) for d in args.join_checkpoints])
     if args.detach:

@@ -188,3 +188,31 @@ def test_attach_without_detached_chains_says_what_to_do(tmp_path, capsys):
     gpu_batch = load_gpu_batch()
     assert gpu_batch.wait_background(tmp_path, until=0.0) is True
     assert "no chains were detached here" in capsys.readouterr().out
+
+
+def test_land_copies_a_finished_record_with_the_logs_of_its_processes_only(tmp_path):
+    import json
+
+    gpu_batch = load_gpu_batch()
+    out = tmp_path / ".gpu-runs"
+    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    (run / "artefacts").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"complete": False, "tasks_done": 3, "num_tasks": 5}))
+    (run / "checkpoint.pt").write_bytes(b"state")
+    (run / "artefacts" / "replay_task2.png").write_bytes(b"png")
+    (out / "_logs").mkdir()
+    (out / "_logs" / "a.log").write_text("[ 6.6s] resuming .gpu-runs/runs/cifar10-t5/jdcl/standard/seed0 at task 2\n")
+    (out / "_logs" / "b.log").write_text("  run directory: .gpu-runs/runs/cifar10-t5/jdcl/standard/seed0\n")
+    (out / "_logs" / "other.log").write_text("  run directory: .gpu-runs/runs/cifar10-t5/jdcl/standard+ab12/seed0\n")
+    (out / "_logs" / "seed01.log").write_text("  run directory: .gpu-runs/runs/cifar10-t5/jdcl/standard/seed01\n")
+    dest = tmp_path / "results" / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    with pytest.raises(SystemExit, match="3/5 tasks done"):
+        gpu_batch.land(run, dest, out)
+    assert not dest.exists()
+    (run / "metrics.json").write_text(json.dumps({"complete": True, "tasks_done": 5, "num_tasks": 5}))
+    logs = gpu_batch.land(run, dest, out)
+    assert sorted(f.name for f in logs) == ["a.log", "b.log"]
+    assert sorted(p.name for p in (dest / "logs").iterdir()) == ["a.log", "b.log"]
+    assert (dest / "artefacts" / "replay_task2.png").exists() and not (dest / "checkpoint.pt").exists()
+    with pytest.raises(SystemExit, match="exists"):
+        gpu_batch.land(run, dest, out)
