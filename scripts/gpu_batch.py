@@ -122,9 +122,9 @@ def _between_tasks(path: Path) -> bool:
 
 def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     """Put returned checkpoint parts back together in their run folders under ``out`` (the records
-    must be there: extract the returned runs.tar.gz into ``out`` first). The parts may lie in several
-    folders: a 30 MB checkpoint, the data and the working tree do not fit one device call's 64 MB, so
-    its parts can travel in two calls to the same warm machine (docs/jdcl.md). Refuses a run whose
+    must be there: ``home`` puts the returned runs.tar.gz under ``out``). The parts may lie in several
+    folders (calls that carried them separately, before scripts/slim_tree.sh made room for all in
+    one). Refuses a run whose
     parts are not all there (part00..partNN without a gap) rather than write a truncated checkpoint."""
     parts: dict[str, dict[int, Path]] = {}
     for d in part_dirs:
@@ -136,7 +136,7 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     for stem, numbered in sorted(parts.items()):
         if stem not in runs:
             raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: no run folder under {out} matches; "
-                             f"extract the runs.tar.gz that came back with them into {out} first")
+                             f"put the runs.tar.gz that came back with them under {out} first (--home FILES_AT)")
         if sorted(numbered) != list(range(len(numbered))):
             raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: have {sorted(numbered)}, need 0..{max(numbered)} "
                              "without a gap; bring the missing part(s)")
