@@ -84,13 +84,12 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_b
             d = json.loads(metrics.read_text())
             if d.get("tasks_done") == d.get("num_tasks"):
                 continue
-        # sizes from the bytes read, not from stat(): detached chains (--detach) may replace a file between the two
-        src, what, data = ckpt, "checkpoint", ckpt.read_bytes()
-        if len(data) > max_bytes:
-            big = len(data) / 2**20
+        src, what, data = ckpt, "checkpoint", _read_up_to(ckpt, max_bytes)
+        if data is None:
+            big = ckpt.stat().st_size / 2**20
             task_ckpt = ckpt.parent / "checkpoint-task.pt"
-            data = task_ckpt.read_bytes() if task_ckpt.is_file() else b""
-            if not data or len(data) > max_bytes:
+            data = _read_up_to(task_ckpt, max_bytes) if task_ckpt.is_file() else None
+            if not data:
                 print(f"checkpoint {ckpt} ({big:.0f} MB) is too large to return and the run "
                       "has no small between-task checkpoint: it stays on this machine only")
                 continue
@@ -101,6 +100,14 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_b
             (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
         print(f"{what} {src} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
               f"({-(-len(data) // part_bytes)} part(s))")
+
+
+def _read_up_to(path: Path, max_bytes: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than ``max_bytes``. The size is the open file's:
+    detached chains (--detach) may replace the path between a stat() and a read, and a large in-task
+    checkpoint is not read only to learn its size."""
+    with open(path, "rb") as fh:
+        return fh.read() if os.fstat(fh.fileno()).st_size <= max_bytes else None
 
 
 def part_name(run_dir: Path, out: Path) -> str:
@@ -160,6 +167,13 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     return joined
 
 
+def _not_record(path: Path, below: Path) -> bool:
+    """Whether a file under a results folder ``below`` stays out of a record that travels: checkpoints
+    (they come back as parts of their own), locks, files being written, shared generator caches."""
+    return (path.name.endswith((".pt", ".lock", ".tmp", ".joining")) or path.name.startswith(".")
+            or "shared" in path.relative_to(below).parts)
+
+
 def archive(out: Path, dest: Path) -> Path:
     """``dest/runs.tar.gz``: the records under ``out`` (checkpoints, locks and shared generator
     caches left out), which ``home`` puts back under another ``out``."""
@@ -167,12 +181,10 @@ def archive(out: Path, dest: Path) -> Path:
     with tarfile.open(path, "w:gz") as tf:
         tf.add(out, arcname="runs", recursive=False)
         for f in sorted(out.rglob("*")):
-            rel = f.relative_to(out)
-            if (f.name.endswith((".pt", ".lock", ".tmp", ".joining")) or f.name.startswith(".")
-                    or "shared" in rel.parts):
-                continue  # checkpoints (parts of their own), locks, files being written, generator caches
+            if _not_record(f, out):
+                continue
             try:
-                tf.add(f, arcname=str(Path("runs") / rel), recursive=False)
+                tf.add(f, arcname=str(Path("runs") / f.relative_to(out)), recursive=False)
             except FileNotFoundError:  # replaced meanwhile by detached chains still running: next time
                 continue
     return path
@@ -229,7 +241,7 @@ def land(run_dir: Path, dest: Path, out: Path, incomplete: bool = False) -> list
                          "(or pass --incomplete for a record that says so)")
     if dest.exists():
         raise SystemExit(f"{dest} exists: move it away first (a record is never written over)")
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.pt", "*.lock", "*.tmp", ".*"))
+    shutil.copytree(run_dir, dest, ignore=lambda d, names: [n for n in names if _not_record(Path(d) / n, run_dir)])
     # each process prints its run directory as the device saw it (.gpu-runs/runs/...): match the part below out
     rel = re.escape(str(run_dir.resolve().relative_to(out.resolve())))
     logs = [f for f in sorted((out / "_logs").glob("*.log"))
@@ -286,12 +298,11 @@ def _alive(pid) -> bool:
 
 def wait_background(out: Path, until: float, child: subprocess.Popen | None = None) -> bool:
     """Wait for the detached chains until they finish or the time ``until``; whether they finished."""
-    while time.time() < until:
-        if child is not None and child.poll() is not None:
-            break
-        state = background_state(out) or {}
-        if "finished_at" in state or (child is None and not _alive(state.get("pid"))):
-            break
+    def ended(state: dict) -> bool:  # this command's child, or (--attach) the process the state file names
+        return "finished_at" in state or (child.poll() is not None if child is not None
+                                          else not _alive(state.get("pid")))
+
+    while time.time() < until and not ended(background_state(out) or {}):
         time.sleep(2)
     state = background_state(out)
     if state is None and child is None:
@@ -299,7 +310,7 @@ def wait_background(out: Path, until: float, child: subprocess.Popen | None = No
               "returned checkpoint parts and resume the run (--join-checkpoints)")
         return True
     state = state or {}
-    done = "finished_at" in state or (child.poll() is not None if child is not None else not _alive(state.get("pid")))
+    done = ended(state)
     if done:
         for spec, st in state.get("status", {}).items():
             print(f"{spec:40s} {st}")
@@ -387,9 +398,11 @@ def main() -> None:
         report(out, args.bring_checkpoints)
         print(f"done in {time.time() - t0:.0f}s")
         return
-    if args.in_background:
-        _write_json(out / BACKGROUND, {"pid": os.getpid(), "sid": os.getsid(0), "chains": args.chain,
-                                         "deadline_s": args.deadline, "started_at": _now()})
+    if args.in_background:  # atomic writes: an --attach reading the file never sees half of it
+        from jdcl_bench.records import now, write_json  # the runs this script starts import it too
+
+        write_json(out / BACKGROUND, {"pid": os.getpid(), "sid": os.getsid(0), "chains": args.chain,
+                                      "deadline_s": args.deadline, "started_at": now()})
     chains = [c.split(",") for c in args.chain]
     specs = [s for c in chains for s in c]
     if len(set(specs)) != len(specs):  # the run lock would stop the second copy mid-batch; say it up front
@@ -405,20 +418,12 @@ def main() -> None:
         print(f"{spec:40s} {status.get(spec, '?')}")
     if args.in_background:
         state = background_state(out) or {}
-        _write_json(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
-                                         "finished_at": _now()})
+        write_json(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
+                                      "finished_at": now()})
     report(out, args.bring_checkpoints)
     print(f"done in {time.time() - t0:.0f}s")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)  # an --attach reading it never sees half a file
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 if __name__ == "__main__":
