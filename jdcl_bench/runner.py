@@ -36,7 +36,7 @@ from . import records
 from .checkpoint import checkpoint_note, nonfinite_hint, nonfinite_tensors, restore_rng, rng_state
 from .config import ConfigError, to_dict
 from .fastpath import tune_backends
-from .metrics import per_task_accuracy, seen_accuracy, summarise
+from .metrics import per_task_accuracy, seen_accuracy, summarise, task_confusion
 from .methods.base import Method, NonFiniteLoss, ProtocolInfo, RunContext, TaskData, derive_seed  # noqa: F401 (NonFiniteLoss, RunContext: importable from here too)
 from .progress import Reporter
 from .protocol import Protocol, get_protocol
@@ -163,7 +163,8 @@ class Runner:
         if D.is_main():
             records.atomic_torch_save({
                 "phase": phase, "task": self.task_index, "method": method_state, "rng": rng,
-                "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "wall_s": self._elapsed(),
+                "acc_rows": self.acc_rows, "seen_acc": self.seen_acc, "task_confusion": self.task_confusion,
+                "wall_s": self._elapsed(),
                 "diagnostics": self.diagnostics, "task_seconds": self.task_seconds, "segments": self.segments,
             }, self.run_dir / "checkpoint.pt")
             if phase == "task_done":
@@ -229,7 +230,7 @@ class Runner:
             seed_globals(D.rank_seed(derive_seed(cfg.seed, "setup")))
             self.method.setup(ProtocolInfo(protocol.name, len(ds.classes), tuple(test_x.shape[1:]), task_classes,
                                            protocol.semi_supervised, protocol.hflip))
-            self.acc_rows, self.seen_acc, self.prev_wall = [], [], 0.0
+            self.acc_rows, self.seen_acc, self.task_confusion, self.prev_wall = [], [], [], 0.0
             start, in_task = self._resume() if resume else (0, False)
             self.t_start = self.last_save = time.time()
             manifest = self._manifest(ds, split_info, config_doc, start)
@@ -310,6 +311,8 @@ class Runner:
         state = records.load_checkpoint(self.run_dir / "checkpoint.pt")  # weights_only: a crafted file cannot run code
         self.method.load_state_dict(state["method"])
         self.acc_rows, self.seen_acc, self.prev_wall = state["acc_rows"], state["seen_acc"], state["wall_s"]
+        # a checkpoint from before task_confusion existed: its tasks have none (None in metrics.json)
+        self.task_confusion = list(state.get("task_confusion", [None] * len(self.acc_rows)))
         self.diagnostics = list(state.get("diagnostics", []))
         self.task_seconds = list(state.get("task_seconds", []))
         self.segments = list(state.get("segments", [])) or self._segment_from_manifest()
@@ -395,11 +398,13 @@ class Runner:
         pred = D.broadcast_object(self.evaluate(test_x) if D.is_main() else None)
         self.acc_rows.append(per_task_accuracy(pred, test_y, task_classes))
         self.seen_acc.append(seen_accuracy(pred, test_y, tasks[k].seen_classes))
+        self.task_confusion.append(task_confusion(pred, test_y, task_classes, k + 1))
         self._final = float(100.0 * (pred == test_y).mean())
         self.save_checkpoint(phase="task_done")
         done = k == len(tasks) - 1
         metrics = {"complete": done, "tasks_done": k + 1, "num_tasks": len(tasks),
                    "task_classes": task_classes, "acc_matrix": self.acc_rows, "seen_acc": self.seen_acc,
+                   "task_confusion": self.task_confusion,
                    **summarise(self.acc_rows, self.seen_acc, self._final), "method_label": self.method.label()}
         if covered:
             metrics["test_classes"] = covered

@@ -136,6 +136,10 @@ def render_show(run_dir: str | Path):
     else:
         parts.append(Text("No accuracy matrix yet.", style="yellow"))
 
+    confusion = _task_confusion_table(metrics.get("task_confusion"), task_classes)
+    if confusion is not None:
+        parts.append(confusion)
+
     parts.append(kv_table("Final metrics", [
         ("final_acc (%)", _fmt(metrics.get("final_acc"))), ("avg_acc (%)", _fmt(metrics.get("avg_acc"))),
         ("avg_inc_acc (%)", _fmt(metrics.get("avg_inc_acc"))),
@@ -190,6 +194,36 @@ def render_show(run_dir: str | Path):
     else:
         parts.append(Text("Artefacts: none (*.png, replay_counts*.json)", style="dim"))
     return Group(*parts)
+
+
+def _task_confusion_table(entries, task_classes):
+    """The last evaluation's ``task_confusion`` (jdcl_bench.metrics) as a table: where each seen
+    task's test images went, by the task of the predicted class; None when the run has none (runs
+    made before it was recorded, or a foreign metrics.json)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not isinstance(entries, list):
+        return None
+    last = [(i, e) for i, e in enumerate(entries)
+            if isinstance(e, list) and e and all(isinstance(r, list) and all(_is_number(v) for v in r) for r in e)]
+    if not last:
+        return None
+    after, rows = last[-1]
+    width = max(len(r) for r in rows)
+    t = Table(title=f"Task confusion after task {after + 1} (%)",
+              caption="row: a task's test images; column: the share predicted as a class of that task. "
+                      "Diagonal: the right task; the newest task's column: recency bias", caption_justify="left",
+              title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("images of", justify="right", style="bold")
+    for i in range(width):
+        classes = _classes_short(task_classes[i]) if i < len(task_classes) else ""
+        t.add_column(f"→T{i + 1}" + (f"\n{classes}" if classes else ""), justify="right")
+    for j, row in enumerate(rows):
+        t.add_row(f"T{j + 1}", *[Text(_fmt(v, 1), style="bold" if i == j else ("dim" if i > after else ""))
+                                 for i, v in enumerate(row)])
+    return t
 
 
 def _diagnostics_table(entries):
