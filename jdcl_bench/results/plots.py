@@ -42,13 +42,18 @@ def _subtitle(runs: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def _legend_below(ax) -> None:
-    """The legend under the axes, one entry a line: a label with its --set values can be wider than
-    the axes, and inside them it would hide the lines it names."""
-    # Called after tight_layout (which would shrink the axes to make room for it): anchored at the
-    # figure's bottom edge, and savefig's bbox_inches="tight" grows the figure to hold it.
+def _save_with_legend_below(fig, ax, out_png: str | Path) -> Path:
+    """Save ``fig`` with the legend under the axes, one entry a line: a label with its --set values
+    can be wider than the axes, and inside them it would hide the lines it names."""
+    # After tight_layout (which would shrink the axes to make room for it): anchored at the figure's
+    # bottom edge, and savefig's bbox_inches="tight" grows the figure to hold it.
+    fig.tight_layout()
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
               bbox_transform=ax.figure.transFigure, frameon=False)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150, bbox_inches="tight")
+    return out_png
 
 
 def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path) -> Path:
@@ -98,13 +103,7 @@ def plot_seen_accuracy(records: pd.DataFrame, protocol: str, out_png: str | Path
     fig.suptitle(f"{protocol}: accuracy on all classes seen so far")
     note = _subtitle(runs)
     ax.set_title("mean over seeds, band = ±1 std (ddof=1)" + (f"\n{note}" if note else ""), fontsize=8)
-    fig.tight_layout()
-    _legend_below(ax)
-
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150, bbox_inches="tight")  # the figure grows to hold the legend
-    return out_png
+    return _save_with_legend_below(fig, ax, out_png)
 
 
 # ---- accuracy against compute ---------------------------------------------------------------------
@@ -195,12 +194,7 @@ def plot_compute_curve(curve: pd.DataFrame, protocol: str, out_png: str | Path) 
     # the models only (the table says which tasks of a resumed run ran on which)
     gpus = sorted({name for models in curve["gpu_models"] for name in models})
     ax.set_title(("GPU: " + ", ".join(gpus) + "; " if gpus else "") + "hollow = shared its GPU", fontsize=8)
-    fig.tight_layout()
-    _legend_below(ax)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150, bbox_inches="tight")  # the figure grows to hold the legend
-    return out_png
+    return _save_with_legend_below(fig, ax, out_png)
 
 
 def read_curves(run_dir: str | Path) -> pd.DataFrame:
