@@ -73,3 +73,26 @@ def test_table_caption_names_each_gpu_model_once_and_where_a_run_ran_on_two(tmp_
     r = CliRunner().invoke(main, ["table", "--results", str(root), "--protocol", "cifar10-t5"])
     assert r.exit_code == 0, r.output
     assert "GPUs: H100, H200; JDCL on cifar10-t5, seed 0: H100 (tasks 1-2), H200 (tasks 3-5).\n" in r.output
+
+
+def test_a_recipe_change_is_a_line_of_its_own_and_a_budget_change_a_point(tmp_path):
+    """JDCL's `standard` (the replay levers) beside `fast`'s recipe: one line through them would draw
+    the levers as the effect of compute. Runs that differ only in steps (--set local_steps=...) stay
+    one line; the recipe with more runs keeps the label, the other is named by what sets it apart."""
+    from jdcl_bench.results.load import load_records
+    from jdcl_bench.results.plots import compute_curve
+
+    root = tmp_path / "results"
+    write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 52.0, gpu_seconds=500.0, preset="fast", reduced=True)
+    longer = write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 70.0, gpu_seconds=1800.0, preset="fast",
+                       reduced=True, subdir="cifar10-t5/jdcl/fast+steps/seed0")
+    cfg = json.loads((longer / "config.json").read_text())
+    cfg["method_config"].update(local_steps=4000, global_steps=2500)
+    cfg["overrides"] = {"local_steps": "4000", "global_steps": "2500"}
+    (longer / "config.json").write_text(json.dumps(cfg))
+    write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 75.0, gpu_seconds=1700.0, preset="standard", reduced=True)
+    curve = compute_curve(load_records(root), "cifar10-t5")
+    series = dict(zip(curve["final_acc"], curve["method"]))
+    assert series[52.0] == series[70.0] == "JDCL"
+    assert series[75.0] == ("JDCL [global_new_source=real-diffusion, replay_confidence_threshold=0.7, "
+                            "replay_per_class=4000]")

@@ -129,21 +129,65 @@ def _shared_by(value) -> int:
         return 1
 
 
+def _series_names(runs: pd.DataFrame) -> list[str]:
+    """Each run's series on the compute curve: its label without --set values, split further by
+    recipe. Runs of one label whose configs differ in more than the budget (the method's
+    ``differences_from_paper``, which leaves the budget out) are separate lines, since one line
+    through them would draw a change of recipe as the effect of compute (JDCL's `standard`, with the
+    replay levers, beside `fast`'s recipe at `standard`'s steps). The recipe with the most runs keeps
+    the label; another is named by the config values that set it apart: those constant within each of
+    the label's recipes and different between them."""
+    from ..records import flat_items
+    from ..registry import METHODS
+    from .load import _preset_config
+
+    def recipe(method: str, config) -> tuple:
+        try:
+            return tuple(sorted(METHODS.get(method).differences_from_paper(config if isinstance(config, dict) else {})))
+        except Exception:  # a method not installed here, or a config it cannot read: one recipe
+            return ()
+
+    keys = [(r.base_label, recipe(r.method, r.method_config)) for r in runs.itertuples()]
+    # a field a record predates counts at the default it had then (new options default to the old behaviour)
+    configs = [{**dict(_preset_config(m, "") or ()), **(dict(flat_items(c)) if isinstance(c, dict) else {})}
+               for m, c in zip(runs["method"], runs["method_config"])]
+    names = {}
+    for label in dict.fromkeys(k[0] for k in keys):
+        mine = [i for i, k in enumerate(keys) if k[0] == label]
+        recipes = list(dict.fromkeys(keys[i][1] for i in mine))
+        if len(recipes) == 1:
+            names[(label, recipes[0])] = label
+            continue
+        members = {rc: [configs[i] for i in mine if keys[i][1] == rc] for rc in recipes}
+        constant = {rc: {k: v for k, v in cs[0].items() if all(c.get(k) == v for c in cs)}
+                    for rc, cs in members.items()}
+        main = max(recipes, key=lambda rc: (len(members[rc]), -len(rc)))
+        names[(label, main)] = label
+        for rc in recipes:
+            if rc == main:
+                continue
+            apart = {k: v for k, v in constant[rc].items()
+                     if any(k in constant[o] and constant[o][k] != v for o in recipes if o != rc)}
+            names[(label, rc)] = f"{label} [{', '.join(f'{k}={v}' for k, v in sorted(apart.items()))}]"
+    return [names[k] for k in keys]
+
+
 def compute_curve(records: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """One row per complete run of ``protocol`` that has GPU-minutes: method label, preset, seed,
     GPU-minutes, final accuracy, mean replay fidelity (None without diagnostics), how many runs
     shared its GPU (its minutes are then shared wall time, not the run's alone) and its directory;
     sorted by method and GPU-minutes."""
     runs = records[(records["protocol"] == protocol) & records["gpu_minutes"].notna() & (records["gpu_minutes"] > 0)]
-    # One line per method across budgets: a budget set by --set overrides (steps, say) is a point on
-    # the method's curve, so the series is the label without them and the table names them.
-    rows = [{"method": r.base_label,
+    # One line per method and recipe across budgets: a budget set by --set overrides (steps, say) is a
+    # point on the recipe's curve, so the series is the label without them and the table names them.
+    series = _series_names(runs)
+    rows = [{"method": name,
              "preset": f"{r.preset} [{r.overrides_text}]" if r.overrides_text else r.preset,
              "seed": r.seed, "gpu_minutes": float(r.gpu_minutes),
              "final_acc": float(r.final_acc), "replay_fidelity": _replay_fidelity(r.run_dir),
              "gpu_shared_by": _shared_by(r.gpu_shared_by), "gpu_name": r.gpu_name, "gpu_models": r.gpu_models,
              "run_dir": str(r.run_dir)}
-            for r in runs.itertuples()]
+            for r, name in zip(runs.itertuples(), series)]
     cols = ["method", "preset", "seed", "gpu_minutes", "final_acc", "replay_fidelity", "gpu_shared_by", "gpu_name",
             "gpu_models", "run_dir"]
     return pd.DataFrame(rows, columns=cols).sort_values(["method", "gpu_minutes"]).reset_index(drop=True)
