@@ -224,12 +224,34 @@ def home(files_at: Path, out: Path, stage: Path) -> None:
         print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
 
 
+def run_logs(run_dir: Path, out: Path) -> list[Path]:
+    """The logs under ``out/_logs`` of the processes that trained ``run_dir``, oldest first (a log's
+    name ends in its start time)."""
+    import re
+
+    # each process prints its run directory as the device saw it (.gpu-runs/runs/...): match the part below out
+    rel = re.escape(str(run_dir.resolve().relative_to(out.resolve())))
+    def started(f: Path) -> tuple[int, str]:
+        t = f.stem.rsplit("__", 1)[-1]
+        return (int(t) if t.isdigit() else -1, f.name)
+
+    return [f for f in sorted((out / "_logs").glob("*.log"), key=started)
+            if re.search(rf"(^|[\s/]){rel}(\s|$)", f.read_text(errors="replace"), re.M)]
+
+
+def stop_reason(run_dir: Path, out: Path) -> str | None:
+    """Why an unfinished run's latest process stopped, as it said (its last `time limit:` line), or None."""
+    logs = [f for f in run_logs(run_dir, out) if not f.name.startswith("background__")]  # the runs' own logs
+    said = [ln.split("] ", 1)[-1].strip() for ln in (logs[-1].read_text(errors="replace").splitlines() if logs else [])
+            if "time limit:" in ln or "time limit reached" in ln]
+    return said[-1] if said else None
+
+
 def land(run_dir: Path, dest: Path, out: Path, incomplete: bool = False) -> list[Path]:
     """Here, once a run is done: its record (no checkpoints or locks) into ``dest`` (a results folder's
     run directory), with the logs of every process that trained it (``out/_logs``, found by the run
     directory they name) in ``dest/logs``. Refuses an unfinished run (unless ``incomplete``) and an
     existing ``dest``. The logs copied."""
-    import re
     import shutil
 
     metrics = run_dir / "metrics.json"
@@ -242,10 +264,7 @@ def land(run_dir: Path, dest: Path, out: Path, incomplete: bool = False) -> list
     if dest.exists():
         raise SystemExit(f"{dest} exists: move it away first (a record is never written over)")
     shutil.copytree(run_dir, dest, ignore=lambda d, names: [n for n in names if _not_record(Path(d) / n, run_dir)])
-    # each process prints its run directory as the device saw it (.gpu-runs/runs/...): match the part below out
-    rel = re.escape(str(run_dir.resolve().relative_to(out.resolve())))
-    logs = [f for f in sorted((out / "_logs").glob("*.log"))
-            if re.search(rf"(^|[\s/]){rel}(\s|$)", f.read_text(errors="replace"), re.M)]
+    logs = run_logs(run_dir, out)
     if logs:
         (dest / "logs").mkdir(exist_ok=True)
         for f in logs:
@@ -330,6 +349,9 @@ def report(out: Path, bring: bool) -> None:
         seen = (d.get("seen_acc") or [float("nan")])[-1]
         final = f"final {d['final_acc']:.2f}" if d.get("complete") else f"seen-class {seen:.2f}"
         print(f"{str(m.parent):60s} tasks {d['tasks_done']}/{d['num_tasks']} {final}")
+        if not d.get("complete") and (why := stop_reason(m.parent, out)):
+            # e.g. detached chains whose deadline left no room for the next task: say it here, not only in _logs
+            print(f"{'':60s} stopped: {why}")
     if os.environ.get("OUT"):
         archive(out, Path(os.environ["OUT"]))
         if bring:

@@ -216,3 +216,35 @@ def test_land_copies_a_finished_record_with_the_logs_of_its_processes_only(tmp_p
     assert (dest / "artefacts" / "replay_task2.png").exists() and not (dest / "checkpoint.pt").exists()
     with pytest.raises(SystemExit, match="exists"):
         gpu_batch.land(run, dest, out)
+
+
+def test_report_says_why_an_unfinished_run_stopped_from_its_latest_process_log(tmp_path, capsys, monkeypatch):
+    # a detached process that declines the next task for lack of time says so in its log only: the
+    # command's report must repeat it (2026-12-07: task 5 declined, seen in _logs afterwards)
+    import json
+
+    monkeypatch.delenv("OUT", raising=False)
+    gpu_batch = load_gpu_batch()
+    out = tmp_path / ".gpu-runs"
+    run = out / "runs" / "cifar10-t5" / "jdcl" / "standard" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"complete": False, "tasks_done": 4, "num_tasks": 5,
+                                                  "seen_acc": [99.4, 92.1, 83.0, 75.2], "final_acc": 60.1}))
+    (out / "_logs").mkdir()
+    name = "cifar10-t5__jdcl__standard__seed0__"
+    (out / "_logs" / f"{name}100.log").write_text(
+        "[ 288.4s] time limit: task 2 would not finish in time; stopped before it (checkpointed)\n")
+    (out / "_logs" / f"{name}200.log").write_text(
+        "[ 12.4s] resuming .gpu-runs/runs/cifar10-t5/jdcl/standard/seed0 at task 4\n"
+        "[ 480.6s] time limit: task 5 would not finish in time; stopped before it (checkpointed)\n")
+    (out / "_logs" / "background__200.log").write_text(
+        "cifar10-t5:jdcl:standard:0  rc=0  run directory: .gpu-runs/runs/cifar10-t5/jdcl/standard/seed0\n")
+    (out / "_logs" / f"{name}99.log").write_text(  # an older process (by start time), listed after 200 by name
+        "[ 1.0s] time limit: task 1 would not finish in time\n  run directory: .gpu-runs/runs/cifar10-t5/jdcl/standard/seed0\n")
+    gpu_batch.report(out, bring=False)
+    printed = capsys.readouterr().out
+    assert "tasks 4/5 seen-class 75.20" in printed
+    assert "stopped: time limit: task 5 would not finish in time" in printed
+    (run / "metrics.json").write_text(json.dumps({"complete": True, "tasks_done": 5, "num_tasks": 5, "final_acc": 75.4}))
+    gpu_batch.report(out, bring=False)
+    assert "stopped" not in capsys.readouterr().out
