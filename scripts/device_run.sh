@@ -46,12 +46,6 @@ else
   [ $# -ge 3 ] || { echo "usage: $0 PROTOCOL METHOD PRESET [SEED]  (or CHAINS=\"P:M:PRESET:SEED ...\" $0)" >&2; exit 2; }
   specs=("$1:$2:$3:${4:-0}$sets")
 fi
-[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
-editable=(-e .)
-for spec in "${specs[@]}"; do  # the baselines' distribution only where a run needs it
-  case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) editable=(-e . -e ./baselines) ;; esac
-done
-python3 -m pip install -q --no-deps --no-build-isolation "${editable[@]}"
 # a fork (scripts/issue20_fork.sh, benchmarks/fork_run.py) with the same settings has the same run
 # folder: never resume one as the whole run (the fork inherits another run's first tasks)
 for spec in "${specs[@]}"; do
@@ -62,6 +56,12 @@ for spec in "${specs[@]}"; do
     fi
   done
 done
+[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
+editable=(-e .)
+for spec in "${specs[@]}"; do  # the baselines' distribution only where a run needs it
+  case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) editable=(-e . -e ./baselines) ;; esac
+done
+python3 -m pip install -q --no-deps --no-build-isolation "${editable[@]}"
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
 detach=()
