@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The JDCL budget issue's lever measurements at full scale, from `standard`'s cifar10-t5 run
-# (results/runs/cifar10-t5/jdcl/standard-before-replay-levers/seed0: 71.44 %) after one of its tasks, without paying
+# (results/superseded/cifar10-t5-jdcl-standard-seed0-before-replay-levers: 71.44 %) after one of its tasks, without paying
 # again for the tasks before it. The source state is a between-task checkpoint of that run, carried
 # as parts (about 29 MB) in .gpu-stage/ in a call of their own on a warm machine that already holds
 # the data and the reference-classifier cache (docs/jdcl.md, "Runs longer than one command"):
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:?usage: issue20_fork.sh probe | fork KEY=VALUE ... | continue KEY=VALUE ...}
 shift
-RECORD=results/runs/cifar10-t5/jdcl/standard-before-replay-levers/seed0
+RECORD=results/superseded/cifar10-t5-jdcl-standard-seed0-before-replay-levers
 SRC=.gpu-src
 DATA=${DATA:-.data/cifar10-jpeg}
 export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache

@@ -169,7 +169,7 @@ PRESETS = {
     # `fast` at 5x the steps, sized from the rates measured alone (fast UNet compiled: about 25 local /
     # 17 global steps per second on an H100 or H200) for about 30 GPU-minutes a cifar10-t5 run with
     # compilation and replay, plus the replay levers. Without the levers (`fast`'s recipe at these
-    # steps, results/runs/cifar10-t5/jdcl/standard-before-replay-levers/seed0): 71.44 % in 31.1 GPU-minutes (H100 and H200,
+    # steps, results/superseded/cifar10-t5-jdcl-standard-seed0-before-replay-levers): 71.44 % in 31.1 GPU-minutes (H100 and H200,
     # five processes; docs/jdcl.md); along that recipe's curve 39.49 % at half of `fast`'s steps,
     # 52.83 % at `fast`'s.
     "standard": {**FAST, "local_steps": 4000, "global_steps": 2500, **REPLAY_LEVERS},

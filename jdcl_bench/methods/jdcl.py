@@ -353,7 +353,7 @@ class JDCL(Method):
         n = max(64, 4 * self.cfg.grid_per_class * len(task.seen_classes))
         # sampled at the replay's batch shape and cut: a shape of its own (64, 128, ... as classes are
         # seen) made the compiled sampler compile again after every task, 15-30 s each on an H100
-        # (the logs of results/runs/cifar10-t5/jdcl/standard-before-replay-levers/seed0), where the extra
+        # (the logs of results/superseded/cifar10-t5-jdcl-standard-seed0-before-replay-levers), where the extra
         # images cost well under a second
         x, y = self._sample_labelled(self.G, self._gen_batch_per_rank(), self.dev_rng,  # not counted: a diagnostic
                                      filtered=False)
