@@ -78,7 +78,7 @@ def test_table_caption_names_each_gpu_model_once_and_where_a_run_ran_on_two(tmp_
 def test_a_recipe_change_is_a_line_of_its_own_and_a_budget_change_a_point(tmp_path):
     """JDCL's `standard` (the replay levers) beside `fast`'s recipe: one line through them would draw
     the levers as the effect of compute. Runs that differ only in steps (--set local_steps=...) stay
-    one line; the recipe with more runs keeps the label, the other is named by what sets it apart."""
+    one line; a recipe that is a preset's today is named after it, another by what sets it apart."""
     from jdcl_bench.results.load import load_records
     from jdcl_bench.results.plots import compute_curve
 
@@ -93,6 +93,14 @@ def test_a_recipe_change_is_a_line_of_its_own_and_a_budget_change_a_point(tmp_pa
     write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 75.0, gpu_seconds=1700.0, preset="standard", reduced=True)
     curve = compute_curve(load_records(root), "cifar10-t5")
     series = dict(zip(curve["final_acc"], curve["method"]))
-    assert series[52.0] == series[70.0] == "JDCL"
-    assert series[75.0] == ("JDCL [global_new_source=real-diffusion, replay_confidence_threshold=0.7, "
-                            "replay_per_class=4000]")
+    assert series[52.0] == series[70.0] == "JDCL (fast recipe)"  # fast's settings at standard's steps: a point
+    assert series[75.0] == "JDCL (standard recipe)"
+    # a recipe no preset has today (here the recipe's lr): named by what sets it apart
+    old = write_run(root, "cifar10-t5", "jdcl", "JDCL", 0, 45.0, gpu_seconds=400.0, preset="fast", reduced=True,
+                    subdir="cifar10-t5/jdcl/fast+lr/seed0")
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["method_config"].update(lr=2e-4)
+    cfg["overrides"] = {"lr": "2e-4"}
+    (old / "config.json").write_text(json.dumps(cfg))
+    series = dict(zip(*(lambda c: (c["final_acc"], c["method"]))(compute_curve(load_records(root), "cifar10-t5"))))
+    assert series[45.0] == "JDCL [lr=0.0002]" and series[75.0] == "JDCL (standard recipe)"

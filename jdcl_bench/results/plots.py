@@ -134,9 +134,12 @@ def _series_names(runs: pd.DataFrame) -> list[str]:
     recipe. Runs of one label whose configs differ in more than the budget (the method's
     ``differences_from_paper``, which leaves the budget out) are separate lines, since one line
     through them would draw a change of recipe as the effect of compute (JDCL's `standard`, with the
-    replay levers, beside `fast`'s recipe at `standard`'s steps). The recipe with the most runs keeps
-    the label; another is named by the config values that set it apart: those constant within each of
-    the label's recipes and different between them."""
+    replay levers, beside `fast`'s recipe at `standard`'s steps). A recipe that is one of the method's
+    presets' as the code defines them today is named after it ("JDCL (standard recipe)"): the name a
+    reader can run. Any other is named by the config values that set it apart (those constant within
+    each of the label's recipes and different between them), except that where no recipe is a preset's,
+    the one with the most runs keeps the bare label."""
+    from ..config import to_json_dict
     from ..records import flat_items
     from ..registry import METHODS
     from .load import _preset_config
@@ -146,6 +149,14 @@ def _series_names(runs: pd.DataFrame) -> list[str]:
             return tuple(sorted(METHODS.get(method).differences_from_paper(config if isinstance(config, dict) else {})))
         except Exception:  # a method not installed here, or a config it cannot read: one recipe
             return ()
+
+    def preset_recipes(method: str) -> dict[str, tuple]:
+        """Each of the method's presets today: its recipe (the budget left out, as above)."""
+        try:
+            cls = METHODS.get(method)
+            return {p: recipe(method, to_json_dict(cls.config_for(p, {}))) for p in ("paper", *cls.presets)}
+        except Exception:
+            return {}
 
     keys = [(r.base_label, recipe(r.method, r.method_config)) for r in runs.itertuples()]
     # a field a record predates counts at the default it had then (new options default to the old behaviour)
@@ -161,13 +172,28 @@ def _series_names(runs: pd.DataFrame) -> list[str]:
         members = {rc: [configs[i] for i in mine if keys[i][1] == rc] for rc in recipes}
         constant = {rc: {k: v for k, v in cs[0].items() if all(c.get(k) == v for c in cs)}
                     for rc, cs in members.items()}
-        main = max(recipes, key=lambda rc: (len(members[rc]), -len(rc)))
-        names[(label, main)] = label
+        ran = {rc: [runs["preset"].iloc[i] for i in mine if keys[i][1] == rc] for rc in recipes}
+        of_preset = preset_recipes(runs["method"].iloc[mine[0]])
+        for rc in recipes:  # a preset the recipe's own runs were made with first, then any other
+            presets = [p for p in (*ran[rc], *of_preset) if of_preset.get(p) == rc]
+            if presets:
+                names[(label, rc)] = f"{label} ({presets[0]} recipe)"
+        if not any((label, rc) in names for rc in recipes):
+            main = max(recipes, key=lambda rc: (len(members[rc]), -len(rc)))
+            names[(label, main)] = label
         for rc in recipes:
-            if rc == main:
+            if (label, rc) in names:
                 continue
-            apart = {k: v for k, v in constant[rc].items()
-                     if any(k in constant[o] and constant[o][k] != v for o in recipes if o != rc)}
+            # named against the nearest other recipe: the values in which they differ that make the recipe
+            # (changing one to the other's changes this recipe), not budgets such as the steps; keys a
+            # method cannot read (flattened nested ones) count as differences plainly
+            method, base = runs["method"].iloc[mine[0]], members[rc][0]
+            against = []
+            for o in (o for o in recipes if o != rc):
+                differ = {k: v for k, v in constant[rc].items() if k in constant[o] and constant[o][k] != v}
+                makes = {k: v for k, v in differ.items() if recipe(method, {**base, k: constant[o][k]}) != rc}
+                against.append(makes or differ)
+            apart = min((a for a in against if a), key=len, default={})
             names[(label, rc)] = f"{label} [{', '.join(f'{k}={v}' for k, v in sorted(apart.items()))}]"
     return [names[k] for k in keys]
 
