@@ -32,9 +32,7 @@
 # still names the code (scripts/commit_for_source_hash.py finds the commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-.data/cifar10-jpeg}
-export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache
-export JDCL_BENCH_TENSORBOARD=0
+source scripts/device_setup.sh
 if [ "${ATTACH:-0}" = 1 ]; then  # nothing to install or unpack: the detached process has it all
   exec python3 scripts/gpu_batch.py --attach --deadline "${DEADLINE:-560}" --out .gpu-runs --bring-checkpoints
 fi
@@ -56,12 +54,11 @@ for spec in "${specs[@]}"; do
     fi
   done
 done
-[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
-editable=(-e .)
+needs=""
 for spec in "${specs[@]}"; do  # the baselines' distribution only where a run needs it
-  case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) editable=(-e . -e ./baselines) ;; esac
+  case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) needs=baselines ;; esac
 done
-python3 -m pip install -q --no-deps --no-build-isolation "${editable[@]}"
+device_install $needs
 join=()
 if [ "${JOIN:-0}" = 1 ]; then join=(--join-checkpoints .gpu-stage); fi
 detach=()

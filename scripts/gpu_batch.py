@@ -446,7 +446,5 @@ def main() -> None:
     print(f"done in {time.time() - t0:.0f}s")
 
 
-
-
 if __name__ == "__main__":
     main()

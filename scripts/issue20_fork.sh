@@ -25,11 +25,8 @@ MODE=${1:?usage: issue20_fork.sh probe | fork KEY=VALUE ... | continue KEY=VALUE
 shift
 RECORD=results/superseded/cifar10-t5-jdcl-standard-seed0-before-replay-levers
 SRC=.gpu-src
-DATA=${DATA:-.data/cifar10-jpeg}
-export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache
-export JDCL_BENCH_TENSORBOARD=0
-[ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)
-python3 -m pip install -q --no-deps --no-build-isolation -e .
+source scripts/device_setup.sh
+device_install
 
 source_state() {  # the source's record files and its between-task state, joined once per machine
   if [ ! -f "$SRC/checkpoint-task.pt" ]; then

@@ -17,7 +17,7 @@ def repo(tmp_path):
     """A folder laid out as the repository root, with the two scripts, a data folder that counts as
     unpacked, and a `python3` that logs pip calls instead of installing."""
     (tmp_path / "scripts").mkdir()
-    for name in ("device_run.sh", "issue20_standard.sh", "gpu_batch.py"):
+    for name in ("device_run.sh", "device_setup.sh", "issue20_standard.sh", "gpu_batch.py"):
         shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
     (tmp_path / "data" / "train").mkdir(parents=True)
     shim = tmp_path / "bin"

@@ -173,7 +173,8 @@ def _series_names(runs: pd.DataFrame) -> list[str]:
         constant = {rc: {k: v for k, v in cs[0].items() if all(c.get(k) == v for c in cs)}
                     for rc, cs in members.items()}
         ran = {rc: [runs["preset"].iloc[i] for i in mine if keys[i][1] == rc] for rc in recipes}
-        of_preset = preset_recipes(runs["method"].iloc[mine[0]])
+        method = runs["method"].iloc[mine[0]]  # one label, one method
+        of_preset = preset_recipes(method)
         for rc in recipes:  # a preset the recipe's own runs were made with first, then any other
             presets = [p for p in (*ran[rc], *of_preset) if of_preset.get(p) == rc]
             if presets:
@@ -187,7 +188,7 @@ def _series_names(runs: pd.DataFrame) -> list[str]:
             # named against the nearest other recipe: the values in which they differ that make the recipe
             # (changing one to the other's changes this recipe), not budgets such as the steps; keys a
             # method cannot read (flattened nested ones) count as differences plainly
-            method, base = runs["method"].iloc[mine[0]], members[rc][0]
+            base = members[rc][0]
             against = []
             for o in (o for o in recipes if o != rc):
                 differ = {k: v for k, v in constant[rc].items() if k in constant[o] and constant[o][k] != v}
