@@ -104,16 +104,20 @@ class _FallbackToEager:
 
 
 def maybe_compile(fn: Callable, *, enabled: bool, device: torch.device | str, info: Callable[[str], None] = print,
-                  name: str = "the model", mode: str | None = None, compiler: Callable | None = None) -> Callable:
-    """``torch.compile(fn)`` on CUDA when ``enabled``, with a fallback to eager at the first failure.
+                  name: str = "the model", mode: str | None = None, dynamic: bool | None = None,
+                  compiler: Callable | None = None) -> Callable:
+    """``torch.compile(fn, mode=mode, dynamic=dynamic)`` on CUDA when ``enabled``, with a fallback to
+    eager at the first failure.
 
     Compiles only the call (a module's ``forward``): to compile another method, wrap it in a
-    module whose ``forward`` calls it. ``compiler`` replaces ``torch.compile`` (tests)."""
+    module whose ``forward`` calls it. ``dynamic=False``: a graph per input shape, never one with a
+    symbolic batch size (torch's default compiles a dynamic graph at a call's second shape).
+    ``compiler`` replaces ``torch.compile`` (tests) and takes the same keywords."""
     if not enabled or (torch.device(device).type != "cuda" and compiler is None):
         return fn
-    compile_fn = compiler or (lambda f: torch.compile(f, mode=mode))
+    compile_fn = compiler or torch.compile
     try:
-        compiled = compile_fn(fn)
+        compiled = compile_fn(fn, mode=mode, dynamic=dynamic)
     except Exception as exc:  # pragma: no cover - very old torch without a working dynamo
         info(f"torch.compile unavailable for {name} ({type(exc).__name__}: {exc}); running it eager")
         return fn

@@ -46,9 +46,9 @@ def _jdcl_steps(rank: int, world: int, port: int, out: str, compiled: bool = Fal
 
     wrapped = []  # the modules handed to torch.compile: DDP's wrapper among them when distributed
 
-    def compiler(f):
+    def compiler(f, mode=None, dynamic=None):
         wrapped.append(type(f).__name__)
-        return torch.compile(f, backend="aot_eager")
+        return torch.compile(f, backend="aot_eager", dynamic=dynamic)
     if compiled:  # maybe_compile compiles on CUDA only unless handed a compiler
         jdcl.maybe_compile = lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler)
     # dropout draws per-rank masks, which no single process can reproduce: off for this comparison

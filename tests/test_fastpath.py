@@ -18,7 +18,7 @@ def test_not_compiled_on_cpu_or_when_off():
 def test_a_broken_compiler_falls_back_to_eager_once_and_says_why():
     calls, said = [], []
 
-    def broken(fn):
+    def broken(fn, **_):
         def compiled(*a):
             calls.append(1)
             raise RuntimeError("no C compiler found\nmore detail")
@@ -33,7 +33,7 @@ def test_a_broken_compiler_falls_back_to_eager_once_and_says_why():
 def test_a_working_compiler_is_used_and_modules_keep_their_attributes():
     used = []
 
-    def fake(fn):
+    def fake(fn, **_):
         def compiled(*a):
             used.append(1)
             return fn(*a)
