@@ -13,6 +13,10 @@
 #   CHAINS="P:M:PRESET:SEED P2:M2:PRESET2:SEED2" bash scripts/device_run.sh
 #                                     # several runs side by side on the one GPU (each a gpu_batch.py
 #                                     # --chain; their records say they shared it)
+#   CHAINS="P:M:PRESET:SEED,P2:M2:PRESET2:SEED2" bash scripts/device_run.sh
+#                                     # one after the other (a comma: one chain), each alone on the GPU:
+#                                     # the first finishes, the second starts in the same command or
+#                                     # detached process
 #   DETACH=SECONDS bash scripts/device_run.sh ...   # the runs train in a background process of their own
 #                                     # for SECONDS (give it the session's device time left), across commands
 #                                     # on the warm machine (compiled once)
@@ -44,10 +48,12 @@ else
   [ $# -ge 3 ] || { echo "usage: $0 PROTOCOL METHOD PRESET [SEED]  (or CHAINS=\"P:M:PRESET:SEED ...\" $0)" >&2; exit 2; }
   specs=("$1:$2:$3:${4:-0}$sets")
 fi
+runs=()  # every run of every chain (a chain's runs are separated by commas)
+for spec in "${specs[@]}"; do IFS=, read -r -a more <<< "$spec"; runs+=("${more[@]}"); done
 # a fork (scripts/issue20_fork.sh, benchmarks/fork_run.py) with the same settings has the same run
 # folder: never resume one as the whole run (the fork inherits another run's first tasks)
-for spec in "${specs[@]}"; do
-  IFS=: read -r p m preset seed _ <<< "$spec"
+for spec in "${runs[@]}"; do
+  IFS=: read -r p m preset seed _ <<< "$spec"; seed=${seed:-0}
   for c in .gpu-runs/runs/"$p"/"$m"/"$preset"*/seed"$seed"/config.json; do
     if [ -f "$c" ] && grep -q '"forked_from"' "$c"; then
       echo "$(dirname "$c") is a fork; move it out of .gpu-runs before a whole run"; exit 2
@@ -55,7 +61,7 @@ for spec in "${specs[@]}"; do
   done
 done
 needs=""
-for spec in "${specs[@]}"; do  # the baselines' distribution only where a run needs it
+for spec in "${runs[@]}"; do  # the baselines' distribution only where a run needs it
   case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) needs=baselines ;; esac
 done
 device_install $needs

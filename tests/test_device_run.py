@@ -67,3 +67,21 @@ def test_a_fork_is_never_resumed_as_the_whole_run(repo):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is a fork" in r.stdout
     assert not (repo / "pip.log").exists()  # refused before installing anything
+
+
+def test_a_comma_runs_one_after_the_other_each_alone_and_the_later_run_is_checked_too(repo):
+    # the second run of the chain is a baseline: the baselines are installed for it
+    r = run(repo, CHAINS="digits-t5:finetune:smoke:0,digits-t5:gfr:smoke:0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (repo / "pip.log").read_text().splitlines()[-1].endswith("-e . -e ./baselines")
+    for method in ("finetune", "gfr"):
+        d = repo / ".gpu-runs" / "runs" / "digits-t5" / method / "smoke" / "seed0"
+        assert json.loads((d / "metrics.json").read_text())["complete"]
+        assert json.loads((d / "manifest.json").read_text())["gpu_shared_by"] == 1
+    # a fork as the chain's second run is refused before anything runs
+    cfg = repo / ".gpu-runs" / "runs" / "digits-t5" / "joint" / "smoke" / "seed0" / "config.json"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(json.dumps({"forked_from": "elsewhere"}))
+    r = run(repo, CHAINS="digits-t5:finetune:smoke:1,digits-t5:joint:smoke")
+    assert r.returncode == 2 and "is a fork" in r.stdout
+    assert not (repo / ".gpu-runs" / "runs" / "digits-t5" / "finetune" / "smoke" / "seed1").exists()
