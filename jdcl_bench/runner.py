@@ -60,6 +60,22 @@ def _segment(manifest: dict, from_task: int) -> dict:
             "gpu_shared_by": manifest.get("gpu_shared_by", 1), "note": manifest.get("note")}
 
 
+def next_task_seconds(task_seconds: list[float], tasks_done: int, process_starts: set[int], k: int,
+                      start: int, every_process: bool) -> float:
+    """Seconds task ``k`` (0-based) should take, from the tasks timed so far: the last
+    ``len(task_seconds)`` of the ``tasks_done`` finished tasks, those of this process only (from task
+    ``start`` on) unless ``every_process``. ``process_starts``: the tasks that opened a process, which
+    compiled the models (on 2026-12-07 the first task of a process on a fresh H100 took 684 s, the
+    next one in the same process 380 s): a task after the first of its process is estimated by the
+    longest task that did not open one, where there is one, else by the longest task."""
+    offset = tasks_done - len(task_seconds)  # records from before task_seconds was kept have fewer
+    timed = [(offset + i, sec) for i, sec in enumerate(task_seconds) if every_process or offset + i >= start]
+    warm = [sec for j, sec in timed if j not in process_starts]
+    if k > start and warm:
+        return max(warm)
+    return max((sec for _, sec in timed), default=0.0)
+
+
 class StopRun(Exception):
     """Raised inside a task when the time limit is reached; the run was checkpointed."""
 
@@ -77,7 +93,7 @@ class RunConfig:
     eval_batch_size: int = 1000
     time_limit_s: float | None = None
     # stop only between tasks: never inside one at the time limit, and never start a task that the
-    # longest task so far (this process or an earlier one) says would not finish. The checkpoint left
+    # tasks so far (this process's or an earlier one's: next_task_seconds) say would not finish. The checkpoint left
     # then holds the method's between-task state only (JDCL: the global model), small enough to carry
     # from one GPU command to the next (docs/jdcl.md, "Runs longer than one command").
     stop_between_tasks: bool = False
@@ -236,15 +252,12 @@ class Runner:
             manifest = self._manifest(ds, split_info, config_doc, start)
             # reduced: not the paper's budget (a preset other than paper and not equal to it)
             budget = {"preset": preset, "reduced": preset != "paper" and "paper" not in config_doc["same_as"]}
-            # longest task so far: do not start one that cannot finish (with --stop-between-tasks the
-            # tasks of earlier processes count too, compilation included: each process compiles again)
-            longest = max(self.task_seconds, default=0.0) if cfg.stop_between_tasks else 0.0
             for k in range(start, len(tasks)):
                 task = tasks[k]
                 self.task_index = self.ctx.task_index = k
                 t_task = time.time()
                 if not (in_task and k == start):
-                    if self._no_time_for(k, start, longest):
+                    if self._no_time_for(k, start):
                         return self.run_dir
                     self.ctx.rng.manual_seed(derive_seed(cfg.seed, "task", k))
                     seed_globals(D.rank_seed(derive_seed(cfg.seed, "torch", k)))
@@ -257,7 +270,6 @@ class Runner:
                 self.method.end_task(task)
                 self.task_seconds.append(time.time() - t_task)
                 self._record_task(k, tasks, task_classes, test_x, test_y, covered, manifest, budget)
-                longest = max(longest, time.time() - t_task)
                 self.reporter.info(f"task {k + 1}/{len(tasks)} ({time.time() - t_task:.0f}s): seen-class accuracy "
                                    f"{self.seen_acc[-1]:.2f}%, all-class accuracy {self._final:.2f}%")
         return self.run_dir
@@ -375,9 +387,14 @@ class Runner:
             return []
         return [{**_segment(old, 1), "from_manifest": True}]
 
-    def _no_time_for(self, k: int, start: int, longest: float) -> bool:
-        """Whether task k would not finish within --time-limit (rank 0's clock decides); says so."""
+    def _no_time_for(self, k: int, start: int) -> bool:
+        """Whether task k would not finish within --time-limit (rank 0's clock decides); says so. Its
+        estimate: this process's tasks so far, with --stop-between-tasks every process's tasks (each
+        process compiles again), a task that opened a process counted only where no other is known
+        (``next_task_seconds``)."""
         cfg = self.cfg
+        starts = {int(sg.get("from_task") or 1) - 1 for sg in self.segments}
+        longest = next_task_seconds(self.task_seconds, len(self.acc_rows), starts, k, start, cfg.stop_between_tasks)
         no_time = (k > start or longest > 0) and cfg.time_limit_s is not None and \
             time.time() - self.t_start + longest >= cfg.time_limit_s
         if not D.broadcast_flags(no_time)[0]:

@@ -275,3 +275,25 @@ def test_a_resumed_run_keeps_what_its_earlier_processes_ran_on(tmp_path, monkeyp
     assert "one of 4 runs" in man["note"] and "alone" in man["note"]
     assert man["started_at"] == first["started_at"]
     assert man["segments"][0].get("from_manifest", False) is old_checkpoint
+
+
+def test_the_next_task_is_estimated_by_tasks_that_did_not_compile():
+    """A process's first task compiles the models (on a fresh GPU machine 684 s against 380 s for the
+    next one of the same process, 2026-12-07): a later task of a process is estimated by the longest
+    task that did not open a process, where one is known; a process's first task by the longest."""
+    from jdcl_bench.runner import next_task_seconds
+
+    # tasks 1-3 ran in a process started at task 1 (index 0), task 4 in one started at task 4
+    secs, starts = [278.0, 684.0, 380.0, 448.0], {0, 3}
+    # a run that went on from task 2 in one process (index 1 opened it: the old rule's 684 s)
+    assert next_task_seconds(secs[:3], 3, {0, 1}, 3, 1, every_process=True) == 380.0
+    assert next_task_seconds(secs[:2], 2, {0, 1}, 2, 1, every_process=True) == 684.0  # nothing warm yet
+    # a new process: its first task counts every task, compilation included
+    assert next_task_seconds(secs, 4, starts | {4}, 4, 4, every_process=True) == 684.0
+    # without --stop-between-tasks only this process's tasks count; none yet: nothing to go on
+    assert next_task_seconds(secs, 4, starts | {4}, 4, 4, every_process=False) == 0.0
+    assert next_task_seconds(secs + [400.0], 5, starts | {4}, 5, 4, every_process=False) == 400.0
+    # a checkpoint from before task_seconds was kept has fewer times than tasks done: they are the last
+    assert next_task_seconds([300.0, 350.0], 4, {0, 2}, 4, 4, every_process=True) == 350.0
+    assert next_task_seconds([300.0, 350.0], 4, {0, 2}, 5, 4, every_process=True) == 350.0
+    assert next_task_seconds([300.0, 350.0], 4, {0, 3}, 5, 4, every_process=True) == 300.0
