@@ -95,8 +95,9 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--restart", is_flag=True,
               help="Start the run afresh: remove its checkpoint and records first (instead of resuming).")
 @click.option("--stop-between-tasks", is_flag=True,
-              help="With --time-limit: stop only between tasks (never inside one), before a task that the tasks so "
-                   "far say would not finish (a task that opened a process counts its compilation); the checkpoint left is small enough to carry between machines.")
+              help="With --time-limit: stop only between tasks (never inside one), before a task that the "
+                   "tasks so far say would not finish (a task that opened a process counts its compilation); "
+                   "the checkpoint left is small enough to carry between machines.")
 def run(protocol, method, seed, preset, sets, settings_file, data_dir, download, out, device, time_limit,
         checkpoint_every, restart, stop_between_tasks) -> None:
     """Run one experiment; resumes if the run directory already holds a checkpoint."""

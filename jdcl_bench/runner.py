@@ -93,9 +93,9 @@ class RunConfig:
     eval_batch_size: int = 1000
     time_limit_s: float | None = None
     # stop only between tasks: never inside one at the time limit, and never start a task that the
-    # tasks so far (this process's or an earlier one's: next_task_seconds) say would not finish. The checkpoint left
-    # then holds the method's between-task state only (JDCL: the global model), small enough to carry
-    # from one GPU command to the next (docs/jdcl.md, "Runs longer than one command").
+    # tasks so far (this process's or an earlier one's: next_task_seconds) say would not finish. The
+    # checkpoint left then holds the method's between-task state only (JDCL: the global model), small
+    # enough to carry from one GPU command to the next (docs/jdcl.md, "Runs longer than one command").
     stop_between_tasks: bool = False
     checkpoint_every_s: float = 600.0
     download: bool = False

@@ -50,19 +50,17 @@ else
 fi
 runs=()  # every run of every chain (a chain's runs are separated by commas)
 for spec in "${specs[@]}"; do IFS=, read -r -a more <<< "$spec"; runs+=("${more[@]}"); done
-# a fork (scripts/issue20_fork.sh, benchmarks/fork_run.py) with the same settings has the same run
-# folder: never resume one as the whole run (the fork inherits another run's first tasks)
+needs=""
 for spec in "${runs[@]}"; do
   IFS=: read -r p m preset seed _ <<< "$spec"; seed=${seed:-0}
+  # a fork (scripts/issue20_fork.sh, benchmarks/fork_run.py) with the same settings has the same run
+  # folder: never resume one as the whole run (the fork inherits another run's first tasks)
   for c in .gpu-runs/runs/"$p"/"$m"/"$preset"*/seed"$seed"/config.json; do
     if [ -f "$c" ] && grep -q '"forked_from"' "$c"; then
       echo "$(dirname "$c") is a fork; move it out of .gpu-runs before a whole run"; exit 2
     fi
   done
-done
-needs=""
-for spec in "${runs[@]}"; do  # the baselines' distribution only where a run needs it
-  case "$(cut -d: -f2 <<< "$spec")" in jdcl|finetune|joint) ;; *) needs=baselines ;; esac
+  case "$m" in jdcl|finetune|joint) ;; *) needs=baselines ;; esac  # ./baselines only where a run needs it
 done
 device_install $needs
 join=()
