@@ -40,6 +40,14 @@ def chain_sets(text: str) -> list[str]:
     return sets
 
 
+def log_name(protocol: str, method: str, preset: str, seed: str, sets: list[str], started: int) -> str:
+    """A run's log file name: protocol__method__preset__seedN[__settings]__start-time. A protocol file
+    gives its stem; a registered name stays whole (cifar10-semi-0.8pct, not cifar10-semi-0)."""
+    name = Path(protocol).stem if protocol.endswith(".toml") else protocol
+    tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]
+    return f"{name}__{method}__{preset}__seed{seed}{'__' + tag if tag else ''}__{started}.log"
+
+
 def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) -> None:
     for spec in chain:
         protocol, method, preset, *rest = spec.split(":")
@@ -56,9 +64,7 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
         env = {**os.environ, "JDCL_BENCH_RUN_NOTE": note, "JDCL_BENCH_GPU_SHARED_BY": str(n_parallel)}
         log_dir = Path(args.out) / "_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]
-        name = Path(protocol).stem
-        log = log_dir / f"{name}__{method}__{preset}__seed{seed}{'__' + tag if tag else ''}__{int(time.time())}.log"
+        log = log_dir / log_name(protocol, method, preset, seed, sets, int(time.time()))
         cmd = [sys.executable, "-m", "jdcl_bench.cli", "run", "--protocol", protocol, "--method", method,
                "--preset", preset, "--seed", seed, "--out", args.out, "--data-dir", args.data_dir,
                "--time-limit", f"{left:.0f}"] + [a for kv in sets for a in ("--set", kv)]

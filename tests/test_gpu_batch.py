@@ -113,6 +113,16 @@ def test_a_chain_entry_takes_a_settings_file_as_jdcl_bench_run_config_does(tmp_p
     assert gpu_batch.chain_sets("") == [] and gpu_batch.chain_sets("a=1;;b=2") == ["a=1", "b=2"]
 
 
+def test_a_log_is_named_for_the_whole_protocol_name_or_a_protocol_files_stem():
+    """2026-12-07: cifar10-semi-0.8pct's log was named cifar10-semi-0__... (the name taken as a path)."""
+    gpu_batch = load_gpu_batch()
+    assert gpu_batch.log_name("cifar10-semi-0.8pct", "jdcl", "standard", "0", [], 7) == \
+        "cifar10-semi-0.8pct__jdcl__standard__seed0__7.log"
+    assert gpu_batch.log_name("benchmarks/protocols/cifar10-first2.toml", "dgr", "fast", "1",
+                              ["classifier.sampler=dpm-solver++", "a=1"], 7) == \
+        "cifar10-first2__dgr__fast__seed1__classifier.sampler_dpm-solver___a_1__7.log"
+
+
 def test_home_puts_a_calls_records_and_parts_where_the_next_call_carries_them_from(tmp_path):
     """What the device returns ($OUT: runs.tar.gz and the parts) goes back under the same relative
     paths here, and the parts join into the run they came from; parts of an older, longer checkpoint

@@ -519,6 +519,23 @@ def test_budget_matched_caption_says_when_a_run_alone_went_over_the_budget(tmp_p
     assert "10.0 min on a shared GPU (n=1)." in md
 
 
+def test_budget_caption_says_how_many_processes_a_resumed_run_took(tmp_path):
+    """A run resumed across device commands pays each process's start-up and compilation (the
+    cifar10-semi-5pct standard record: four processes, 38.2 GPU-minutes): the caption says so."""
+    from jdcl_bench.results import tier_tables
+
+    root = _tiered(tmp_path)
+    md = render_markdown(tier_tables(load_records(root), "final_acc", [P10, P100])[0][0])
+    assert "processes" not in md
+    split = write_run(root, P10, "jdcl", "JDCL", 2, 84.0, preset="standard", reduced=True)
+    man = json.loads((split / "manifest.json").read_text())
+    segs = [{"from_task": t, "source_hash": "x", "gpu_name": "G", "gpu_shared_by": 1} for t in (1, 2, 4)]
+    (split / "manifest.json").write_text(json.dumps({**man, "gpu_shared_by": 1, "segments": segs}))
+    md = render_markdown(tier_tables(load_records(root), "final_acc", [P10, P100])[0][0])
+    assert "GPU-min alone (n=3, in 1–3 processes)" in md
+    assert "counts each process's start-up and compilation" in md
+
+
 def test_a_run_whose_config_is_another_presets_counts_in_both_tables(tmp_path):
     """``same_as`` (runner.py): NNCSL's standard preset is its paper recipe, so a paper run is also a
     standard record, shown under the standard name there (no "mixes presets" warning); where a seed

@@ -196,7 +196,7 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
     minutes): the table's budget; a mean alone above it is said to be over it, not left for the
     reader to compare."""
     order = list(protocols or sorted(set(runs["protocol"])))
-    out, any_shared = [], False
+    out, any_shared, any_split = [], False, False
     for label in labels:
         r = runs[runs["method_label"] == label]
         if r.empty:
@@ -220,7 +220,10 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
                     mean = sel["gpu_minutes"].mean()
                     # only a measurement alone can be held against the budget
                     over = alone and limit is not None and proto == limit[0] and round(mean, 1) > limit[1]
-                    bits.append(f"{mean:.1f} {words} (n={len(sel)})"
+                    procs = pd.to_numeric(sel["processes"], errors="coerce").fillna(1).astype(int)
+                    in_procs = f", in {_span(procs.tolist())} processes" if procs.max() > 1 else ""
+                    any_split |= bool(in_procs)
+                    bits.append(f"{mean:.1f} {words} (n={len(sel)}{in_procs})"
                                 + (f", over the {limit[1]:g}-minute budget" if over else ""))
             if (~on_gpu).any():
                 bits.append(f"CPU (n={int((~on_gpu).sum())})")
@@ -231,6 +234,9 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
         most = int(pd.to_numeric(runs["gpu_shared_by"], errors="coerce").max())
         out.append(f"Minutes on a shared GPU are wall-clock minutes of runs that shared one GPU with other runs (up to "
                    f"{most} at once): those runs did not run alone, and no GPU-minutes alone were measured for them.")
+    if any_split:
+        out.append("A run in several processes (resumed across device commands) counts each process's "
+                   "start-up and compilation in its GPU-minutes.")
     # each model once; a run resumed on another model says which of its tasks ran where
     gpus = sorted({str(m) for models in runs["gpu_models"] if isinstance(models, list) for m in models})
     mixed = [f"{r.method_label} on {r.protocol}, seed {r.seed}: {r.gpu_name}"

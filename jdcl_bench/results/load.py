@@ -182,6 +182,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "avg_inc_acc": _float(metrics.get("avg_inc_acc")),
         "forgetting": _float(metrics.get("forgetting")),
         "gpu_minutes": _float(manifest.get("gpu_seconds")) / 60.0,
+        # a run resumed across commands lists each process (runner.py); each paid its own start-up
+        "processes": max(1, len(manifest.get("segments") or [])),
         "wall_minutes": _float(manifest.get("wall_time_s")) / 60.0,
         "tasks_done": metrics.get("tasks_done"),
         "num_tasks": metrics.get("num_tasks"),
@@ -241,7 +243,8 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     ``method``, ``method_label``, ``preset``, ``seed``, the metrics ``final_acc``, ``avg_acc``,
     ``avg_inc_acc``, ``forgetting``, ``gpu_minutes``, ``wall_minutes``, then ``tasks_done``,
     ``num_tasks``, ``dataset_name``, ``dataset_variant``, ``dataset_canonical`` (bool or None),
-    ``dataset_note``, ``reduced`` (reduced-budget preset: bool or None), ``gpu_name``, ``gpu_models``, ``device``,
+    ``dataset_note``, ``reduced`` (reduced-budget preset: bool or None), ``gpu_shared_by``, ``processes`` (1, or
+    how many processes a resumed run took), ``gpu_name``, ``gpu_models``, ``device``,
     ``commit``, ``dirty``, ``finished_at``, ``seen_acc`` (list), ``acc_matrix`` (list of lists)
     and ``run_dir``.
 
