@@ -257,3 +257,40 @@ def test_classifier_replay_sampler_is_an_option_and_bad_samplers_are_named_befor
     for bad in ("classifier.sampler=euler", "generator.replay_sampler=euler"):
         r = CliRunner().invoke(main, base + ["--set", bad])
         assert r.exit_code == 2 and bad.split("=")[0] in r.output and "ddim" in r.output, r.output
+
+
+def test_the_generators_training_graph_stays_static_across_tasks(tmp_path, monkeypatch):
+    """JDCL's training forward once took a second batch shape and torch answered with a graph of
+    symbolic batch size that served every later step (30 % slower on an H100, docs/jdcl.md). DGR's
+    generator trains at one batch size; its sampler calls the same forward with others (self-replay
+    chunks, the classifier's replay share B - B/(k+1), grids), and torch's default makes the
+    sampler's graph symbolic. Traced on CPU (an eager backend stands in for inductor) through five
+    tasks: the training calls (gradients on) keep one static graph; the sampler's share one."""
+    import torch._dynamo
+    from click.testing import CliRunner
+
+    import jdcl_baselines.cond_diffusion as CD
+    from jdcl_bench import fastpath
+    from jdcl_bench.cli import main
+
+    graphs = []  # (gradients on while traced, batch size symbolic)
+
+    def backend(gm, example_inputs):
+        graphs.append((torch.is_grad_enabled(), any(isinstance(s, torch.SymInt) for x in example_inputs
+                                                    for s in (x.shape if isinstance(x, torch.Tensor) else [x]))))
+        return gm.forward
+
+    def compiler(f, mode=None, dynamic=None):
+        return torch.compile(f, backend=backend, dynamic=dynamic)
+
+    monkeypatch.setattr(CD, "maybe_compile", lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler))
+    torch._dynamo.reset()
+    try:
+        r = CliRunner().invoke(main, ["run", "--protocol", "digits-t5", "--method", "dgr", "--preset", "smoke",
+                                      "--set", "compile=true", "--device", "cpu", "--out", str(tmp_path)])
+        assert r.exit_code == 0, r.output
+    finally:
+        torch._dynamo.reset()
+    training = [sym for grad, sym in graphs if grad]
+    assert training == [False], graphs          # one graph, static, for every task's generator steps
+    assert len(graphs) <= 4, graphs             # the sampler: a first shape, then one symbolic graph
