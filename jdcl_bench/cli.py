@@ -110,9 +110,10 @@ def run(protocol, method, seed, preset, sets, settings_file, data_dir, download,
                     device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
                     restart=restart, stop_between_tasks=stop_between_tasks)
     from .compile_cache import kept
+    from .protocol import protocol_stem
 
-    # the compile cache's file is the run's: protocol (a file's stem), method, preset, seed
-    name = f"{Path(protocol).stem if protocol.endswith('.toml') else protocol}__{method}__{preset or 'default'}__seed{seed}"
+    # the compile cache's file is the run's: protocol, method, preset, seed
+    name = f"{protocol_stem(protocol)}__{method}__{preset or 'default'}__seed{seed}"
     try:
         cfg.overrides = _overrides(settings_file, sets)
         with kept(name, click.echo):

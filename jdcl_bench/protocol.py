@@ -298,9 +298,19 @@ def list_protocols() -> list[Protocol]:
     return out
 
 
+def _is_file(name_or_path: str) -> bool:
+    return name_or_path.endswith(".toml") or Path(name_or_path).is_file()
+
+
+def protocol_stem(name_or_path: str) -> str:
+    """A protocol as file names show it: a registered name whole (``cifar10-semi-0.8pct``, whose dot
+    is not a suffix), a protocol file by its stem."""
+    return Path(name_or_path).stem if _is_file(name_or_path) else name_or_path
+
+
 def get_protocol(name_or_path: str) -> Protocol:
     """A registered protocol by name, or a user's TOML file by path."""
-    if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
+    if _is_file(name_or_path):
         return load_protocol_file(name_or_path, "local")
     files, broken = _protocol_files()
     if name_or_path not in files:

@@ -43,7 +43,9 @@ def chain_sets(text: str) -> list[str]:
 def log_name(protocol: str, method: str, preset: str, seed: str, sets: list[str], started: int) -> str:
     """A run's log file name: protocol__method__preset__seedN[__settings]__start-time. A protocol file
     gives its stem; a registered name stays whole (cifar10-semi-0.8pct, not cifar10-semi-0)."""
-    name = Path(protocol).stem if protocol.endswith(".toml") else protocol
+    from jdcl_bench.protocol import protocol_stem  # the runs this script starts import it too
+
+    name = protocol_stem(protocol)
     tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]
     return f"{name}__{method}__{preset}__seed{seed}{'__' + tag if tag else ''}__{started}.log"
 

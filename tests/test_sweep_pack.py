@@ -19,6 +19,20 @@ def test_pack_slots_fill_the_gpus_round_robin():
     assert pack_slots(3, PackOptions(per_gpu=1, gpus=["2", "3"])) == [("2", 1), ("3", 1)]
 
 
+def test_a_cells_log_keeps_a_dotted_protocol_name_whole(tmp_path):
+    """cifar10-semi-0.8pct's dot is not a suffix (gpu_batch.py named its log cifar10-semi-0__...
+    until 2026-12-07; the sweep's logs did the same); a protocol file gives its stem."""
+    from jdcl_bench.protocol import protocol_stem
+    from jdcl_bench.sweep.pack import _log_name
+
+    f = tmp_path / "my.protocol.toml"
+    f.write_text("")
+    assert protocol_stem("cifar10-semi-0.8pct") == "cifar10-semi-0.8pct"
+    assert protocol_stem(str(f)) == "my.protocol" and protocol_stem("elsewhere/p.toml") == "p"
+    assert _log_name(Cell(protocol="cifar10-semi-0.8pct", method="jdcl", seed=0)).startswith(
+        "cifar10-semi-0.8pct__jdcl__seed0__")
+
+
 def test_cell_command_and_environment(monkeypatch):
     monkeypatch.setenv("JDCL_BENCH_RUN_NOTE", "from outside")
     cfg = RunConfig(protocol="synthetic-t2", method="jdcl", seed=3, preset="smoke",
