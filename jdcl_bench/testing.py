@@ -11,9 +11,11 @@ It runs the method for two tasks on the tiny synthetic protocols (on CPU) and ch
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -187,3 +189,33 @@ def _count_ticks(cfg: RunConfig, ds) -> int:
 
     Counting(cfg, __import__("jdcl_bench.progress", fromlist=["Reporter"]).Reporter(quiet=True), dataset=ds).run()
     return Counting.ticks
+
+
+@contextlib.contextmanager
+def traced_compiles(monkeypatch, module) -> Iterator[list[tuple[bool, bool]]]:
+    """Dynamo traces on CPU as it does on CUDA: inside the block, ``module.maybe_compile`` compiles
+    (with the keywords the method passes: ``dynamic``) through an eager backend that stands in for
+    inductor and appends, per graph it is handed, (gradients on while traced, a symbolic size among
+    its inputs) to the list it yields. Dynamo's caches are reset before and after. For tests of which
+    graphs a method makes: a symbolic batch size served every later step of JDCL's semi-supervised
+    runs, 30 % slower (docs/jdcl.md)."""
+    import torch._dynamo
+
+    from . import fastpath
+
+    graphs: list[tuple[bool, bool]] = []
+
+    def backend(gm, example_inputs):
+        graphs.append((torch.is_grad_enabled(), any(isinstance(s, torch.SymInt) for x in example_inputs
+                                                    for s in (x.shape if isinstance(x, torch.Tensor) else [x]))))
+        return gm.forward
+
+    def compiler(f, mode=None, dynamic=None):
+        return torch.compile(f, backend=backend, dynamic=dynamic)
+
+    monkeypatch.setattr(module, "maybe_compile", lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler))
+    torch._dynamo.reset()
+    try:
+        yield graphs
+    finally:
+        torch._dynamo.reset()

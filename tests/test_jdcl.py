@@ -522,28 +522,14 @@ def test_compiled_calls_keep_static_shapes_across_stages_and_tasks(tmp_path, mon
     then served every later stage (on the GPU: 30-40 % slower steps). Dynamo traces here as on CUDA
     (an eager backend stands in for inductor): no graph may take a symbolic size, and a later task
     must reuse the graphs of the first ones, not compile new ones."""
-    import torch._dynamo
-    from jdcl_bench import fastpath
     from jdcl_bench.methods import jdcl as M
+    from jdcl_bench.testing import traced_compiles
 
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(any(isinstance(s, torch.SymInt) for x in example_inputs
-                          for s in (x.shape if isinstance(x, torch.Tensor) else [x])))
-        return gm.forward
-
-    def compiler(f, mode=None, dynamic=None):
-        return torch.compile(f, backend=backend, dynamic=dynamic)
-
-    monkeypatch.setattr(M, "maybe_compile", lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler))
-    torch._dynamo.reset()
-    try:
+    with traced_compiles(monkeypatch, M) as traced:
         r = CliRunner().invoke(main, ["run", "--protocol", "digits-semi-10pct", "--method", "jdcl", "--preset",
                                       "smoke", "--set", "compile=true", "--device", "cpu", "--out", str(tmp_path)])
         assert r.exit_code == 0, r.output
-    finally:
-        torch._dynamo.reset()
+    graphs = [symbolic for _, symbolic in traced]
     # local (FixMatch) and global training forwards, the teachers' and the weak views' passes, the sampler
     assert graphs and not any(graphs), graphs
     assert len(graphs) <= 8, f"{len(graphs)} graphs for a run of five tasks: later tasks compiled again"

@@ -266,31 +266,16 @@ def test_the_generators_training_graph_stays_static_across_tasks(tmp_path, monke
     chunks, the classifier's replay share B - B/(k+1), grids), and torch's default makes the
     sampler's graph symbolic. Traced on CPU (an eager backend stands in for inductor) through five
     tasks: the training calls (gradients on) keep one static graph; the sampler's share one."""
-    import torch._dynamo
     from click.testing import CliRunner
 
     import jdcl_baselines.cond_diffusion as CD
-    from jdcl_bench import fastpath
     from jdcl_bench.cli import main
+    from jdcl_bench.testing import traced_compiles
 
-    graphs = []  # (gradients on while traced, batch size symbolic)
-
-    def backend(gm, example_inputs):
-        graphs.append((torch.is_grad_enabled(), any(isinstance(s, torch.SymInt) for x in example_inputs
-                                                    for s in (x.shape if isinstance(x, torch.Tensor) else [x]))))
-        return gm.forward
-
-    def compiler(f, mode=None, dynamic=None):
-        return torch.compile(f, backend=backend, dynamic=dynamic)
-
-    monkeypatch.setattr(CD, "maybe_compile", lambda fn, **kw: fastpath.maybe_compile(fn, **kw, compiler=compiler))
-    torch._dynamo.reset()
-    try:
+    with traced_compiles(monkeypatch, CD) as graphs:  # (gradients on while traced, batch size symbolic)
         r = CliRunner().invoke(main, ["run", "--protocol", "digits-t5", "--method", "dgr", "--preset", "smoke",
                                       "--set", "compile=true", "--device", "cpu", "--out", str(tmp_path)])
         assert r.exit_code == 0, r.output
-    finally:
-        torch._dynamo.reset()
     training = [sym for grad, sym in graphs if grad]
     assert training == [False], graphs          # one graph, static, for every task's generator steps
     assert len(graphs) <= 4, graphs             # the sampler: a first shape, then one symbolic graph
