@@ -337,7 +337,8 @@ class DGR(Method):
     def _generate_replay(self, task: TaskData, old: list[int], n: int) -> dict:
         """n images of uniformly drawn old classes from G_{k-1}; labels are the conditioning class."""
         c = self.cfg.classifier
-        y = to_device(torch.tensor(old, dtype=torch.long)[torch.randint(len(old), (n,), generator=self.ctx.rng)], self.device)
+        y_cpu = torch.tensor(old, dtype=torch.long)[torch.randint(len(old), (n,), generator=self.ctx.rng)]
+        y = to_device(y_cpu, self.device)
         if self._replay_model is None:
             self._replay_model = self.gen.sampler_from(self.replay_G)
         was_training = self.classifier.training
@@ -347,7 +348,8 @@ class DGR(Method):
         self.classifier.train(was_training)
         self.counters["replay_images"] += n
         self.counters["replay_regenerations"] += 1
-        for cl, cnt in zip(*torch.unique(y, return_counts=True)):
+        # counted on the CPU copy: torch.unique and int() on the device's labels would wait for the GPU
+        for cl, cnt in zip(*torch.unique(y_cpu, return_counts=True)):
             self.replay_counts[int(cl)] = self.replay_counts.get(int(cl), 0) + int(cnt)
         return {"x": x, "y": y}
 
