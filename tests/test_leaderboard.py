@@ -694,3 +694,32 @@ def test_a_semi_supervised_field_redefined_in_a_preset_labels_only_semi_supervis
     config["protocol_spec"] = {"name": "digits-t5", "label_regime": regime}
     (run / "config.json").write_text(json.dumps(config))
     assert load_records(root)["method_label"].tolist() == [label]
+
+
+def test_minutes_count_the_generators_a_run_loaded_from_another_runs_cache(tmp_path):
+    """GUIDE loads DGR's cached generators and does not pay for them in its own GPU time: its cost
+    (the table's minutes, the budget check) adds their recorded training time, and the caption says
+    so; where a loaded generator did not record it, the minutes leave it out and the caption says that."""
+    from jdcl_bench.results import tier_tables
+
+    root = tmp_path / "r"
+
+    def guide(seed, budget_extra):
+        d = write_run(root, P10, "guide", "GUIDE", seed, 50.0, gpu_seconds=300.0, preset="standard", reduced=True)
+        man = json.loads((d / "manifest.json").read_text())
+        man["gpu_shared_by"] = 1
+        man["budget"].update({"generator_source": ["cache"] * 5, **budget_extra})
+        (d / "manifest.json").write_text(json.dumps(man))
+
+    guide(0, {"generator_seconds_loaded": 600.0, "generators_loaded_untimed": 0, "generators_loaded_shared_by": 1})
+    rec = load_records(root)
+    assert rec["gpu_minutes"].iloc[0] == pytest.approx(5.0 + 10.0) and rec["gpu_minutes_own"].iloc[0] == pytest.approx(5.0)
+    md = render_markdown(tier_tables(rec, "final_acc", [P10])[0][0])
+    assert "15.0 GPU-min alone (n=1)" in md and "including 10.0 min of generator training" in md
+    assert "not counting" not in md
+
+    guide(1, {})  # a record from before generators recorded their time
+    rec = load_records(root).sort_values("seed")
+    assert rec["gpu_minutes"].tolist() == pytest.approx([15.0, 5.0]) and np.isnan(rec["generator_minutes_loaded"].iloc[1])
+    md = render_markdown(tier_tables(rec, "final_acc", [P10])[0][0])
+    assert "not counting the generators loaded from another run's cache (n=1" in md

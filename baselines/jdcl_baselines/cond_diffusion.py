@@ -17,6 +17,8 @@ method loads it instead of training. Everything here is resumable at any ``ctx.t
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -265,19 +267,34 @@ class GeneratorStage:
         self.step = 0
         self.total = self.cfg.steps_first if task_index == 0 else self.cfg.steps_later
         self.result: dict | None = None
+        # What training G_k cost, for the runs that load it from the cache (GUIDE after DGR): their
+        # budgets count it (DGR.budget, the tables' GPU-minutes). Seconds of this stage over every
+        # process that ran a part of it, the GPU waited for at the end of each part.
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def elapsed(self) -> float:
+        return self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     # ---- the phases -------------------------------------------------------------------------
     def run(self, task: TaskData) -> dict:
-        if self.phase == "label":
-            if len(task.unlabelled_x):
-                self._label(task)
-            self.phase = "replay" if self.prev is not None else "train"
-        if self.phase == "replay":
-            self._self_replay()
-            self.phase = "train"
-        if self.phase == "train":
-            self._train(task)
-            self.phase = "done"
+        self._started = time.perf_counter()
+        try:
+            if self.phase == "label":
+                if len(task.unlabelled_x):
+                    self._label(task)
+                self.phase = "replay" if self.prev is not None else "train"
+            if self.phase == "replay":
+                self._self_replay()
+                self.phase = "train"
+            if self.phase == "train":
+                self._train(task)
+                self.phase = "done"
+        finally:  # also when a time limit stops the stage: the next process adds its own part
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds, self._started = self.elapsed(), None
+        self.result["meta"]["seconds"] = round(self.seconds, 1)
         return self.result
 
     def _label(self, task: TaskData) -> None:
@@ -374,7 +391,12 @@ class GeneratorStage:
                                 "self_replay_images": len(self.replay_y) if self.replay_y is not None else 0,
                                 "self_replay_sampler": c.replay_sampler,
                                 "labeller_steps": self.lab_step, "pseudo_labelled": len(self.pseudo)
-                                if self.pseudo is not None else 0}}
+                                if self.pseudo is not None else 0,
+                                # where its seconds (set by run) were measured: a GPU shared with other
+                                # runs (scripts/gpu_batch.py sets the count) is slower than one alone
+                                "device_name": torch.cuda.get_device_name(self.device)
+                                if self.device.type == "cuda" else self.device.type,
+                                "gpu_shared_by": int(os.environ.get("JDCL_BENCH_GPU_SHARED_BY", "1"))}}
         self.net = self.opt = self.ema = None
         self.replay_x = []
 
@@ -394,7 +416,7 @@ class GeneratorStage:
              "phase": self.phase, "rng": self.rng.get_state(), "dev_rng": self.dev_rng.get_state(),
              "lab_step": self.lab_step, "pseudo": self.pseudo, "replay_y": self.replay_y,
              "replay_x": torch.cat(self.replay_x) if self.replay_x else None,
-             "step": self.step, "result": self.result}
+             "step": self.step, "result": self.result, "seconds": self.elapsed()}
         if self.lab is not None:
             s["lab"] = {"model": self.lab.state_dict(), "opt": self.lab_opt.state_dict()}
         if self.net is not None:
@@ -404,6 +426,7 @@ class GeneratorStage:
     def load_state_dict(self, s: dict) -> None:
         self.k, self.new, self.old, self.total = s["k"], s["new"], s["old"], s["total"]
         self.phase, self.lab_step, self.step, self.result = s["phase"], s["lab_step"], s["step"], s["result"]
+        self.seconds = float(s.get("seconds", 0.0))  # checkpoints from before it was recorded: 0
         self.rng.set_state(s["rng"])
         self.dev_rng.set_state(s["dev_rng"])
         dev = lambda t: None if t is None else t.to(self.device)

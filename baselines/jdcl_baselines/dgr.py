@@ -183,7 +183,11 @@ class DGR(Method):
         self.counters = {"generator_steps": 0, "generator_steps_trained": 0, "generator_source": [],
                          "self_replay_images": 0, "self_replay_images_generated": 0, "labeller_steps": 0,
                          "classifier_steps": 0, "classifier_images_seen": 0, "replay_images": 0,
-                         "replay_regenerations": 0}
+                         "replay_regenerations": 0,
+                         # seconds the run's generators took to train: here, or in the run that
+                         # cached those it loaded (None: a loaded one did not record it)
+                         "generator_seconds_trained": 0.0, "generator_seconds_loaded": 0.0,
+                         "generators_loaded_untimed": 0}
 
     # ---- hooks ------------------------------------------------------------------------------
     def begin_task(self, task: TaskData) -> None:
@@ -259,6 +263,15 @@ class DGR(Method):
 
     def _count_generator(self, meta: dict, source: str) -> None:
         self.counters["generator_source"].append(source)
+        seconds = meta.get("seconds")  # absent in generators cached before it was recorded
+        if seconds is None:
+            self.counters["generators_loaded_untimed"] = self.counters.get("generators_loaded_untimed", 0) + 1
+        else:
+            key = "generator_seconds_loaded" if source == "cache" else "generator_seconds_trained"
+            self.counters[key] = self.counters.get(key, 0.0) + float(seconds)
+        if source == "cache":  # the most runs that shared the GPU where a loaded generator trained
+            self.counters["generators_loaded_shared_by"] = max(self.counters.get("generators_loaded_shared_by", 1),
+                                                               int(meta.get("gpu_shared_by") or 1))
         self.counters["generator_steps"] += meta["steps"]
         self.counters["self_replay_images"] += meta["self_replay_images"]
         self.counters["labeller_steps"] += meta["labeller_steps"]

@@ -141,6 +141,8 @@ def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, smoke_cli_run, pro
     assert m["complete"] and len(m["acc_matrix"]) == 5
     assert budget["generator_source"] == ["trained"] * 5 and not budget["generator_from_cache"]
     assert budget["generator_steps"] == budget["generator_steps_trained"] == 6 + 4 * 4
+    # each generator's training time is measured and travels with it in the cache
+    assert budget["generator_seconds_trained"] > 0 and budget["generator_seconds_loaded"] == 0.0
     assert budget["classifier_steps"] == 6 + 4 * 4 and budget["ddim_steps"] == 3
     assert budget["self_replay_images"] == 6 * (1 + 2 + 3 + 4)
     assert budget["replay_images"] > 0 and budget["guidance_scale"] == 0.0
@@ -160,6 +162,9 @@ def test_smoke_runs_and_guide_reuses_dgr_generators(tmp_path, smoke_cli_run, pro
     g, gm, gb = smoke_cli_run("guide", protocol)
     assert gb["generator_source"] == ["cache"] * 5 and gb["generator_from_cache"]
     assert gb["generator_steps"] == budget["generator_steps"] and gb["generator_steps_trained"] == 0
+    # GUIDE did not train them, but its budget names what they cost the run that did
+    assert gb["generator_seconds_trained"] == 0.0 and gb["generators_loaded_untimed"] == 0
+    assert gb["generator_seconds_loaded"] == pytest.approx(budget["generator_seconds_trained"])
     assert gb["guidance_scale"] == 0.5 and gb["images_generated"] == gb["replay_images"]
     a, b = _generator(d), _generator(g)
     for part in ("raw", "ema"):

@@ -181,6 +181,26 @@ def _steps_of(budget: Any) -> dict[str, float]:
     return out
 
 
+def _loaded_generator_bits(g: pd.DataFrame) -> list[str]:
+    """What a cell's minutes say about generators its runs loaded from another run's cache (GUIDE
+    loads DGR's): their training counts in the minutes (load.loaded_generator_minutes), or, where a
+    loaded generator did not record its time, the minutes leave it out and say so."""
+    if "generator_minutes_loaded" not in g:
+        return []
+    loaded = pd.to_numeric(g["generator_minutes_loaded"], errors="coerce")
+    untimed, timed = loaded.isna(), loaded.gt(0)
+    out = []
+    if timed.any():
+        shared = pd.to_numeric(g.loc[timed, "generators_loaded_shared_by"], errors="coerce").max()
+        where = f", trained on a GPU shared by up to {int(shared)} runs" if shared > 1 else ""
+        out.append(f"including {loaded[timed].mean():.1f} min of generator training loaded from another run's "
+                   f"cache (n={int(timed.sum())}{where})")
+    if untimed.any():
+        out.append(f"not counting the generators loaded from another run's cache (n={int(untimed.sum())}: "
+                   "their training time was not recorded)")
+    return out
+
+
 def _span(values: Sequence[float], digits: int = 0) -> str:
     vals = sorted(set(values))
     fmt = (lambda v: f"{v:,.{digits}f}")
@@ -227,6 +247,7 @@ def budget_sentences(runs: pd.DataFrame, labels: Sequence[str], protocols: Seque
                                 + (f", over the {limit[1]:g}-minute budget" if over else ""))
             if (~on_gpu).any():
                 bits.append(f"CPU (n={int((~on_gpu).sum())})")
+            bits += _loaded_generator_bits(g)
             any_shared |= bool((on_gpu & shared_by.gt(1)).any())
             gpu_parts.append(f"{proto} " + ", ".join(bits))
         out.append(f"{label}: {step_text} per run; " + "; ".join(gpu_parts) + ".")

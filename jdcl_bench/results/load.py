@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -121,6 +122,19 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
+def loaded_generator_minutes(budget: dict) -> float:
+    """Minutes of generator training a run used but did not pay for: generators loaded from the
+    cache another run wrote (GUIDE loads DGR's). 0.0 when it loaded none; NaN when a loaded one did
+    not record its training time (caches written before baselines recorded it)."""
+    sources = budget.get("generator_source")
+    if not isinstance(sources, list) or "cache" not in sources:
+        return 0.0
+    seconds = budget.get("generator_seconds_loaded")
+    if budget.get("generators_loaded_untimed") or not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return math.nan
+    return float(seconds) / 60.0
+
+
 def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     dataset = _dict(manifest.get("dataset"))
     budget = _dict(manifest.get("budget"))
@@ -128,6 +142,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     hw = _dict(manifest.get("hardware"))
     canonical = dataset.get("canonical")
     reduced = budget.get("reduced")
+    # GPU time only: a run on the CPU has no GPU-minutes, and loads generators trained on the CPU
+    loaded = loaded_generator_minutes(budget) if hw.get("device") == "cuda" else 0.0
     display, bound = method_meta(config["method"])
     label = str(metrics.get("method_label") or config["method"])
     if label == config["method"]:  # records written before methods had display names
@@ -181,7 +197,12 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "avg_acc": _float(metrics.get("avg_acc")),
         "avg_inc_acc": _float(metrics.get("avg_inc_acc")),
         "forgetting": _float(metrics.get("forgetting")),
-        "gpu_minutes": _float(manifest.get("gpu_seconds")) / 60.0,
+        # what the result cost: the run's own GPU time plus the training of generators it loaded from
+        # another run's cache (GUIDE after DGR), where those recorded it (generator_minutes_loaded)
+        "gpu_minutes": _float(manifest.get("gpu_seconds")) / 60.0 + (0.0 if math.isnan(loaded) else loaded),
+        "gpu_minutes_own": _float(manifest.get("gpu_seconds")) / 60.0,
+        "generator_minutes_loaded": loaded,
+        "generators_loaded_shared_by": budget.get("generators_loaded_shared_by"),
         # a run resumed across commands lists each process (runner.py); each paid its own start-up
         "processes": max(1, len(manifest.get("segments") or [])),
         "wall_minutes": _float(manifest.get("wall_time_s")) / 60.0,

@@ -47,7 +47,7 @@ RECORD_COLUMNS = [
     *METRICS,
     "tasks_done", "num_tasks",
     "dataset_name", "dataset_variant", "dataset_canonical", "dataset_note",
-    "reduced", "gpu_shared_by", "processes", "gpu_name", "gpu_models", "device", "commit", "dirty", "finished_at",
+    "reduced", "gpu_shared_by", "processes", "gpu_minutes_own", "generator_minutes_loaded", "generators_loaded_shared_by", "gpu_name", "gpu_models", "device", "commit", "dirty", "finished_at",
     "seen_acc", "acc_matrix", "run_dir", "budget", "method_config", "overrides",
 ]
 
