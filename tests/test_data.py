@@ -487,3 +487,18 @@ def test_views_without_flips_draw_the_same_numbers(view):
     assert torch.equal(g0.get_state(), g5.get_state())
     asym = _images(b=16)
     assert not torch.equal(op(asym, _gen(7), flip_p=0.0), op(asym, _gen(7), flip_p=0.5))
+
+
+def test_rand_augment_copies_its_parameters_to_the_device_in_a_few_transfers(monkeypatch):
+    """Every copy of a step's random parameters to the GPU costs the host a pinned buffer and a
+    launch: a RandAugment step sends its ops and magnitudes as one tensor each, not one per op (the
+    JDCL loop bench's local stage made 60 copies a step, 40 of them here), however many ops there are."""
+    calls = []
+    real = A.to_device
+    monkeypatch.setattr(A, "to_device", lambda t, *a, **k: calls.append(tuple(t.shape)) or real(t, *a, **k))
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    A._apply_ops(x, torch.arange(64) % len(A.RAND_AUGMENT_OPS), torch.full((64,), 5.0, dtype=torch.float64),
+                 torch.ones(64, dtype=torch.bool), torch.ones(64, dtype=torch.float64))
+    # the op one-hot and the magnitudes, Sharpness' 3x3 kernel, the affine matrices and the mask of
+    # the samples with a geometric op: a fixed handful, not one per op
+    assert sorted(calls) == sorted([(64, len(A.RAND_AUGMENT_OPS)), (64, 3), (3, 3), (64, 2, 3), (64,)])

@@ -192,24 +192,29 @@ def _apply_ops(x, op, level, apply, sign):
     sample keeps the result of its own op; geometric ops share one affine grid_sample."""
     b, c, h, w = x.shape
     dev = x.device
-    chosen = {name: to_device(apply & (op == i), dev).view(b, 1, 1, 1) for i, name in enumerate(RAND_AUGMENT_OPS)}
-
-    def factor():  # Brightness, Color, Contrast, Sharpness: level * 0.9 / 10 + 0.05
-        return _on(level * 0.9 / _PARAMETER_MAX + 0.05, x).view(b, 1, 1, 1)
+    # Each sample's op as a one-hot row and its three magnitudes, made on the CPU and copied in one
+    # transfer each, not one per op and per magnitude: those were 40 of the 60 host-to-device copies
+    # a step of JDCL's local stage (two RandAugment steps; results/bench/README.md, loop bench)
+    onehot = to_device(apply[:, None] & (op[:, None] == torch.arange(len(RAND_AUGMENT_OPS))), dev)
+    chosen = {name: onehot[:, i].view(b, 1, 1, 1) for i, name in enumerate(RAND_AUGMENT_OPS)}
+    magnitudes = _on(torch.stack([
+        level * 0.9 / _PARAMETER_MAX + 0.05,              # Brightness, Color, Contrast, Sharpness
+        (level * 4 / _PARAMETER_MAX).floor() + 4,          # Posterize: 4..7 bits kept
+        256 - (level * 256 / _PARAMETER_MAX).floor(),      # Solarize: the threshold
+    ], 1), x)
+    fac, bits, threshold = (magnitudes[:, i].view(b, 1, 1, 1) for i in range(3))
 
     out = x
     grey = luma(x)
     out = torch.where(chosen["AutoContrast"], _autocontrast(x), out)
-    out = torch.where(chosen["Brightness"], _blend(torch.zeros_like(x), x, factor()), out)
+    out = torch.where(chosen["Brightness"], _blend(torch.zeros_like(x), x, fac), out)
     if c == 3:  # Color is the identity on one-channel images
-        out = torch.where(chosen["Color"], _blend(grey.expand_as(x), x, factor()), out)
-    out = torch.where(chosen["Contrast"], _blend(grey.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), x, factor()),
+        out = torch.where(chosen["Color"], _blend(grey.expand_as(x), x, fac), out)
+    out = torch.where(chosen["Contrast"], _blend(grey.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), x, fac),
                       out)
     out = torch.where(chosen["Equalize"], equalize(x), out)
-    bits = _on((level * 4 / _PARAMETER_MAX).floor() + 4, x).view(b, 1, 1, 1)  # 4..7 bits kept
     out = torch.where(chosen["Posterize"], _posterize(x, bits), out)
-    out = torch.where(chosen["Sharpness"], _blend(_smooth(x), x, factor()), out)
-    threshold = _on(256 - (level * 256 / _PARAMETER_MAX).floor(), x).view(b, 1, 1, 1)
+    out = torch.where(chosen["Sharpness"], _blend(_smooth(x), x, fac), out)
     out = torch.where(chosen["Solarize"], _solarize(x, threshold), out)
 
     # Geometric ops: one pixel-space matrix per sample (identity where none applies).
