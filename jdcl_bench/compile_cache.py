@@ -26,7 +26,9 @@ ENV = "JDCL_BENCH_COMPILE_CACHE"
 
 def file_name(run: str) -> str:
     """``run`` as a file name the device returns (letters, digits, '.', '_', '-')."""
-    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in run) + ".bin"
+    from .records import safe_name
+
+    return safe_name(run, "-") + ".bin"
 
 
 def load_all(folder: Path, log: Callable[[str], None]) -> int:
@@ -52,6 +54,8 @@ def save(folder: Path, run: str, log: Callable[[str], None]) -> Path | None:
     whole, through a temporary file); nothing when it compiled nothing."""
     import torch
 
+    from .records import atomic_write_bytes
+
     try:
         saved = torch.compiler.save_cache_artifacts()
     except Exception as exc:
@@ -59,11 +63,8 @@ def save(folder: Path, run: str, log: Callable[[str], None]) -> Path | None:
         return None
     if not saved or not saved[0]:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / file_name(run)
-    tmp = path.with_suffix(".bin.tmp")
-    tmp.write_bytes(saved[0])
-    os.replace(tmp, path)
+    atomic_write_bytes(path, saved[0])
     log(f"compile cache: saved {path} ({len(saved[0]) / 2**20:.1f} MB)")
     return path
 

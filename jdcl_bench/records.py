@@ -39,6 +39,20 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def safe_name(text: str, replace: str = "_") -> str:
+    """``text`` as part of a file name: letters, digits, '.', '_' and '-' kept, every other
+    character as ``replace`` (the device machines return only such names; '+' and '/' of presets
+    and paths would otherwise reach the file system)."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else replace for ch in text)
+
+
+def gpu_shared_by() -> int | None:
+    """How many runs share this process's GPU, as the launcher says (``JDCL_BENCH_GPU_SHARED_BY``,
+    set by scripts/gpu_batch.py and ``jdcl-bench sweep``); None when no launcher said."""
+    value = os.environ.get("JDCL_BENCH_GPU_SHARED_BY")
+    return int(value) if value else None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -342,9 +342,10 @@ class Runner:
         if os.environ.get("JDCL_BENCH_RUN_NOTE"):
             # what the launcher knows and the run cannot see, e.g. "shared the GPU with 3 other runs"
             manifest["note"] = os.environ["JDCL_BENCH_RUN_NOTE"]
-        if os.environ.get("JDCL_BENCH_GPU_SHARED_BY"):
+        shared_by = records.gpu_shared_by()
+        if shared_by is not None:
             # runs sharing one GPU: their GPU-seconds are wall time on a shared device (tables mark them)
-            manifest["gpu_shared_by"] = int(os.environ["JDCL_BENCH_GPU_SHARED_BY"])
+            manifest["gpu_shared_by"] = shared_by
         if D.is_distributed():
             manifest["distributed"] = config_doc["distributed"]
         return self._with_segments(manifest, start)

@@ -44,9 +44,10 @@ def log_name(protocol: str, method: str, preset: str, seed: str, sets: list[str]
     """A run's log file name: protocol__method__preset__seedN[__settings]__start-time. A protocol file
     gives its stem; a registered name stays whole (cifar10-semi-0.8pct, not cifar10-semi-0)."""
     from jdcl_bench.protocol import protocol_stem  # the runs this script starts import it too
+    from jdcl_bench.records import safe_name
 
     name = protocol_stem(protocol)
-    tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "+".join(sets))[:80]
+    tag = safe_name("+".join(sets))[:80]
     return f"{name}__{method}__{preset}__seed{seed}{'__' + tag if tag else ''}__{started}.log"
 
 
@@ -140,8 +141,9 @@ def _read_up_to(path: Path, max_bytes: int) -> bytes | None:
 def part_name(run_dir: Path, out: Path) -> str:
     """The file-name stem of a run's checkpoint parts: protocol__method__preset__seed, with every
     character the device would not return (such as '+' of a preset with overrides) as '-'."""
-    name = "__".join(run_dir.relative_to(out).parts[-4:])
-    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name)
+    from jdcl_bench.records import safe_name
+
+    return safe_name("__".join(run_dir.relative_to(out).parts[-4:]), "-")
 
 
 def _between_tasks(path: Path) -> bool:

@@ -17,7 +17,6 @@ method loads it instead of training. Everything here is resumable at any ``ctx.t
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +29,7 @@ from jdcl_bench.data import augment as A
 from jdcl_bench.fastpath import autocast, cuda_channels_last, maybe_compile, to_device, unet_memory_format
 from jdcl_bench.jdcl.diffusion import EMA, GaussianDiffusion
 from jdcl_bench.jdcl.unet import JointUNet, UNetConfig, count_parameters
+from jdcl_bench import records
 from jdcl_bench.methods.base import ProtocolInfo, TaskData, optimiser_step
 from jdcl_bench.models import cifar_resnet
 
@@ -394,9 +394,8 @@ class GeneratorStage:
                                 if self.pseudo is not None else 0,
                                 # where its seconds (set by run) were measured: a GPU shared with other
                                 # runs (scripts/gpu_batch.py sets the count) is slower than one alone
-                                "device_name": torch.cuda.get_device_name(self.device)
-                                if self.device.type == "cuda" else self.device.type,
-                                "gpu_shared_by": int(os.environ.get("JDCL_BENCH_GPU_SHARED_BY", "1"))}}
+                                "device_name": records.hardware(str(self.device)).get("gpu_name", self.device.type),
+                                "gpu_shared_by": records.gpu_shared_by() or 1}}
         self.net = self.opt = self.ema = None
         self.replay_x = []
 

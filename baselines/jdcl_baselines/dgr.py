@@ -185,9 +185,9 @@ class DGR(Method):
                          "classifier_steps": 0, "classifier_images_seen": 0, "replay_images": 0,
                          "replay_regenerations": 0,
                          # seconds the run's generators took to train: here, or in the run that
-                         # cached those it loaded (None: a loaded one did not record it)
+                         # cached those it loaded (untimed: loaded ones that did not record it)
                          "generator_seconds_trained": 0.0, "generator_seconds_loaded": 0.0,
-                         "generators_loaded_untimed": 0}
+                         "generators_loaded_untimed": 0, "generators_loaded_shared_by": 1}
 
     # ---- hooks ------------------------------------------------------------------------------
     def begin_task(self, task: TaskData) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from jdcl_bench.methods.base import ProtocolInfo, TaskData
-from jdcl_bench.records import RunLocked, atomic_torch_save, run_lock
+from jdcl_bench.records import RunLocked, atomic_torch_save, run_lock, safe_name
 
 from .cond_diffusion import CACHE_FORMAT, GeneratorConfig, to_cpu
 
@@ -38,8 +38,7 @@ class GeneratorCache:
     def __init__(self, shared: Path, protocol: str, key: dict, poll_s: float = 10.0):
         self.key = json.dumps({**key, "format": CACHE_FORMAT}, sort_keys=True, default=str)
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:16]
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in protocol)
-        self.folder = Path(shared) / safe / digest
+        self.folder = Path(shared) / safe_name(protocol) / digest
         self.poll_s = poll_s
 
     @staticmethod

@@ -130,7 +130,7 @@ def loaded_generator_minutes(budget: dict) -> float:
     if not isinstance(sources, list) or "cache" not in sources:
         return 0.0
     seconds = budget.get("generator_seconds_loaded")
-    if budget.get("generators_loaded_untimed") or not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+    if budget.get("generators_loaded_untimed") or seconds is None or not _is_number(seconds):
         return math.nan
     return float(seconds) / 60.0
 
@@ -144,6 +144,7 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
     reduced = budget.get("reduced")
     # GPU time only: a run on the CPU has no GPU-minutes, and loads generators trained on the CPU
     loaded = loaded_generator_minutes(budget) if hw.get("device") == "cuda" else 0.0
+    own = _float(manifest.get("gpu_seconds")) / 60.0
     display, bound = method_meta(config["method"])
     label = str(metrics.get("method_label") or config["method"])
     if label == config["method"]:  # records written before methods had display names
@@ -199,8 +200,8 @@ def _record(run_dir: Path, metrics: dict, config: dict, manifest: dict) -> dict:
         "forgetting": _float(metrics.get("forgetting")),
         # what the result cost: the run's own GPU time plus the training of generators it loaded from
         # another run's cache (GUIDE after DGR), where those recorded it (generator_minutes_loaded)
-        "gpu_minutes": _float(manifest.get("gpu_seconds")) / 60.0 + (0.0 if math.isnan(loaded) else loaded),
-        "gpu_minutes_own": _float(manifest.get("gpu_seconds")) / 60.0,
+        "gpu_minutes": own + (0.0 if math.isnan(loaded) else loaded),
+        "gpu_minutes_own": own,
         "generator_minutes_loaded": loaded,
         "generators_loaded_shared_by": budget.get("generators_loaded_shared_by"),
         # a run resumed across commands lists each process (runner.py); each paid its own start-up

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..protocol import protocol_stem
+from ..records import safe_name
 from ..runner import RunConfig
 from .cells import Cell, CellResult, from_metrics, read_metrics, resolve_run_dir, split_list
 
@@ -117,7 +118,7 @@ def cell_env(gpu: str | None, shared_by: int, opts: PackOptions, threads: int | 
 
 def _log_name(cell: Cell) -> str:
     name = f"{protocol_stem(cell.protocol)}__{cell.method}__seed{cell.seed}__{time.strftime('%Y%m%dT%H%M%S')}"
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) + ".log"
+    return safe_name(name) + ".log"
 
 
 def _run_subprocess(cell: Cell, cfg: RunConfig, gpu: str | None, shared_by: int, opts: PackOptions,
