@@ -109,15 +109,9 @@ def run(protocol, method, seed, preset, sets, settings_file, data_dir, download,
     cfg = RunConfig(protocol=protocol, method=method, seed=seed, preset=preset, data_dir=data_dir, out=out,
                     device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
                     restart=restart, stop_between_tasks=stop_between_tasks)
-    from .compile_cache import kept
-    from .protocol import protocol_stem
-
-    # the compile cache's file is the run's: protocol, method, preset, seed
-    name = f"{protocol_stem(protocol)}__{method}__{preset or 'default'}__seed{seed}"
     try:
         cfg.overrides = _overrides(settings_file, sets)
-        with kept(name, click.echo):
-            run_dir = run_experiment(cfg, Reporter())
+        run_dir = run_experiment(cfg, Reporter())
     except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss, CheckpointError) as exc:
         _fail(exc)
     if os.environ.get("RANK", "0") != "0":

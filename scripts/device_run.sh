@@ -24,7 +24,7 @@
 #                                     # bring the records and between-task checkpoints home
 #
 # Here first: `bash scripts/slim_tree.sh drop`, then carry the data archive and labels, the returned
-# parts and compile caches in .gpu-stage/ and the run folders in .gpu-runs/ (`python
+# parts in .gpu-stage/ and the run folders in .gpu-runs/ (`python
 # scripts/gpu_batch.py --home FILES_AT` puts what a call returned there). Baselines whose between-task state is too large to
 # return (DGR, GUIDE, NNCSL: a ResNet-18 and its optimiser are about 94 MB) must finish on one warm
 # machine: DETACH, then ATTACH until done.

@@ -5,9 +5,6 @@
 DATA=${DATA:-.data/cifar10-jpeg}
 export PYTHONUNBUFFERED=1 JDCL_BENCH_CACHE=$PWD/.cache/jb TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor-cache
 export JDCL_BENCH_TENSORBOARD=0
-# compiled graphs carried between machines (jdcl_bench/compile_cache.py): each run process loads the
-# files here and saves its own; --bring-checkpoints returns them, --home puts them back here
-export JDCL_BENCH_COMPILE_CACHE=$PWD/.gpu-stage/compile-cache
 
 device_install() {
   [ -d "$DATA/train" ] || (cd "$DATA" && tar xzf cifar10-jpeg.tar.gz)

@@ -111,25 +111,6 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_b
               f"({-(-len(data) // part_bytes)} part(s))")
 
 
-def bring_compile_cache(dest: Path, most: int = 2, max_bytes: int = 15 * 2**20) -> list[Path]:
-    """The runs' compile caches (``$JDCL_BENCH_COMPILE_CACHE``, jdcl_bench/compile_cache.py), newest
-    first, as ``compile-cache-<run>.bin``: at most ``most`` files of at most ``max_bytes`` each (the
-    device returns 8 files of 16 MB; checkpoint parts come first). A larger one is named, not sent."""
-    folder = os.environ.get("JDCL_BENCH_COMPILE_CACHE")
-    files = sorted(Path(folder).glob("*.bin"), key=lambda f: f.stat().st_mtime, reverse=True) if folder else []
-    sent = []
-    for f in files:
-        size = f.stat().st_size
-        if size > max_bytes or len(sent) == most:
-            print(f"compile cache {f.name} ({size / 2**20:.1f} MB) stays on this machine"
-                  + (" (too large to return)" if size > max_bytes else ""))
-            continue
-        sent.append(dest / f"compile-cache-{f.name}")
-        sent[-1].write_bytes(f.read_bytes())
-        print(f"compile cache {f.name} ({size / 2**20:.1f} MB) returned as {sent[-1].name}")
-    return sent
-
-
 def _read_up_to(path: Path, max_bytes: int) -> bytes | None:
     """The file's bytes, or None when it holds more than ``max_bytes``. The size is the open file's:
     detached chains (--detach) may replace the path between a stat() and a read, and a large in-task
@@ -251,13 +232,6 @@ def home(files_at: Path, out: Path, stage: Path) -> None:
         for f in parts:
             shutil.copyfile(f, stage / f.name)
         print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
-    caches = sorted(files_at.glob("compile-cache-*.bin"))
-    if caches:
-        (stage / "compile-cache").mkdir(parents=True, exist_ok=True)
-        for f in caches:  # a run's newer cache replaces its older one
-            shutil.copyfile(f, stage / "compile-cache" / f.name[len("compile-cache-"):])
-        print(f"{len(caches)} compile cache file(s) in {stage}/compile-cache: a fresh machine reads them "
-              "instead of compiling (drop them if the carry would pass 64 MB: scripts/slim_tree.sh size)")
 
 
 def run_logs(run_dir: Path, out: Path) -> list[Path]:
@@ -392,7 +366,6 @@ def report(out: Path, bring: bool) -> None:
         archive(out, Path(os.environ["OUT"]))
         if bring:
             bring_checkpoints(out, Path(os.environ["OUT"]))
-            bring_compile_cache(Path(os.environ["OUT"]))
 
 
 def main() -> None:

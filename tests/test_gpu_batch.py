@@ -123,33 +123,6 @@ def test_a_log_is_named_for_the_whole_protocol_name_or_a_protocol_files_stem():
         "cifar10-first2__dgr__fast__seed1__classifier.sampler_dpm-solver___a_1__7.log"
 
 
-def test_compile_caches_come_back_newest_first_within_the_limits_and_home_keeps_them_to_carry(tmp_path, monkeypatch):
-    import os
-
-    gpu_batch = load_gpu_batch()
-    cache, out, files_at = tmp_path / "device-cache", tmp_path / "out", tmp_path / "files_at"
-    for d in (cache, out, files_at):
-        d.mkdir()
-    for i, (name, size) in enumerate((("old.bin", 10), ("big.bin", 50), ("new.bin", 20), ("newest.bin", 30))):
-        (cache / name).write_bytes(bytes([i]) * size)
-        os.utime(cache / name, (1000 + i, 1000 + i))
-    monkeypatch.delenv("JDCL_BENCH_COMPILE_CACHE", raising=False)
-    assert gpu_batch.bring_compile_cache(out) == []        # no cache folder: nothing to send
-    monkeypatch.setenv("JDCL_BENCH_COMPILE_CACHE", str(cache))
-    sent = gpu_batch.bring_compile_cache(out, most=2, max_bytes=40)
-    assert [f.name for f in sent] == ["compile-cache-newest.bin", "compile-cache-new.bin"]  # big.bin: too large
-    assert (out / "compile-cache-new.bin").read_bytes() == (cache / "new.bin").read_bytes()
-    for f in sent:
-        f.rename(files_at / f.name)
-    gpu_batch.archive(out, files_at)
-    stage = tmp_path / "stage"
-    (stage / "compile-cache").mkdir(parents=True)
-    (stage / "compile-cache" / "new.bin").write_bytes(b"an older cache of the same run")
-    gpu_batch.home(files_at, tmp_path / "here", stage)
-    kept = {f.name: f.read_bytes() for f in (stage / "compile-cache").iterdir()}
-    assert kept == {"newest.bin": (cache / "newest.bin").read_bytes(), "new.bin": (cache / "new.bin").read_bytes()}
-
-
 def test_home_puts_a_calls_records_and_parts_where_the_next_call_carries_them_from(tmp_path):
     """What the device returns ($OUT: runs.tar.gz and the parts) goes back under the same relative
     paths here, and the parts join into the run they came from; parts of an older, longer checkpoint
