@@ -25,8 +25,9 @@
 #
 # Here first: `bash scripts/slim_tree.sh drop`, then carry the data archive and labels, the returned
 # parts in .gpu-stage/ and the run folders in .gpu-runs/ (`python
-# scripts/gpu_batch.py --home FILES_AT` puts what a call returned there). Baselines whose between-task state is too large to
-# return (DGR, GUIDE, NNCSL: a ResNet-18 and its optimiser are about 94 MB) must finish on one warm
+# scripts/gpu_batch.py --home FILES_AT` puts what a call returned there). Baselines whose between-task state is larger than
+# a call returns (DGR, GUIDE, NNCSL: a ResNet-18 and its optimiser are about 94 MB) come home over several
+# ATTACH calls and go back over several calls (--home prints which files each carries); best, they finish on one warm
 # machine: DETACH, then ATTACH until done.
 #
 # Commit first and put the commit in the command (JDCL_BENCH_COMMIT=<git rev-parse HEAD here> bash

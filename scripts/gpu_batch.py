@@ -81,42 +81,105 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
             break  # a later run of the chain may depend on this one (GUIDE on DGR's generators)
 
 
-def bring_checkpoints(out: Path, dest: Path, part_bytes: int = 15 * 2**20, max_bytes: int = 60 * 2**20) -> None:
-    """Split each unfinished run's checkpoint into parts the device machine can return (16 MB a
-    file, 64 MB in all). A checkpoint taken inside a task (JDCL: models, optimiser, teachers and
-    replay, a few hundred MB) is too large: then the run's state after its last finished task
-    (``checkpoint-task.pt``, about 30 MB for the `fast` UNet) comes back instead, and a run resumed
-    from it repeats the interrupted task from its start, exactly."""
+# What one device call returns: 8 files of 16 MiB, 64 MiB in all (the device tool's limits). Checkpoint
+# parts are 15 MiB; the records' archive and a margin come off the 64 MiB.
+RETURN_FILES, RETURN_BYTES, PART_BYTES = 8, 64 * 2**20, 15 * 2**20
+# the largest checkpoint sent over several calls (a few calls' worth): DGR's between-task state (two
+# generator copies and a ResNet-18, about 100 MB) and NNCSL's (model, momentum, teacher, buffer) fit;
+# JDCL's in-task state (a few hundred MB) does not, and its 30 MB between-task one goes instead
+MAX_STAGED_BYTES = 256 * 2**20
+OUTBOX = ".outbox"  # under --out, on the device: each checkpoint being returned, as parts, and which went
+
+
+def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_bytes: int | None = None,
+                      max_files: int | None = None) -> None:
+    """Return each unfinished run's checkpoint as parts the device machine can return, over as many
+    calls as it takes. A call returns at most ``max_bytes`` in ``max_files`` files (default: the
+    device's limits less ``dest/runs.tar.gz``). The run's ``checkpoint.pt`` goes when one call can
+    return it whole; a larger one, taken inside a task (JDCL: models, optimiser, teachers and replay,
+    a few hundred MB), stays, and the state after the run's last finished task (``checkpoint-task.pt``)
+    goes instead: a run resumed from it repeats the interrupted task from its start, exactly.
+
+    The checkpoint is copied into parts once (``out/.outbox/<run>/``) and each call sends the parts
+    the earlier calls did not, with ``ckpt-<run>.pt.sha256`` (the whole file's hash, size and part
+    count), so parts of two versions are never mixed and ``join_checkpoints`` refuses an incomplete or
+    damaged set. A newer checkpoint is taken once the last one has gone whole."""
+    archive_size = (dest / "runs.tar.gz").stat().st_size if (dest / "runs.tar.gz").is_file() else 0
+    budget = RETURN_BYTES - 2**20 - archive_size if max_bytes is None else max_bytes
+    files = RETURN_FILES - (1 if archive_size else 0) if max_files is None else max_files
+    one_call = budget  # a checkpoint.pt larger than this stays (see above)
     for ckpt in sorted(out.rglob("checkpoint.pt")):
         metrics = ckpt.parent / "metrics.json"
         if metrics.is_file():
             d = json.loads(metrics.read_text())
             if d.get("tasks_done") == d.get("num_tasks"):
                 continue
-        src, what, data = ckpt, "checkpoint", _read_up_to(ckpt, max_bytes)
-        if data is None:
+        src, what = ckpt, "checkpoint"
+        if ckpt.stat().st_size > one_call:
             big = ckpt.stat().st_size / 2**20
             task_ckpt = ckpt.parent / "checkpoint-task.pt"
-            data = _read_up_to(task_ckpt, max_bytes) if task_ckpt.is_file() else None
-            if not data:
-                print(f"checkpoint {ckpt} ({big:.0f} MB) is too large to return and the run "
-                      "has no small between-task checkpoint: it stays on this machine only")
+            if not task_ckpt.is_file() or task_ckpt.stat().st_size > MAX_STAGED_BYTES:
+                print(f"checkpoint {ckpt} ({big:.0f} MB) is too large to return and the run has no between-task "
+                      "checkpoint small enough: it stays on this machine only")
                 continue
-            src, what = task_ckpt, (f"between-task checkpoint (the in-task one, {big:.0f} MB, "
-                                    "stays on this machine; resuming from this one repeats the interrupted task)")
+            src, what = task_ckpt, (f"between-task checkpoint (the in-task one, {big:.0f} MB, stays on this "
+                                    "machine; resuming from this one repeats the interrupted task)")
         name = part_name(ckpt.parent, out)  # the device returns only names of letters, digits, '.', '_', '-'
-        for i in range(0, len(data), part_bytes):
-            (dest / f"ckpt-{name}.pt.part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
-        print(f"{what} {src} ({len(data) / 2**20:.1f} MB) returned as ckpt-{name}.pt.part* "
-              f"({-(-len(data) // part_bytes)} part(s))")
+        box = _staged(out / OUTBOX / name, src, part_bytes)
+        meta = json.loads((box / "meta.json").read_text())
+        sent_now = []
+        for i in range(meta["parts"]):
+            if i in meta["sent"]:
+                continue
+            size = (box / f"part{i:02d}").stat().st_size
+            needed = 1 if sent_now else 2  # the part, and with this call's first part the sidecar
+            if files < needed or size > budget:
+                break
+            (dest / f"ckpt-{name}.pt.part{i:02d}").write_bytes((box / f"part{i:02d}").read_bytes())
+            budget, files = budget - size, files - needed
+            sent_now.append(i)
+        if sent_now:
+            (dest / f"ckpt-{name}.pt.sha256").write_text(f"{meta['sha256']} {meta['bytes']} {meta['parts']}\n")
+            meta["sent"] = sorted(meta["sent"] + sent_now)
+            write_text_atomic(box / "meta.json", json.dumps(meta))
+        left = meta["parts"] - len(meta["sent"])
+        where = (f"part(s) {sent_now[0]:02d}-{sent_now[-1]:02d} of {meta['parts']} returned as ckpt-{name}.pt.part*"
+                 if sent_now else "nothing returned by this call")
+        more = (f"; {left} part(s) still here: the next --attach call on this machine brings them" if left
+                else "" if sent_now else " (all of it went with an earlier call)")
+        print(f"{what} {src} ({meta['bytes'] / 2**20:.1f} MB, sha256 {meta['sha256'][:12]}): {where}{more}")
 
 
-def _read_up_to(path: Path, max_bytes: int) -> bytes | None:
-    """The file's bytes, or None when it holds more than ``max_bytes``. The size is the open file's:
-    detached chains (--detach) may replace the path between a stat() and a read, and a large in-task
-    checkpoint is not read only to learn its size."""
-    with open(path, "rb") as fh:
-        return fh.read() if os.fstat(fh.fileno()).st_size <= max_bytes else None
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _staged(box: Path, src: Path, part_bytes: int) -> Path:
+    """``box`` holding ``src`` as parts of ``part_bytes`` and a meta.json (its hash, size, part count,
+    the parts sent so far). Kept while parts of it are still to go; replaced by ``src``'s current bytes
+    once all went and ``src`` has changed since (a run writes a newer checkpoint)."""
+    import hashlib
+
+    st = src.stat()
+    key = {"source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if (box / "meta.json").is_file():
+        meta = json.loads((box / "meta.json").read_text())
+        if len(meta["sent"]) < meta["parts"] or meta["key"] == key:
+            return box
+    import shutil
+
+    shutil.rmtree(box, ignore_errors=True)
+    box.mkdir(parents=True)
+    with open(src, "rb") as fh:  # one read: detached chains may replace the file meanwhile
+        data = fh.read()
+    for i in range(0, max(len(data), 1), part_bytes):
+        (box / f"part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
+    meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "parts": max(-(-len(data) // part_bytes), 1), "sent": []}
+    write_text_atomic(box / "meta.json", json.dumps(meta))
+    return box
 
 
 def part_name(run_dir: Path, out: Path) -> str:
@@ -137,31 +200,57 @@ def _between_tasks(path: Path) -> bool:
         return False
 
 
+def _sidecar(path: Path) -> tuple[str, int, int]:
+    """A ``ckpt-<run>.pt.sha256`` file's (sha256, bytes, parts) of the whole checkpoint."""
+    sha, size, parts = path.read_text().split()
+    return sha, int(size), int(parts)
+
+
 def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
     """Put returned checkpoint parts back together in their run folders under ``out`` (the records
     must be there: ``home`` puts the returned runs.tar.gz under ``out``). The parts may lie in several
-    folders (calls that carried them separately, before scripts/slim_tree.sh made room for all in
-    one). Refuses a run whose
-    parts are not all there (part00..partNN without a gap) rather than write a truncated checkpoint."""
+    folders (calls that carried them separately). Where the parts came with their ``.sha256`` file
+    (bring_checkpoints sends one), all of them must be there and the joined bytes must have its hash;
+    older parts without one must be part00..partNN without a gap. Nothing is written otherwise: a
+    truncated or mixed checkpoint would resume a run from a state it never had."""
+    import hashlib
+
     parts: dict[str, dict[int, Path]] = {}
+    sums: dict[str, Path] = {}
     for d in part_dirs:
         for f in Path(d).glob("ckpt-*.pt.part[0-9][0-9]"):
             stem, num = f.name[len("ckpt-"):].rsplit(".pt.part", 1)
             parts.setdefault(stem, {})[int(num)] = f
+        for f in Path(d).glob("ckpt-*.pt.sha256"):
+            sums[f.name[len("ckpt-"):-len(".pt.sha256")]] = f
     runs = {part_name(m.parent, out): m.parent for m in Path(out).rglob("config.json")}  # run folders
     joined = []
     for stem, numbered in sorted(parts.items()):
         if stem not in runs:
             raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: no run folder under {out} matches; "
                              f"put the runs.tar.gz that came back with them under {out} first (--home FILES_AT)")
-        if sorted(numbered) != list(range(len(numbered))):
-            raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: have {sorted(numbered)}, need 0..{max(numbered)} "
-                             "without a gap; bring the missing part(s)")
+        expected = _sidecar(sums[stem]) if stem in sums else None
+        need = list(range(expected[2] if expected else max(numbered) + 1))
+        if sorted(numbered) != need:
+            missing = sorted(set(need) - set(numbered))
+            raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: have {sorted(numbered)}, need 0..{need[-1]} "
+                             f"(without a gap; missing {missing}): bring the missing part(s) (another --attach call "
+                             "on the machine that returned them) or carry them too")
         dest = runs[stem] / "checkpoint.pt"
         tmp = dest.with_suffix(".pt.joining")
+        digest, size = hashlib.sha256(), 0
         with open(tmp, "wb") as fh:
-            for i in range(len(numbered)):
-                fh.write(numbered[i].read_bytes())
+            for i in need:
+                chunk = numbered[i].read_bytes()
+                digest.update(chunk)
+                size += len(chunk)
+                fh.write(chunk)
+        if expected and (digest.hexdigest(), size) != expected[:2]:
+            tmp.unlink()
+            raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: joined they are {size} bytes with sha256 "
+                             f"{digest.hexdigest()[:12]}, not the checkpoint's {expected[1]} bytes and "
+                             f"{expected[0][:12]} ({sums[stem]}): parts of two versions or a damaged one; "
+                             "bring them again")
         tmp.replace(dest)  # whole or not at all
         if _between_tasks(dest):
             # kept as the runner keeps it: if the resumed run stops inside its first task, its in-task
@@ -170,18 +259,21 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
             from jdcl_bench.runner import TASK_CHECKPOINT
 
             keep_copy(dest, dest.with_name(TASK_CHECKPOINT))
-        for f in numbered.values():  # joined once: a later command on this machine must not join them again
-            f.unlink()               # over the newer checkpoint the run has written since
-        print(f"joined {len(numbered)} part(s) into {dest}")
+        for f in [*numbered.values(), *([sums[stem]] if stem in sums else [])]:
+            f.unlink()  # joined once: a later command on this machine must not join them again over the
+                        # newer checkpoint the run has written since
+        print(f"joined {len(numbered)} part(s) into {dest}" + (f" (sha256 {expected[0][:12]} checked)" if expected else ""))
         joined.append(dest)
     return joined
 
 
 def _not_record(path: Path, below: Path) -> bool:
     """Whether a file under a results folder ``below`` stays out of a record that travels: checkpoints
-    (they come back as parts of their own), locks, files being written, shared generator caches."""
-    return (path.name.endswith((".pt", ".lock", ".tmp", ".joining")) or path.name.startswith(".")
-            or "shared" in path.relative_to(below).parts)
+    (they come back as parts of their own), locks, files being written, hidden ones (the outbox of
+    checkpoint parts), shared generator caches."""
+    rel = path.relative_to(below).parts
+    return (path.name.endswith((".pt", ".lock", ".tmp", ".joining")) or any(p.startswith(".") for p in rel)
+            or "shared" in rel)
 
 
 def archive(out: Path, dest: Path) -> Path:
@@ -224,14 +316,75 @@ def home(files_at: Path, out: Path, stage: Path) -> None:
         tf.extractall(out, members=members, filter="data")  # "data": no absolute paths, links or ../ escapes
     print(f"records from {archive_path} in {out}")
     parts = sorted(files_at.glob("ckpt-*.pt.part[0-9][0-9]"))
+    sums = {f.name[:-len(".sha256")]: f for f in files_at.glob("ckpt-*.pt.sha256")}
     if parts:
         stage.mkdir(parents=True, exist_ok=True)
         for stem in {f.name.rsplit(".part", 1)[0] for f in parts}:
-            for old in stage.glob(f"{stem}.part[0-9][0-9]"):
-                old.unlink()
-        for f in parts:
+            staged_sum = stage / f"{stem}.sha256"
+            if stem in sums and staged_sum.is_file() and staged_sum.read_text() == sums[stem].read_text():
+                continue  # more parts of the checkpoint whose first parts an earlier call brought: keep those
+            # another checkpoint of the run (or parts without a hash, sent whole each time): replace, never
+            # mix with a stale last part of an older, longer one
+            for old in [*stage.glob(f"{stem}.part[0-9][0-9]"), staged_sum]:
+                old.unlink(missing_ok=True)
+        for f in [*parts, *sums.values()]:
             shutil.copyfile(f, stage / f.name)
-        print(f"{len(parts)} checkpoint part(s) in {stage}: the next call carries it and passes --join-checkpoints {stage}")
+        for stem in sorted({f.name.rsplit(".part", 1)[0] for f in parts}):
+            have = len(list(stage.glob(f"{stem}.part[0-9][0-9]")))
+            total = _sidecar(stage / f"{stem}.sha256")[2] if (stage / f"{stem}.sha256").is_file() else have
+            state = ("complete" if have == total else
+                     f"{total - have} part(s) still on the device: ATTACH again while it is warm to bring them")
+            print(f"{stem}: {have} of {total} part(s) in {stage}, {state}")
+        print(carry_plan(stage))
+
+
+def carry_plan(stage: Path, data: tuple[str, ...] = (".data/cifar10-jpeg/cifar10-jpeg.tar.gz",
+                                                      ".data/cifar10-jpeg/canonical-labels.npz"),
+               runs: str = ".gpu-runs", limit: int = 62 * 2**20, max_paths: int = 8) -> str:
+    """How the next calls carry the staged parts with the data and the records: one call if all fits
+    the 64 MiB a call carries (with the working tree), else the parts first, a few per call, each
+    call a short command (``true``) on the machine that stays warm between them (ignored files a call
+    carried stay there; a call that names ``.gpu-stage`` whole would replace them, so every call names
+    files), and the run's call last."""
+    files = sorted(stage.glob("ckpt-*"))
+    tree = _tree_bytes()
+    fixed = [p for p in (*data, runs) if Path(p).exists()]
+    fixed_bytes = tree + sum(_bytes(Path(p)) for p in fixed)
+    if fixed_bytes + sum(f.stat().st_size for f in files) <= limit:
+        return f"the next call carries {[*fixed, str(stage)]} ({(fixed_bytes + sum(_bytes(f) for f in files)) / 2**20:.1f} MiB with the tree)"
+    last, early = [], [[]]  # the run's call: the fixed paths, the sidecars, what parts fit; the calls before it
+    room, paths = limit - fixed_bytes, max_paths - len(fixed)
+    for f in sorted(files, key=lambda f: (not f.name.endswith(".sha256"), f.name)):  # sidecars first
+        size = f.stat().st_size
+        if size <= room and paths > 0:
+            last.append(f)
+            room, paths = room - size, paths - 1
+            continue
+        if early[-1] and (sum(g.stat().st_size for g in early[-1]) + size > limit - tree or len(early[-1]) == max_paths):
+            early.append([])
+        early[-1].append(f)
+    early = [c for c in early if c]
+    lines = [f"the staged parts need {len(early) + 1} calls, back to back on one warm machine"
+             + (f" (the tree is {tree / 2**20:.0f} MiB: `bash scripts/slim_tree.sh drop` first)" if tree > 16 * 2**20 else "")
+             + ":"]
+    lines += [f"  call {i}: command `true`, carry {[str(f) for f in c]}" for i, c in enumerate(early, 1)]
+    lines.append(f"  call {len(early) + 1}: the run's command with JOIN=1, carry {[*fixed, *(str(f) for f in last)]}")
+    return "\n".join(lines)
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _tree_bytes() -> int:
+    """What the working tree sends with every call: tracked files and untracked ones git does not
+    ignore (scripts/slim_tree.sh size counts the same); 8 MiB where git cannot say."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                               capture_output=True, check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        return 8 * 2**20
+    return sum(os.path.getsize(n) for n in names if n and os.path.isfile(n))
 
 
 def run_logs(run_dir: Path, out: Path) -> list[Path]:
@@ -396,7 +549,9 @@ def main() -> None:
                          "between-task checkpoint")
     ap.add_argument("--bring-checkpoints", action="store_true",
                     help="with $OUT set: also return the checkpoint of every unfinished run, split into parts under "
-                         "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN; --join-checkpoints puts them back), in case the machine goes cold")
+                         "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN and .pt.sha256; "
+                         "--join-checkpoints puts them back), in case the machine goes cold; one larger than a call "
+                         "returns comes over several calls (each --attach call sends the parts not yet sent)")
     ap.add_argument("--detach", type=float, metavar="SECONDS",
                     help="run the chains in a background process of their own, with SECONDS as their deadline, "
                          "which trains on after this command returns at --deadline (a warm device machine keeps "
