@@ -357,8 +357,13 @@ class NNCSL(Method):
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+        model = self.model.state_dict()
+        teacher = self.teacher.state_dict() if self.teacher is not None else None
+        if teacher is not None and all(torch.equal(teacher[k], v) for k, v in model.items()):
+            # between tasks the teacher is the model just copied (end_task): the same tensors, which
+            # torch.save writes once, so the between-task checkpoint holds the ResNet once, not twice
+            teacher = model
+        return {"model": model, "opt": self.opt.state_dict(), "teacher": teacher,
                 "step": self.step, "seen": list(self.seen), "buf_x": self.buf_x.cpu(), "buf_y": self.buf_y.cpu(),
                 "counters": dict(self.counters)}
 

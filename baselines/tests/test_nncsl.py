@@ -354,3 +354,42 @@ def test_views_are_the_labelled_and_anchor_images_each_augmented_on_its_own(monk
     assert not torch.equal(big[:nl], big[nl:2 * nl])  # two views of the labelled images, not one twice
     assert not torch.equal(big[2 * nl:2 * nl + nu], big[2 * nl + nu:])
     assert not torch.equal(small[:nu], small[nu:2 * nu])
+
+
+def test_the_between_task_state_holds_the_network_once_and_resumes_the_teacher():
+    """Between tasks the teacher is the model just copied: the state gives the same tensors for both,
+    which torch.save writes once (NNCSL's between-task checkpoint is brought home and carried between
+    device machines: a ResNet less to move). Inside a task, once the model has moved on, both are kept."""
+    import io
+
+    from jdcl_bench.methods.base import TaskData
+
+    def saved_bytes(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.tell()
+
+    m = _nncsl()
+    x = torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8)
+    t0 = TaskData(0, [0, 1], [0, 1], x[:10], torch.tensor([0] * 5 + [1] * 5), x[:0])
+    t1 = TaskData(1, [2, 3], [0, 1, 2, 3], x[10:], torch.tensor([2] * 5 + [3] * 5), x[:0])
+    m.begin_task(t0)
+    m.train_task(t0)
+    m.end_task(t0)
+    between = m.state_dict()
+    assert between["teacher"] is between["model"]
+    twice = {**between, "teacher": {k: v.clone() for k, v in between["model"].items()}}
+    net = sum(v.numel() * v.element_size() for v in between["model"].values())
+    assert saved_bytes(twice) - saved_bytes(between) >= 0.9 * net
+    buf = io.BytesIO()
+    torch.save(between, buf)
+    buf.seek(0)
+    resumed = _nncsl()
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    for k, v in m.teacher.state_dict().items():
+        assert torch.equal(resumed.teacher.state_dict()[k], v)
+    m.begin_task(t1)
+    m.train_task(t1)
+    inside = m.state_dict()
+    assert inside["teacher"] is not inside["model"]
+    assert any(not torch.equal(inside["teacher"][k], v) for k, v in inside["model"].items())
