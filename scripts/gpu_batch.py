@@ -85,7 +85,7 @@ def run_chain(chain: list[str], args, t0: float, n_parallel: int, status: dict) 
 # parts are 15 MiB; the records' archive and a margin come off the 64 MiB.
 RETURN_FILES, RETURN_BYTES, PART_BYTES = 8, 64 * 2**20, 15 * 2**20
 # the largest checkpoint sent over several calls (a few calls' worth): DGR's between-task state (two
-# generator copies and a ResNet-18, about 100 MB) and NNCSL's (model, momentum, teacher, buffer) fit;
+# generator copies and a ResNet-18, about 100 MB) and NNCSL's (ResNet, momentum, buffer: 91-105 MB) fit;
 # JDCL's in-task state (a few hundred MB) does not, and its 30 MB between-task one goes instead
 MAX_STAGED_BYTES = 256 * 2**20
 OUTBOX = ".outbox"  # under --out, on the device: each checkpoint being returned, as parts, and which went
