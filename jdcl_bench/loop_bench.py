@@ -29,21 +29,54 @@ from .profiling import StepProfile, sync_device
 from .progress import Reporter
 
 
+# Several loop benches side by side on one GPU (benchmarks/loop_packing.py): each process waits at the
+# start of every timed window until all have reached it, so that the windows run together and their
+# rates add up to what the GPU does packed. The folder the processes meet in, and how many they are.
+BARRIER_ENV, BARRIER_N_ENV = "JDCL_BENCH_PACK_BARRIER", "JDCL_BENCH_PACK_N"
+
+
+def packing_barrier(window: int, log=print, timeout_s: float = 900.0, poll_s: float = 0.005) -> None:
+    """With ``$JDCL_BENCH_PACK_BARRIER`` set: mark this process as at the start of timed window
+    ``window`` and wait until ``$JDCL_BENCH_PACK_N`` processes are (a process that died leaves the others
+    waiting ``timeout_s``, then they go on and say so: that window was not timed together)."""
+    import os
+
+    folder = os.environ.get(BARRIER_ENV)
+    if not folder:
+        return
+    n = int(os.environ.get(BARRIER_N_ENV, "1"))
+    here = Path(folder)
+    here.mkdir(parents=True, exist_ok=True)
+    (here / f"w{window}-{os.getpid()}").touch()
+    t0 = time.monotonic()
+    while len(list(here.glob(f"w{window}-*"))) < n:
+        if time.monotonic() - t0 > timeout_s:
+            log(f"packing barrier: window {window} timed out after {timeout_s:.0f} s waiting for {n} processes; "
+                "its rates were not measured together")
+            return
+        time.sleep(poll_s)
+    log(f"packing barrier: window {window} started by {n} processes together ({time.monotonic() - t0:.1f} s waited)")
+
+
 class _Clock:
     """Stands in for the runner: ``tick`` counts steps and reads the clock at the ends of the window;
     with a profile, the steps right after the window run under it (outside the timed window)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, log=print):
         self.device, self.n, self.marks, self.times, self.profile = device, 0, (), {}, None
+        self.windows, self.log = 0, log
 
     def window(self, start: int, stop: int, profile_steps: int = 0) -> None:
         self.n, self.marks, self.times = 0, (start, stop), {}
+        self.windows += 1
         self.profile = StepProfile(self.device, profile_steps) if profile_steps else None
 
     def tick(self) -> None:
         self.n += 1
         if self.n in self.marks:
             sync_device(self.device)
+            if self.n == self.marks[0]:
+                packing_barrier(self.windows, self.log)
             self.times[self.n] = time.perf_counter()
         if self.profile is not None:
             if self.n == self.marks[1]:

@@ -19,6 +19,9 @@
 #                                         # ended at 71 s. Give each command 300 s of its own, not 200 / 120 (both
 #                                         # were cut there, before any record was written; each stage's rates
 #                                         # are printed as soon as it is measured since)
+#   bash scripts/issue23_gpu.sh loop-packing nncsl paper 1,2,4 --semi
+#                                         # benchmarks/loop_packing.py: N copies of a method's loop side by
+#                                         # side, their windows started together: the total rate against one
 #   bash scripts/issue23_gpu.sh packing 1,2   # benchmarks/sweep_packing.py: the same 8 cells at 1 and 2
 #   bash scripts/issue23_gpu.sh packing 4,8   # per GPU (one record each; speedups against N = 1 are the
 #                                             # ratio of the records' wall_s)
@@ -52,12 +55,17 @@ case "${1:-}" in
     if [ "$which" = all ] || [ "$which" = dgr ]; then bench --method dgr; fi
     if [ "$which" = all ] || [ "$which" = nncsl ]; then bench --method nncsl --semi; fi
     ;;
+  loop-packing)  # loop-packing METHOD PRESET N[,N...] [--semi]: N copies of the loop side by side (one record)
+    [ $# -ge 4 ] || { echo "usage: $0 loop-packing METHOD PRESET N[,N...] [--semi]" >&2; exit 2; }
+    python benchmarks/loop_packing.py --method "$2" --config "$3" --ns "$4" "${@:5}" --work-dir "$WORK/loop-packing" \
+      --out "$DEST"
+    ;;
   packing)
     python benchmarks/sweep_packing.py --methods finetune,joint --protocols digits-t5 --cells 4 --preset paper \
       --ns "${2:-1,2}" --time-limit 240 --work-dir "$WORK/packing" --out "$DEST"
     ;;
   *)
-    echo "usage: $0 sampler | loop [jdcl|jdcl-semi|dgr|nncsl] | packing N[,N...]" >&2
+    echo "usage: $0 sampler | loop [jdcl|jdcl-semi|dgr|nncsl] | loop-packing METHOD PRESET N[,N...] [--semi] | packing N[,N...]" >&2
     exit 2
     ;;
 esac

@@ -124,3 +124,39 @@ def test_sync_sites_name_the_lines_that_synchronised():
                                             {"site": "jdcl.py:9", "per_step": 1.0}]
     assert sync_sites([], steps=2) == []
 
+
+
+def test_packed_loop_benches_wait_for_each_other_at_each_window(tmp_path, monkeypatch):
+    """benchmarks/loop_packing.py's processes meet at the start of every timed window: the last to
+    arrive releases all; one that never arrives holds the others only until the timeout, which they say."""
+    import os
+
+    from jdcl_bench.loop_bench import BARRIER_ENV, BARRIER_N_ENV, packing_barrier
+
+    said = []
+    packing_barrier(1, said.append)  # no folder: not packed, nothing happens
+    assert said == [] and not list(tmp_path.iterdir())
+    monkeypatch.setenv(BARRIER_ENV, str(tmp_path))
+    monkeypatch.setenv(BARRIER_N_ENV, "2")
+    (tmp_path / "w1-999999").touch()  # the other process is already there
+    packing_barrier(1, said.append, timeout_s=5)
+    assert (tmp_path / f"w1-{os.getpid()}").exists() and "started by 2 processes together" in said[-1]
+    packing_barrier(2, said.append, timeout_s=0.05)  # window 2: the other never comes
+    assert "timed out" in said[-1]
+
+
+def test_packing_totals_add_the_rates_and_bound_them_by_the_slowest_window():
+    from script_module import load_script
+
+    lp = load_script("benchmarks/loop_packing.py")
+
+    def run(local, glob):
+        return {"stages": [{"stage": "local", "steps": 100, "images_per_step": 512, "loop_steps_per_s": local,
+                            "bare_steps_per_s": 30.0},
+                           {"stage": "global", "steps": 100, "images_per_step": 512, "loop_steps_per_s": glob,
+                            "bare_steps_per_s": 20.0}]}
+
+    local, glob = lp.totals([run(10.0, 8.0), run(12.5, 8.0)])
+    assert local["rates"] == [10.0, 12.5] and local["total_steps_per_s"] == 22.5
+    assert local["total_steps_per_s_bound"] == 200 / 10.0  # all steps over the slower window (10 s)
+    assert glob["total_steps_per_s"] == glob["total_steps_per_s_bound"] == 16.0
