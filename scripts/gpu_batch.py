@@ -141,7 +141,7 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_b
         if sent_now:
             (dest / f"ckpt-{name}.pt.sha256").write_text(f"{meta['sha256']} {meta['bytes']} {meta['parts']}\n")
             meta["sent"] = sorted(meta["sent"] + sent_now)
-            write_text_atomic(box / "meta.json", json.dumps(meta))
+            _write_meta(box, meta)
         left = meta["parts"] - len(meta["sent"])
         where = (f"part(s) {sent_now[0]:02d}-{sent_now[-1]:02d} of {meta['parts']} returned as ckpt-{name}.pt.part*"
                  if sent_now else "nothing returned by this call")
@@ -150,17 +150,12 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_b
         print(f"{what} {src} ({meta['bytes'] / 2**20:.1f} MB, sha256 {meta['sha256'][:12]}): {where}{more}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _staged(box: Path, src: Path, part_bytes: int) -> Path:
     """``box`` holding ``src`` as parts of ``part_bytes`` and a meta.json (its hash, size, part count,
     the parts sent so far). Kept while parts of it are still to go; replaced by ``src``'s current bytes
     once all went and ``src`` has changed since (a run writes a newer checkpoint)."""
     import hashlib
+    import shutil
 
     st = src.stat()
     key = {"source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -168,8 +163,6 @@ def _staged(box: Path, src: Path, part_bytes: int) -> Path:
         meta = json.loads((box / "meta.json").read_text())
         if len(meta["sent"]) < meta["parts"] or meta["key"] == key:
             return box
-    import shutil
-
     shutil.rmtree(box, ignore_errors=True)
     box.mkdir(parents=True)
     with open(src, "rb") as fh:  # one read: detached chains may replace the file meanwhile
@@ -178,8 +171,14 @@ def _staged(box: Path, src: Path, part_bytes: int) -> Path:
         (box / f"part{i // part_bytes:02d}").write_bytes(data[i:i + part_bytes])
     meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
             "parts": max(-(-len(data) // part_bytes), 1), "sent": []}
-    write_text_atomic(box / "meta.json", json.dumps(meta))
+    _write_meta(box, meta)
     return box
+
+
+def _write_meta(box: Path, meta: dict) -> None:
+    from jdcl_bench.records import atomic_write_bytes  # the runs this script starts import it too
+
+    atomic_write_bytes(box / "meta.json", json.dumps(meta).encode())
 
 
 def part_name(run_dir: Path, out: Path) -> str:
