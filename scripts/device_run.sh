@@ -22,6 +22,8 @@
 #                                     # on the warm machine (compiled once)
 #   ATTACH=1 bash scripts/device_run.sh               # each later command: wait for them (DEADLINE) and
 #                                     # bring the records and between-task checkpoints home
+#   RESEND=1 ATTACH=1 bash scripts/device_run.sh      # the same, every checkpoint part sent again (a call whose
+#                                     # files never came back: parts go once each otherwise)
 #
 # Here first: `bash scripts/slim_tree.sh drop`, then carry the data archive and labels, the returned
 # parts in .gpu-stage/ and the run folders in .gpu-runs/ (`python
@@ -39,7 +41,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_setup.sh
 if [ "${ATTACH:-0}" = 1 ]; then  # nothing to install or unpack: the detached process has it all
-  exec python3 scripts/gpu_batch.py --attach --deadline "${DEADLINE:-560}" --out .gpu-runs --bring-checkpoints
+  resend=(); if [ "${RESEND:-0}" = 1 ]; then resend=(--resend-checkpoints); fi  # a call's files never arrived
+  exec python3 scripts/gpu_batch.py --attach --deadline "${DEADLINE:-560}" --out .gpu-runs --bring-checkpoints "${resend[@]}"
 fi
 sets=""
 if [ -n "${CONFIG:-}" ]; then sets=":@$CONFIG"; fi  # the chain's --set part: the file's values (gpu_batch.py)

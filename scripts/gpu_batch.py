@@ -92,7 +92,7 @@ OUTBOX = ".outbox"  # under --out, on the device: each checkpoint being returned
 
 
 def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_bytes: int | None = None,
-                      max_files: int | None = None) -> None:
+                      max_files: int | None = None, resend: bool = False) -> None:
     """Return each unfinished run's checkpoint as parts the device machine can return, over as many
     calls as it takes. A call returns at most ``max_bytes`` in ``max_files`` files (default: the
     device's limits less ``dest/runs.tar.gz``). The run's ``checkpoint.pt`` goes when one call can
@@ -103,7 +103,8 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_b
     The checkpoint is copied into parts once (``out/.outbox/<run>/``) and each call sends the parts
     the earlier calls did not, with ``ckpt-<run>.pt.sha256`` (the whole file's hash, size and part
     count), so parts of two versions are never mixed and ``join_checkpoints`` refuses an incomplete or
-    damaged set. A newer checkpoint is taken once the last one has gone whole."""
+    damaged set. A newer checkpoint is taken once the last one has gone whole. ``resend``: every part
+    of the checkpoints being returned counts as not sent yet (a call whose files never arrived)."""
     archive_size = (dest / "runs.tar.gz").stat().st_size if (dest / "runs.tar.gz").is_file() else 0
     budget = RETURN_BYTES - 2**20 - archive_size if max_bytes is None else max_bytes
     files = RETURN_FILES - (1 if archive_size else 0) if max_files is None else max_files
@@ -127,6 +128,8 @@ def bring_checkpoints(out: Path, dest: Path, part_bytes: int = PART_BYTES, max_b
         name = part_name(ckpt.parent, out)  # the device returns only names of letters, digits, '.', '_', '-'
         box = _staged(out / OUTBOX / name, src, part_bytes)
         meta = json.loads((box / "meta.json").read_text())
+        if resend:
+            meta["sent"] = []
         sent_now = []
         for i in range(meta["parts"]):
             if i in meta["sent"]:
@@ -233,8 +236,9 @@ def join_checkpoints(out: Path, part_dirs: list[Path]) -> list[Path]:
         if sorted(numbered) != need:
             missing = sorted(set(need) - set(numbered))
             raise SystemExit(f"checkpoint parts ckpt-{stem}.pt.part*: have {sorted(numbered)}, need 0..{need[-1]} "
-                             f"(without a gap; missing {missing}): bring the missing part(s) (another --attach call "
-                             "on the machine that returned them) or carry them too")
+                             f"(without a gap; missing {missing}): bring the missing part(s) (another ATTACH=1 call "
+                             "on the machine that returned them; RESEND=1 if a call's files never arrived) or carry "
+                             "them too")
         dest = runs[stem] / "checkpoint.pt"
         tmp = dest.with_suffix(".pt.joining")
         digest, size = hashlib.sha256(), 0
@@ -503,7 +507,7 @@ def wait_background(out: Path, until: float, child: subprocess.Popen | None = No
     return done
 
 
-def report(out: Path, bring: bool) -> None:
+def report(out: Path, bring: bool, resend: bool = False) -> None:
     """Every run's progress under ``out``; with $OUT set, the records (and checkpoints) to return."""
     for m in sorted(out.rglob("metrics.json")):
         d = json.loads(m.read_text())
@@ -517,7 +521,7 @@ def report(out: Path, bring: bool) -> None:
     if os.environ.get("OUT"):
         archive(out, Path(os.environ["OUT"]))
         if bring:
-            bring_checkpoints(out, Path(os.environ["OUT"]))
+            bring_checkpoints(out, Path(os.environ["OUT"]), resend=resend)
 
 
 def main() -> None:
@@ -551,6 +555,9 @@ def main() -> None:
                          "16 MB ($OUT/ckpt-<protocol>__<method>__<preset>__<seed>.pt.partNN and .pt.sha256; "
                          "--join-checkpoints puts them back), in case the machine goes cold; one larger than a call "
                          "returns comes over several calls (each --attach call sends the parts not yet sent)")
+    ap.add_argument("--resend-checkpoints", action="store_true",
+                    help="with --bring-checkpoints: send every part again, also those an earlier call sent (its files "
+                         "never arrived)")
     ap.add_argument("--detach", type=float, metavar="SECONDS",
                     help="run the chains in a background process of their own, with SECONDS as their deadline, "
                          "which trains on after this command returns at --deadline (a warm device machine keeps "
@@ -570,7 +577,7 @@ def main() -> None:
         return
     if args.attach:
         wait_background(out, t0 + args.deadline)
-        report(out, args.bring_checkpoints)
+        report(out, args.bring_checkpoints, args.resend_checkpoints)
         print(f"done in {time.time() - t0:.0f}s")
         return
     if not args.chain:
@@ -581,7 +588,7 @@ def main() -> None:
         child = start_background(args, args.detach)
         print(f"chains detached (pid {child.pid}, deadline {args.detach:.0f} s; log in {out}/_logs)")
         wait_background(out, t0 + args.deadline, child)
-        report(out, args.bring_checkpoints)
+        report(out, args.bring_checkpoints, args.resend_checkpoints)
         print(f"done in {time.time() - t0:.0f}s")
         return
     if args.in_background:  # atomic writes: an --attach reading the file never sees half of it
@@ -606,7 +613,7 @@ def main() -> None:
         state = background_state(out) or {}
         write_json(out / BACKGROUND, {**state, "status": {sp: status.get(sp, "?") for sp in specs},
                                       "finished_at": now()})
-    report(out, args.bring_checkpoints)
+    report(out, args.bring_checkpoints, args.resend_checkpoints)
     print(f"done in {time.time() - t0:.0f}s")
 
 

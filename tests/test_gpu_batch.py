@@ -276,6 +276,7 @@ def test_a_checkpoint_larger_than_a_call_returns_comes_back_over_several_calls_a
         c.mkdir()
         gpu_batch.bring_checkpoints(out, c, part_bytes=1500, max_bytes=4500, max_files=8)
     assert [_sent(c) for c in calls] == [[0, 1, 2], [3, 4, 5], [6], []]
+
     assert all((c / "ckpt-cifar10-t5__jdcl__standard__seed0.pt.sha256").is_file() for c in calls[:3])
     here_out, stage = tmp_path / "here", tmp_path / "stage"
     for c in calls[:3]:
@@ -291,6 +292,12 @@ def test_a_checkpoint_larger_than_a_call_returns_comes_back_over_several_calls_a
     gpu_batch.bring_checkpoints(out, calls[3], part_bytes=1500, max_bytes=4500, max_files=8)
     assert _sent(calls[3]) == [0, 1]
     assert b"".join(f.read_bytes() for f in sorted(calls[3].glob("*.part*"))) == newer
+    again = tmp_path / "again"  # a call whose files never arrived: RESEND=1 sends its parts once more
+    again.mkdir()
+    gpu_batch.bring_checkpoints(out, again, part_bytes=1500, max_bytes=4500, max_files=8)
+    assert _sent(again) == []
+    gpu_batch.bring_checkpoints(out, again, part_bytes=1500, max_bytes=4500, max_files=8, resend=True)
+    assert _sent(again) == [0, 1]
 
 
 def test_a_call_respects_the_devices_file_count_and_the_archives_share_of_its_bytes(tmp_path):
