@@ -39,6 +39,17 @@ def _run_folder(tmp_path, preset):
     return out, back, run
 
 
+def _returned(tmp_path, preset, data, part_bytes):
+    """A run whose checkpoint ``data`` came back as parts of ``part_bytes`` (in ``back``) and is gone
+    from its folder, as on a fresh machine: (gpu_batch, out, back, run)."""
+    gpu_batch = load_gpu_batch()
+    out, back, run = _run_folder(tmp_path, preset)
+    (run / "checkpoint.pt").write_bytes(data)
+    gpu_batch.bring_checkpoints(out, back, part_bytes=part_bytes)
+    (run / "checkpoint.pt").unlink()
+    return gpu_batch, out, back, run
+
+
 @pytest.mark.parametrize("phase", ["task_done", "in_task"])
 def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tmp_path, phase):
     """A resumed run's first in-task save replaces checkpoint.pt; the joined between-task state stays
@@ -61,12 +72,8 @@ def test_a_joined_between_task_checkpoint_is_also_kept_as_the_task_checkpoint(tm
 def test_parts_from_two_calls_join_back_into_their_run_folder(tmp_path):
     """The parts of one checkpoint carried in two device calls (two folders) become the run's
     checkpoint again; a missing part is refused and nothing is written."""
-    gpu_batch = load_gpu_batch()
-    out, back, run = _run_folder(tmp_path, "standard+ab12")
     data = bytes(range(256)) * 9
-    (run / "checkpoint.pt").write_bytes(data)
-    gpu_batch.bring_checkpoints(out, back, part_bytes=1000)
-    (run / "checkpoint.pt").unlink()
+    gpu_batch, out, back, run = _returned(tmp_path, "standard+ab12", data, 1000)
     first, second = tmp_path / "call1", tmp_path / "call2"
     first.mkdir(), second.mkdir()
     parts = sorted(back.glob("*.part*"))
@@ -316,12 +323,8 @@ def test_a_call_respects_the_devices_file_count_and_the_archives_share_of_its_by
 
 
 def test_join_refuses_an_incomplete_or_mixed_set_of_parts_and_writes_nothing(tmp_path):
-    gpu_batch = load_gpu_batch()
-    out, back, run = _run_folder(tmp_path, "standard")
     data = bytes(range(256)) * 8
-    (run / "checkpoint.pt").write_bytes(data)
-    gpu_batch.bring_checkpoints(out, back, part_bytes=500)
-    (run / "checkpoint.pt").unlink()
+    gpu_batch, out, back, run = _returned(tmp_path, "standard", data, 500)
     last = max(back.glob("*.part*"))
     kept = last.read_bytes()
     last.unlink()  # the last part did not come: no gap to see, only the part count says so
