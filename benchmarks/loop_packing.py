@@ -18,6 +18,7 @@ compilation, which packed processes do at the same time on the host's cores).
 
     python benchmarks/loop_packing.py --method nncsl --config paper --semi --ns 1,2,4
     python benchmarks/loop_packing.py --method jdcl --config standard --ns 1,2
+    python benchmarks/loop_packing.py --method dgr --config fast --settings benchmarks/candidates/dgr-standard.toml
 
 Each N runs in a command of its own if the device's command limit is near (``--ns 4``); the record
 (``results/bench/loop-packing-<method>-<preset>-<GPU>-<time>.json``) is rewritten after every N, and
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--method", default="jdcl")
     ap.add_argument("--config", default="fast", help="the method's preset")
     ap.add_argument("--semi", action="store_true", help="the semi-supervised loop (JDCL's FixMatch stage, NNCSL)")
+    ap.add_argument("--settings", default=None, metavar="FILE.toml",
+                    help="the preset's fields changed by a settings file, e.g. benchmarks/candidates/dgr-standard.toml")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--ns", default="1,2,4", help="processes side by side, one pass each")
     ap.add_argument("--iters", type=int, default=200, help="timed steps of each loop")
     ap.add_argument("--warmup", type=int, default=25)
@@ -76,12 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"created_at": now(), "code_version": code_version(), **device_info(device),
               "settings": {**vars(args), "ns": ns}, "complete": False, "passes": {}}
     gpu = safe_name(record.get("gpu_name", device.type))
-    out = Path(args.out) / f"loop-packing-{args.method}-{args.config}-{gpu}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    tag = args.config + (f"+{Path(args.settings).stem}" if args.settings else "") + ("+set" if args.sets else "")
+    out = Path(args.out) / f"loop-packing-{args.method}-{safe_name(tag, '-')}-{gpu}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "jdcl_bench.cli", "bench", "--loop", "--method", args.method, "--config", args.config,
            "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup)]
     if args.semi:
         cmd.append("--semi")
+    if args.settings:
+        cmd += ["--settings", args.settings]
+    cmd += [a for kv in args.sets for a in ("--set", kv)]
     for n in ns:
         work = Path(args.work_dir) / f"n{n}"
         shutil.rmtree(work, ignore_errors=True)

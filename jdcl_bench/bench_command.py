@@ -21,7 +21,8 @@ def preset_sizes(name: str) -> tuple[int, int, int]:
 
 @click.command()
 @click.option("--config", "configs", multiple=True, default=("paper", "fast"), show_default=True,
-              type=click.Choice(BENCH_CONFIGS), help="Joint-model configuration(s) to time.")
+              help=f"Joint-model configuration(s) to time ({', '.join(BENCH_CONFIGS)}); with --loop, any preset of "
+                   "the method.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--iters", default=None, type=int,
               help="Timed repetitions (median reported) [default: 10; with --loop, timed steps per stage: 200].")
@@ -47,9 +48,14 @@ def preset_sizes(name: str) -> tuple[int, int, int]:
 @click.option("--inductor-option", "inductor_options", multiple=True, metavar="KEY=VALUE",
               help="torch._inductor.config setting for one more compiled path (optimised_bf16_compiled_options), "
                    "timed next to the default one; repeatable, e.g. --inductor-option max_autotune=True.")
+@click.option("--settings", "settings_file", default=None, type=click.Path(), metavar="FILE.toml",
+              help="With --loop: the preset's fields changed by a settings file (as `jdcl-bench run --config`), e.g. "
+                   "benchmarks/candidates/dgr-standard.toml.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="With --loop: one field changed (repeatable; "
+              "over --settings).")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path())
 def bench(configs, device, iters, warmup, loop, semi, profile, method, no_compile, no_cudagraphs, contiguous_path,
-          only, inductor_options, out) -> None:
+          only, inductor_options, settings_file, sets, out) -> None:
     """Time the joint model's training step and DDIM sampling: fp32 reference vs the optimised path."""
     import json
 
@@ -67,8 +73,20 @@ def bench(configs, device, iters, warmup, loop, semi, profile, method, no_compil
         raise click.BadParameter(str(exc), param_hint="--path") from None
     dev = resolve_device(device)
     if loop:
+        from .config import load_settings_file, parse_set
+
+        try:
+            overrides = {**(load_settings_file(settings_file) if settings_file else {}), **parse_set(sets)}
+        except ValueError as exc:  # ConfigError among them
+            raise click.BadParameter(str(exc), param_hint="--settings/--set") from None
         return _bench_loops(method, configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup,
-                            semi, out, profile)
+                            semi, out, profile, overrides)
+    if settings_file or sets:
+        raise click.UsageError("--settings and --set apply to --loop only (the model bench times named configurations)")
+    unknown = [c for c in configs if c not in BENCH_CONFIGS]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: the model bench times {', '.join(BENCH_CONFIGS)}",
+                                 param_hint="--config")
     if semi:
         raise click.UsageError("--semi applies to --loop only")
     if profile:
@@ -102,7 +120,8 @@ def bench(configs, device, iters, warmup, loop, semi, profile, method, no_compil
     click.echo(f"wrote {path}")
 
 
-def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool, out, profile: int = 0) -> None:
+def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool, out, profile: int = 0,
+                 overrides: dict | None = None) -> None:
     import inspect
     import json
 
@@ -121,16 +140,23 @@ def _bench_loops(method: str, configs, dev, steps: int, warmup: int, semi: bool,
     from .methods.base import Method
 
     has_bench = getattr(cls.time_loops, "__func__", None) is not Method.time_loops.__func__
-    if profile and has_bench and "profile" not in inspect.signature(cls.time_loops).parameters:
+    takes = inspect.signature(cls.time_loops).parameters if has_bench else {}
+    if profile and has_bench and "profile" not in takes:
         raise click.UsageError(f"--profile: {method}'s loop bench does not profile yet (its time_loops takes no "
                                "profile argument)")
+    if overrides and has_bench and "overrides" not in takes:
+        raise click.UsageError(f"--settings/--set: {method}'s loop bench takes no overrides (its time_loops has no "
+                               "overrides argument)")
     record = {"created_at": now(), "code_version": code_version(), **device_info(dev), "method": method,
               "complete": False, "runs": []}
     path = record_path(out, "loop" if method == "jdcl" else f"loop-{method}", record.get("gpu_name", "cpu"))
     for name in configs:
         try:
             extra = {"profile": profile} if profile and has_bench else {}
-            record["runs"].append(cls.time_loops(name, dev, steps, warmup, semi, click.echo, **extra))
+            if overrides and has_bench:
+                extra["overrides"] = overrides
+            run = cls.time_loops(name, dev, steps, warmup, semi, click.echo, **extra)
+            record["runs"].append({**run, "overrides": dict(overrides)} if overrides else run)
         except (NotImplementedError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         atomic_write_bytes(path, json.dumps(record, indent=2).encode())

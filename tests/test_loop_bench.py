@@ -160,3 +160,18 @@ def test_packing_totals_add_the_rates_and_bound_them_by_the_slowest_window():
     assert local["rates"] == [10.0, 12.5] and local["total_steps_per_s"] == 22.5
     assert local["total_steps_per_s_bound"] == 200 / 10.0  # all steps over the slower window (10 s)
     assert glob["total_steps_per_s"] == glob["total_steps_per_s_bound"] == 16.0
+
+
+def test_loop_presets_and_overrides_are_the_loop_benchs_only(tmp_path):
+    """The model bench times its named configurations; a method's other presets (JDCL's standard) and
+    --settings/--set belong to --loop, where they change the loops timed."""
+    r = CliRunner().invoke(main, ["bench", "--config", "standard", "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "paper, fast, smoke" in r.output
+    r = CliRunner().invoke(main, ["bench", "--config", "smoke", "--set", "batch_size=8", "--device", "cpu",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "--loop only" in r.output
+    r = CliRunner().invoke(main, ["bench", "--loop", "--config", "smoke", "--set", "batch_size=8", "--device", "cpu",
+                                  "--iters", "1", "--warmup", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (run,) = json.loads(next(tmp_path.glob("loop-*.json")).read_text())["runs"]
+    assert run["batch_size"] == 8 and run["stages"][1]["images_per_step"] == 8 and run["overrides"] == {"batch_size": "8"}

@@ -148,17 +148,18 @@ class DGR(Method):
 
     # ---- setup ------------------------------------------------------------------------------
     @classmethod
-    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0) -> dict:
+    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0, overrides: dict | None = None) -> dict:
         """``jdcl-bench bench --loop --method dgr``: the generator's diffusion loop and task 2's
-        classifier loop (loop_bench.py); ``profile``: that many more steps of each under torch.profiler."""
+        classifier loop (loop_bench.py); ``profile``: that many more steps of each under torch.profiler;
+        ``overrides``: the preset's fields changed (--settings, --set)."""
         from .loop_bench import time_classifier_loop, time_generator_loop
 
         if semi:
             raise ValueError("--semi: the generator's diffusion loop is the same; its FixMatch labeller is not timed")
-        out = time_generator_loop(cls.config_for(preset, {}), preset, device, steps=steps, warmup=warmup, log=log,
-                                  profile=profile)
+        out = time_generator_loop(cls.config_for(preset, overrides or {}), preset, device, steps=steps, warmup=warmup,
+                                  log=log, profile=profile)
         out["stages"].append(time_classifier_loop(cls, preset, device, steps=steps, warmup=warmup, log=log,
-                                                  profile=profile))
+                                                  profile=profile, overrides=overrides))
         return out
 
     def setup(self, info: ProtocolInfo) -> None:

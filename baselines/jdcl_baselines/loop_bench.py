@@ -81,12 +81,12 @@ def _bare_generator_step(stage: GeneratorStage, task, rng: torch.Generator):
 
 
 def time_classifier_loop(cls, preset: str, device: torch.device, steps: int = 200, warmup: int = 25,
-                         log=print, profile: int = 0) -> dict:
+                         log=print, profile: int = 0, overrides: dict | None = None) -> dict:
     """Task 2's classifier loop of DGR/GUIDE (``cls``) at ``preset``, replay generation timed apart.
     ``profile`` > 0: as time_generator_loop; the profiled loop steps include the replay regenerations
     that fall among them (every ``regen_every`` steps), the bare steps none."""
-    cfg = cls.config_for(preset, {"classifier.steps_later": warmup + steps + profile, "diagnostics": False,
-                                  "cache": False})
+    cfg = cls.config_for(preset, {**(overrides or {}), "classifier.steps_later": warmup + steps + profile,
+                                  "diagnostics": False, "cache": False})
     c = cfg.classifier
     with bench_context(device) as (info, ctx, clock, rng):
         m = cls(cfg, ctx)
@@ -143,11 +143,11 @@ def _bare_classifier_step(m, task, rng: torch.Generator):
 
 
 def time_nncsl_loop(cls, preset: str, device: torch.device, steps: int = 200, warmup: int = 25, semi: bool = False,
-                    log=print, profile: int = 0) -> dict:
+                    log=print, profile: int = 0, overrides: dict | None = None) -> dict:
     """NNCSL's loop in tasks 1 and 2 at ``preset`` (``semi``: 5 % labelled, the rest the anchor stream).
     ``profile`` > 0: that many more loop steps, and as many bare steps, under torch.profiler after the
     timed window (jdcl_bench.loop_bench.time_jdcl_loops says what is recorded)."""
-    cfg = cls.config_for(preset, {"steps_per_task": warmup + steps + profile})
+    cfg = cls.config_for(preset, {**(overrides or {}), "steps_per_task": warmup + steps + profile})
     out = {"preset": preset, "semi_supervised": semi, "steps": steps, "warmup": warmup, "stages": []}
     if profile:
         out["profile_steps"] = profile

@@ -138,11 +138,12 @@ class NNCSL(Method):
 
     # ---- setup ---------------------------------------------------------------------------
     @classmethod
-    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0) -> dict:
+    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0, overrides: dict | None = None) -> dict:
         """``jdcl-bench bench --loop --method nncsl``: task 1's loop and task 2's (with the NND teacher)."""
         from .loop_bench import time_nncsl_loop
 
-        return time_nncsl_loop(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log, profile=profile)
+        return time_nncsl_loop(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log, profile=profile,
+                               overrides=overrides)
 
     def setup(self, info: ProtocolInfo) -> None:
         super().setup(info)

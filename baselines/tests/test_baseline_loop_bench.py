@@ -86,3 +86,21 @@ def test_loop_bench_refuses_what_it_cannot_time(tmp_path):
                                   "--out", str(tmp_path)])
     assert r.exit_code != 0 and "nope" in r.output
     assert not list(tmp_path.glob("loop-*.json"))
+
+
+def test_loop_bench_times_a_preset_changed_by_a_settings_file_and_set(tmp_path):
+    """`--settings FILE --set KEY=VALUE`: the loops of the preset as a run with those values trains
+    (a candidate such as benchmarks/candidates/dgr-standard.toml), the values in the record."""
+    settings = tmp_path / "candidate.toml"
+    settings.write_text("[generator]\nbatch_size = 6\n[classifier]\nbatch_size = 10\n")
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "smoke", "--device", "cpu",
+                                  "--iters", "2", "--warmup", "1", "--settings", str(settings),
+                                  "--set", "classifier.batch_size=12", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (run,) = json.loads(next(tmp_path.glob("loop-dgr-*.json")).read_text())["runs"]
+    generator, classifier = run["stages"]
+    assert generator["images_per_step"] == 6 and classifier["images_per_step"] == 12  # --set over the file
+    assert run["overrides"] == {"generator.batch_size": "6", "classifier.batch_size": "12"}
+    r = CliRunner().invoke(main, ["bench", "--loop", "--method", "dgr", "--config", "smoke", "--device", "cpu",
+                                  "--set", "classifier.no_such_field=1", "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "no_such_field" in r.output

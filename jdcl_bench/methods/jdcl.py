@@ -52,10 +52,11 @@ class JDCL(Method):
         return cfg.batch_size
 
     @classmethod
-    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0) -> dict:
+    def time_loops(cls, preset, device, steps, warmup, semi, log, profile: int = 0, overrides: dict | None = None) -> dict:
         from ..loop_bench import time_jdcl_loops
 
-        return time_jdcl_loops(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log, profile=profile)
+        return time_jdcl_loops(cls, preset, device, steps=steps, warmup=warmup, semi=semi, log=log, profile=profile,
+                               overrides=overrides)
 
     label_for_config = staticmethod(label_for_config)  # jdcl/config.py: from a record's method config
     differences_from_paper = staticmethod(differences_from_paper)
