@@ -73,10 +73,10 @@ def bench(configs, device, iters, warmup, loop, semi, profile, method, no_compil
         raise click.BadParameter(str(exc), param_hint="--path") from None
     dev = resolve_device(device)
     if loop:
-        from .config import load_settings_file, parse_set
+        from .config import settings_overrides
 
         try:
-            overrides = {**(load_settings_file(settings_file) if settings_file else {}), **parse_set(sets)}
+            overrides = settings_overrides(settings_file, sets)
         except ValueError as exc:  # ConfigError among them
             raise click.BadParameter(str(exc), param_hint="--settings/--set") from None
         return _bench_loops(method, configs, dev, 200 if iters is None else iters, 25 if warmup is None else warmup,

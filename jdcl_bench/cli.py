@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, load_settings_file, parse_set
+from .config import ConfigError, settings_overrides
 from .protocol import ProtocolError
 from .registry import METHODS, RegistryError
 
@@ -59,11 +59,6 @@ def list_cmd(what: str) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
-def _overrides(settings_file: str | None, sets) -> dict[str, str]:
-    """``--config FILE.toml`` then ``--set`` (the command line wins over the file)."""
-    return {**(load_settings_file(settings_file) if settings_file else {}), **parse_set(sets)}
-
-
 def _emit(text: str, output: str | None) -> None:
     """Print, or write atomically to a file (a table being regenerated is never left half-written)."""
     if output:
@@ -110,7 +105,7 @@ def run(protocol, method, seed, preset, sets, settings_file, data_dir, download,
                     device=device, time_limit_s=time_limit, checkpoint_every_s=checkpoint_every, download=download,
                     restart=restart, stop_between_tasks=stop_between_tasks)
     try:
-        cfg.overrides = _overrides(settings_file, sets)
+        cfg.overrides = settings_overrides(settings_file, sets)
         run_dir = run_experiment(cfg, Reporter())
     except (*USER_ERRORS, DatasetError, RunLocked, NonFiniteLoss, CheckpointError) as exc:
         _fail(exc)
@@ -221,7 +216,7 @@ def sweep(methods, protocols, seeds, preset, sets, settings_file, data_dir, down
 
     try:
         spec = sw.SweepSpec(methods=sw.split_list(methods), protocols=sw.split_list(protocols),
-                            seeds=sw.parse_seeds(seeds), preset=preset, overrides=_overrides(settings_file, sets),
+                            seeds=sw.parse_seeds(seeds), preset=preset, overrides=settings_overrides(settings_file, sets),
                             data_dir=data_dir,
                             out=out, device=device, time_limit_s=time_limit, download=download)
         opts = sw.SubmititOptions(partition=partition, account=account, qos=qos, constraint=constraint,

@@ -110,6 +110,12 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def settings_overrides(settings_file: str | Path | None, sets) -> dict[str, str]:
+    """A settings file's values (``load_settings_file``), then ``--set`` items over them: the overrides
+    of ``jdcl-bench run``, ``sweep`` and ``bench --loop``."""
+    return {**(load_settings_file(settings_file) if settings_file else {}), **parse_set(sets)}
+
+
 def read_toml(path: Path, error: type[Exception], what: str) -> dict:
     """A TOML file's table; a missing file or bad TOML raises ``error`` naming ``what``."""
     try:

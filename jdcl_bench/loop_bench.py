@@ -62,9 +62,9 @@ class _Clock:
     """Stands in for the runner: ``tick`` counts steps and reads the clock at the ends of the window;
     with a profile, the steps right after the window run under it (outside the timed window)."""
 
-    def __init__(self, device: torch.device, log=print):
+    def __init__(self, device: torch.device):
         self.device, self.n, self.marks, self.times, self.profile = device, 0, (), {}, None
-        self.windows, self.log = 0, log
+        self.windows = 0  # timed windows so far: the packing barrier meets per window
 
     def window(self, start: int, stop: int, profile_steps: int = 0) -> None:
         self.n, self.marks, self.times = 0, (start, stop), {}
@@ -76,7 +76,7 @@ class _Clock:
         if self.n in self.marks:
             sync_device(self.device)
             if self.n == self.marks[0]:
-                packing_barrier(self.windows, self.log)
+                packing_barrier(self.windows)
             self.times[self.n] = time.perf_counter()
         if self.profile is not None:
             if self.n == self.marks[1]:
